@@ -1,0 +1,57 @@
+"""synthetic_va: procedural talking faces with valence/arousal labels (no download).
+
+The embedded default dataset of vaflax. See vaflax/data/synthetic_faces.py for how faces and
+voices follow the valence/arousal trajectory. Splits use disjoint identities (different seeds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from vaflax.data import builder_utils as bu
+from vaflax.data import synthetic_faces as sf
+
+CROP_SIZE = 112
+FRAMES_PER_CLIP = 32
+# (number of clips, seed offset) per split; offsets keep identities disjoint across splits.
+SPLITS = {'train': (96, 0), 'validation': (16, 100_000), 'test': (16, 200_000)}
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """Procedurally generated faces + voice with per-frame valence/arousal."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        features=bu.frame_features(
+            CROP_SIZE, encoding='png', audio_samples_per_frame=sf.SAMPLES_PER_FRAME),
+        disable_shuffling=True,  # records stay in (clip, frame) order: windows are index ranges
+        metadata=tfds.core.MetadataDict(
+            fps=sf.FPS, sample_rate=sf.SAMPLE_RATE, crop_size=CROP_SIZE, emotion_names=[],
+            va_scale='generated directly in [-1, 1]'),
+        homepage='https://github.com/vaflax/vaflax',
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download
+    return {name: self._generate_examples(name) for name in SPLITS}
+
+  def _generate_examples(self, split):
+    num_clips, offset = SPLITS[split]
+    writer = bu.SplitWriter(split)
+    for c in range(num_clips):
+      frames, lms, va, audio = sf.make_clip(offset + c, FRAMES_PER_CLIP, CROP_SIZE)
+      vid = f'{split}_{c:04d}'
+      yield from writer.emit(vid, (
+          bu.default_example(
+              image=bu.encode_image(frames[t], 'png'),
+              valence=float(va[t, 0]), arousal=float(va[t, 1]),
+              va_mask=np.ones((2,), np.float32),
+              valence_raw=float(va[t, 0]), arousal_raw=float(va[t, 1]),
+              landmarks=(lms[t] / CROP_SIZE).astype(np.float32), landmarks_mask=1.0,
+              frame=t, file=f'{vid}/{t:05d}', audio=audio[t])
+          for t in range(FRAMES_PER_CLIP)))
+    writer.finish(self)

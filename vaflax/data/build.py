@@ -1,0 +1,101 @@
+r"""Builds a vaflax dataset without TensorFlow or Apache Beam.
+
+  python -m vaflax.data.build <name> --manual_dir=M --data_dir=D [--overwrite]
+
+<name> is a folder of tfds_builders/ (afew_va, affwild2_va, ..., synthetic_va). Afterwards
+`tfds.data_source('<name>', split=..., data_dir=D)` reads it (with the builder module imported,
+e.g. through `vaflax.data.build.builder_module(name)`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import shutil
+import sys
+import time
+
+import tensorflow_datasets as tfds
+from absl import app, flags, logging
+
+import tfds_builders
+
+DEFAULT_DATA_DIR = os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
+NO_DOWNLOAD = {'synthetic_va'}  # builders that need no manual_dir
+
+
+def available() -> list[str]:
+  return sorted(
+      m.name for m in pkgutil.iter_modules(tfds_builders.__path__) if m.ispkg)
+
+
+def builder_module(name: str):
+  """Imports tfds_builders/<name>/<name>_dataset_builder.py (which registers it with TFDS)."""
+  if name not in available():
+    raise ValueError(
+        f'unknown dataset {name!r}: vaflax has builders for {", ".join(available())}')
+  return importlib.import_module(f'tfds_builders.{name}.{name}_dataset_builder')
+
+
+def make_builder(name: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
+  mod = builder_module(name)
+  return mod.Builder(data_dir=os.path.expanduser(data_dir), file_format='array_record', **kwargs)
+
+
+def is_built(name: str, data_dir: str) -> bool:
+  return make_builder(name, data_dir).is_prepared()
+
+
+def build(name: str, data_dir: str, manual_dir: str | None = None, overwrite: bool = False,
+          verbose: bool = True, **builder_kwargs) -> tfds.core.DatasetBuilder:
+  """Builds `name` into data_dir and returns the builder; prints a per-split summary."""
+  b = make_builder(name, data_dir, **builder_kwargs)
+  if overwrite and os.path.isdir(b.data_dir):
+    shutil.rmtree(b.data_dir)
+    b = make_builder(name, data_dir, **builder_kwargs)
+  if name not in NO_DOWNLOAD:
+    if not manual_dir:
+      raise ValueError(
+          f'{name} is built from files you download by hand: pass --manual_dir=DIR.\n'
+          f'{b.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    manual_dir = os.path.expanduser(manual_dir)
+    if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+      raise FileNotFoundError(
+          f'manual_dir {manual_dir} does not exist or is empty. {b.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+  t0 = time.time()
+  b.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
+  if verbose:
+    print(summary(b, time.time() - t0))
+  return b
+
+
+def summary(b: tfds.core.DatasetBuilder, seconds: float | None = None) -> str:
+  lines = [f'{b.name} {b.version} in {b.data_dir}' + (f' ({seconds:.1f} s)' if seconds else '')]
+  skipped = b.info.metadata.get('skipped', {}) if b.info.metadata else {}
+  for split, info in sorted(b.info.splits.items()):
+    lines.append(f'  {split:<12s} {info.num_examples:>9d} examples')
+    for reason, s in (skipped.get(split) or {}).items():
+      lines.append(f'    skipped {s["count"]:>6d}  {reason}  (e.g. {", ".join(s["examples"][:2])})')
+  return '\n'.join(lines)
+
+
+_MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Folder with the files you downloaded.')
+_DATA_DIR = flags.DEFINE_string('data_dir', DEFAULT_DATA_DIR, 'Where to write the dataset.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild even if already built.')
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError(f'usage: python -m vaflax.data.build <name>; names: {", ".join(available())}')
+  logging.set_verbosity(logging.WARNING)
+  try:
+    build(argv[1], _DATA_DIR.value, _MANUAL_DIR.value, _OVERWRITE.value)
+  except (ValueError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)
