@@ -1,0 +1,10 @@
+"""vaflax: valence/arousal estimation from faces, video and audio in JAX/Flax NNX."""
+
+import flax
+
+# Variables carry logical sharding names as metadata only; vaflax.sharding maps them to the mesh
+# with the rules of the config (with a divisibility check) and places the state itself. Flax's
+# eager sharding would instead require a mesh at model construction, even in a unit test.
+flax.config.update('flax_always_shard_variable', False)
+
+__version__ = '0.1.0'
