@@ -1,0 +1,215 @@
+"""Streamed video/audio decoding (PyAV) and face frames for the video-dataset builders.
+
+Used by omg_emotion, mead and celebv_hq. Frames are put on a fixed-rate grid: frame k of a clip
+is the source frame nearest in time to `clip_start + k / fps`, so every builder emits frames at
+its metadata fps whatever the source rate, and the audio chunk of frame k is exactly the
+interval [k / fps, (k + 1) / fps) of the clip, `sample_rate // fps` mono samples.
+
+Times are seconds on the container's timeline counted from the container's start time (what
+`ffmpeg -ss` means), so video and audio stay in sync when their streams start at different
+timestamps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import av
+import numpy as np
+
+from vaflax import detect, faces
+from vaflax.data import builder_utils as bu
+
+
+def _origin(container) -> float:
+  st = container.start_time  # microseconds (AV_TIME_BASE) or None
+  return float(st) / 1e6 if st is not None else 0.0
+
+
+def _seek(container, stream, start: float) -> None:
+  if start > 0 and stream.time_base is not None:
+    target = start + _origin(container)
+    container.seek(max(0, int(target / stream.time_base)), stream=stream, backward=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Audio:
+  """Mono waveform whose sample 0 sits at time `t0` (seconds on the container timeline)."""
+
+  samples: np.ndarray  # float32 (N,)
+  sample_rate: int
+  t0: float
+
+  def chunk(self, t: float, n: int) -> tuple[np.ndarray, float]:
+    """n samples from time t (zero-padded outside the decoded audio) and the covered fraction."""
+    i0 = int(round((t - self.t0) * self.sample_rate))
+    out = np.zeros((n,), np.float32)
+    a, b = max(i0, 0), min(i0 + n, len(self.samples))
+    if b > a:
+      out[a - i0 : b - i0] = self.samples[a:b]
+    return out, max(0, b - a) / n
+
+
+def read_audio(path, *, sample_rate: int, start: float = 0.0, end: float | None = None
+               ) -> Audio | None:
+  """Decodes the first audio stream of [start, end] to mono float32; None if there is none."""
+  with av.open(os.fspath(path)) as container:
+    if not container.streams.audio:
+      return None
+    stream = container.streams.audio[0]
+    origin = _origin(container)
+    # Seek well before `start`: audio packets need not begin exactly there; Audio.t0 records
+    # where the decoded samples really begin.
+    _seek(container, stream, start - 0.5)
+    resampler = av.AudioResampler(format='flt', layout='mono', rate=sample_rate)
+    parts, t0 = [], None
+    for frame in container.decode(stream):
+      if frame.time is None:
+        continue
+      t = frame.time - origin
+      if end is not None and t > end + 1.0:
+        break
+      if t0 is None:
+        t0 = t
+      for out in resampler.resample(frame):
+        parts.append(out.to_ndarray().reshape(-1))
+    for out in resampler.resample(None):
+      parts.append(out.to_ndarray().reshape(-1))
+  if t0 is None:
+    return None
+  samples = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0,), np.float32)
+  return Audio(samples, sample_rate, t0)
+
+
+def iter_frames(path, *, fps: float, start: float | None = None, end: float | None = None,
+                stride: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
+  """Yields (k, time, rgb uint8 HxWx3) for grid frames k = 0, stride, 2*stride, ... of a clip.
+
+  `time` is the grid time on the container timeline; the clip time of frame k is k / fps.
+
+  The clip starts at `start` (default: the first decoded frame) and ends at `end` (default: the
+  end of the stream). Decoding streams: at most two source frames are held at a time.
+  """
+  with av.open(os.fspath(path)) as container:
+    if not container.streams.video:
+      raise ValueError('no video stream')
+    stream = container.streams.video[0]
+    stream.thread_type = 'AUTO'
+    origin = _origin(container)
+    rate = stream.average_rate or stream.guessed_rate or fps
+    half = 0.5 / float(rate)  # half a source frame: the time span a frame stands for
+    if start is not None:
+      _seek(container, stream, start)
+    t0 = start
+    k = 0
+    prev = None  # (time, av.VideoFrame)
+    stop = np.inf if end is None else end
+
+    def grid(k):
+      return t0 + k / fps
+
+    for frame in container.decode(stream):
+      if frame.time is None:
+        continue
+      t = frame.time - origin
+      if t0 is None:
+        t0 = t
+      if prev is not None:
+        # Every grid time before the midpoint between prev and this frame is nearest to prev.
+        mid = min(0.5 * (prev[0] + t), stop)
+        while grid(k) < mid:
+          if grid(k) >= prev[0] - half and k % stride == 0:
+            yield k, grid(k), prev[1].to_ndarray(format='rgb24')
+          k += 1
+      prev = (t, frame)
+      if t >= stop:
+        break
+    if prev is not None:
+      last = min(prev[0] + half, stop)
+      while grid(k) < last:
+        if grid(k) >= prev[0] - half and k % stride == 0:
+          yield k, grid(k), prev[1].to_ndarray(format='rgb24')
+        k += 1
+
+
+def largest_face(rgb_HxWx3: np.ndarray) -> tuple[float, float, float, float] | None:
+  """(x, y, w, h) of the largest face OpenCV's Haar cascade finds (vaflax.detect), or None."""
+  found = detect.detect_faces(rgb_HxWx3)
+  return tuple(found[0][:4]) if found else None
+
+
+def write_mp4(path, frames_TxHxWx3: np.ndarray, fps: int, *, audio: np.ndarray | None = None,
+              sample_rate: int = 16000, codec: str = 'libx264') -> None:
+  """Writes uint8 RGB frames (and optional mono float audio) as an mp4 (dummy data, tests)."""
+  frames = np.asarray(frames_TxHxWx3, np.uint8)
+  with av.open(os.fspath(path), 'w') as out:
+    vs = out.add_stream(codec, rate=fps)
+    vs.width, vs.height = frames.shape[2], frames.shape[1]
+    vs.pix_fmt = 'yuv420p'
+    if codec == 'libx264':
+      vs.options = {'crf': '18', 'preset': 'veryslow'}
+    as_ = None
+    if audio is not None:
+      as_ = out.add_stream('aac', rate=sample_rate, layout='mono')
+    for f in frames:
+      for p in vs.encode(av.VideoFrame.from_ndarray(f, format='rgb24')):
+        out.mux(p)
+    for p in vs.encode():
+      out.mux(p)
+    if as_ is not None:
+      wav = np.asarray(audio, np.float32).reshape(1, -1)
+      n = as_.codec_context.frame_size or 1024
+      for i in range(0, wav.shape[1], n):
+        af = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(wav[:, i : i + n]), format='fltp', layout='mono')
+        af.sample_rate = sample_rate
+        af.pts = i
+        for p in as_.encode(af):
+          out.mux(p)
+      for p in as_.encode():
+        out.mux(p)
+
+
+def face_frames(path, *, fps: float, sample_rate: int, crop_size: int, box_fn, skips,
+                start: float | None = None, end: float | None = None, stride: int = 1,
+                margin: float = 0.2, item: str | None = None) -> Iterator[dict]:
+  """Face-crop examples of one clip: image (JPEG), frame, audio, audio_mask (labels: caller).
+
+  `box_fn(rgb)` returns the face box (x, y, w, h) in pixels or None: a frame without a face is
+  counted in `skips` ('no face found in frame'). A video that cannot be opened or breaks while
+  decoding is counted too; the frames decoded before the break are kept (they are valid). A clip
+  without (readable) audio keeps its frames with zero audio and audio_mask 0.
+  """
+  item = item or os.fspath(path)
+  spf = int(sample_rate // fps)
+  audio, audio_error = None, None
+  try:
+    audio = read_audio(path, sample_rate=sample_rate, start=start or 0.0, end=end)
+  except (av.error.FFmpegError, OSError, ValueError) as e:
+    audio_error = e
+  n = 0
+  try:
+    for k, t, rgb in iter_frames(path, fps=fps, start=start, end=end, stride=stride):
+      if n == 0 and audio_error is not None:
+        skips.skip(f'audio unreadable, frames kept with audio_mask 0 '
+                   f'({type(audio_error).__name__})', item)
+      n += 1
+      box = box_fn(rgb)
+      if box is None:
+        skips.skip('no face found in frame', f'{item}#{k}')
+        continue
+      crop, _ = faces.crop_face(rgb, box=box, margin=margin, size=crop_size)
+      if audio is not None:
+        chunk, covered = audio.chunk(t, spf)
+      else:
+        chunk, covered = np.zeros((spf,), np.float32), 0.0
+      yield dict(image=bu.encode_image(crop, 'jpeg'), frame=k, audio=chunk,
+                 audio_mask=np.float32(covered >= 0.5))
+  except (av.error.FFmpegError, OSError, ValueError) as e:
+    reason = 'unreadable video' if n == 0 else 'video breaks while decoding (earlier frames kept)'
+    skips.skip(f'{reason} ({type(e).__name__})', item)
+    return
+  if n == 0:
+    skips.skip('video has no frame in the clip span', item)
