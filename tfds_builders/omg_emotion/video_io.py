@@ -174,9 +174,11 @@ def write_mp4(path, frames_TxHxWx3: np.ndarray, fps: int, *, audio: np.ndarray |
 
 def face_frames(path, *, fps: float, sample_rate: int, crop_size: int, box_fn, skips,
                 start: float | None = None, end: float | None = None, stride: int = 1,
-                margin: float = 0.2, item: str | None = None) -> Iterator[dict]:
+                margin: float = 0.2, item: str | None = None, audio_path=None) -> Iterator[dict]:
   """Face-crop examples of one clip: image (JPEG), frame, audio, audio_mask (labels: caller).
 
+  The audio comes from `audio_path` (a separate audio file on the same timeline) when given,
+  else from the video file itself.
   `box_fn(rgb)` returns the face box (x, y, w, h) in pixels or None: a frame without a face is
   counted in `skips` ('no face found in frame'). A video that cannot be opened or breaks while
   decoding is counted too; the frames decoded before the break are kept (they are valid). A clip
@@ -186,7 +188,7 @@ def face_frames(path, *, fps: float, sample_rate: int, crop_size: int, box_fn, s
   spf = int(sample_rate // fps)
   audio, audio_error = None, None
   try:
-    audio = read_audio(path, sample_rate=sample_rate, start=start or 0.0, end=end)
+    audio = read_audio(audio_path or path, sample_rate=sample_rate, start=start or 0.0, end=end)
   except (av.error.FFmpegError, OSError, ValueError) as e:
     audio_error = e
   n = 0
