@@ -1,0 +1,142 @@
+"""Tests for vaflax/models/fusion.py and vaflax/trainers/fusion.py."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from vaflax import losses
+from vaflax.models import fusion, vit
+from vaflax.trainers import fusion as fusion_task
+
+VISUAL = dict(variant='mu/8', image_size=16)
+AUDIO = dict(n_mels=8, n_fft=128, frames_per_video_frame=2, width=16, num_layers=1)
+B, T, S = 2, 5, 160
+
+
+def _model(**kw):
+  args = dict(visual=VISUAL, audio=AUDIO, width=16, num_layers=2, num_heads=2, max_len=8)
+  args.update(kw)
+  m = fusion.Model(**args, rngs=nnx.Rngs(0))
+  # Non-zero head so that the output depends on its inputs (the default head starts at 0).
+  m.head.kernel[...] = jnp.asarray(np.random.default_rng(9).normal(size=(16, 2)), jnp.float32)
+  m.eval()  # the audio BatchNorm uses running statistics: outputs are per-example functions
+  return m
+
+
+@nnx.jit
+def _apply(model, batch):
+  return model(batch)
+
+
+def _batch(seed=0):
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), {
+      'frames': rng.uniform(-1, 1, (B, T, 16, 16, 3)),
+      'audio': 0.1 * rng.normal(size=(B, T, S)),
+      'va': rng.uniform(-1, 1, (B, T, 2)),
+  })
+
+
+def test_audio_changes_output_only_with_audio():
+  batch = _batch()
+  louder = dict(batch, audio=batch['audio'].at[:, 2].multiply(5.0))  # change frame 2's audio
+  av = _model()
+  out = _apply(av, batch)['va']
+  assert out.shape == (B, T, 2)
+  diff = np.abs(np.asarray(_apply(av, louder)['va'] - out)).max(axis=(0, 2))
+  assert np.all(diff > 1e-4), diff  # temporal attention spreads the change to every frame
+  video_only = _model(use_audio=False)
+  ref = _apply(video_only, batch)['va']
+  np.testing.assert_array_equal(_apply(video_only, louder)['va'], ref)
+  no_audio = {k: v for k, v in batch.items() if k != 'audio'}
+  np.testing.assert_array_equal(_apply(video_only, no_audio)['va'], ref)
+  with pytest.raises(KeyError, match="batch\\['audio'\\]"):
+    av(no_audio)
+
+
+def test_frames_change_output():
+  av = _model()
+  batch = _batch()
+  other = dict(batch, frames=batch['frames'].at[:, 3].set(0.0))
+  assert not np.allclose(_apply(av, other)['va'], _apply(av, batch)['va'])
+
+
+def test_freeze_visual_stops_gradient_and_optimizer():
+  import ml_collections
+  import optax
+
+  batch = _batch()
+  for freeze in (False, True):
+    model = _model(freeze_visual=freeze, dtype='float32')  # config strings work as dtypes
+    grads = nnx.jit(nnx.grad(lambda m: fusion_task.loss_fn(m, batch, None)[0]))(model)
+    g_vis = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads['visual']))
+    assert float(jnp.abs(grads['proj']['kernel'][...]).sum()) > 0
+    assert (g_vis == 0.0) if freeze else (g_vis > 0.0)
+  paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]]
+  n_visual = sum(fusion.is_visual_param(p) for p in paths)
+  assert n_visual == len(jax.tree.leaves(nnx.state(model.visual, nnx.Param)))
+  # The trainer's optimizer leaves the frozen encoder alone, even under decoupled weight decay.
+  config = ml_collections.ConfigDict({
+      'model': {'freeze_visual': True},
+      'optimizer': {'name': 'adamw', 'lr': 1e-2, 'weight_decay': 0.5},
+  })
+  tx = fusion_task.make_optimizer(config, optax.constant_schedule(1e-2))
+  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  n_all = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  n_vis = sum(x.size for x in jax.tree.leaves(nnx.state(model.visual, nnx.Param)))
+  n_moments = sum(x.size for x in jax.tree.leaves(opt.opt_state) if x.ndim > 0)
+  assert n_moments == 2 * (n_all - n_vis)  # Adam mu and nu for the trainable part only
+  vis0 = np.asarray(model.visual.patch_embed.kernel[...])
+  proj0 = np.asarray(model.proj.kernel[...])
+  opt.update(model, grads)
+  np.testing.assert_array_equal(model.visual.patch_embed.kernel[...], vis0)
+  assert not np.allclose(model.proj.kernel[...], proj0)
+
+
+def test_load_visual_from_fine_tuned_vit():
+  va_vit = vit.Model(**VISUAL, rngs=nnx.Rngs(42))
+  model = _model()
+  fusion.load_visual_from_vit(model, va_vit)
+  frames = _batch()['frames']
+  feats = model.visual_features(frames)
+  ref = va_vit({'image': frames.reshape(B * T, 16, 16, 3)})['features'].reshape(B, T, -1)
+  np.testing.assert_allclose(feats, ref, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='does not match'):
+    fusion.load_visual_from_vit(model, vit.Model(variant='mu/4', image_size=16,
+                                                 rngs=nnx.Rngs(0)))
+
+
+def test_loss_fn_is_masked_ccc():
+  model = _model()
+  batch = _batch()
+  va_mask = np.ones((B, T), np.float32)
+  va_mask[0, 3:] = 0.0
+  batch['va_mask'] = jnp.asarray(va_mask)
+  batch['va'] = batch['va'].at[0, 4].set(jnp.nan)  # an invalid frame may hold anything
+  loss, metrics = fusion_task.loss_fn(model, batch, None)
+  pred = np.asarray(fusion_task.predict_fn(model, batch)['va']).reshape(-1, 2)
+  keep = va_mask.reshape(-1) > 0
+  p, t = pred[keep], np.asarray(batch['va']).reshape(-1, 2)[keep]
+
+  def ccc(x, y):
+    return 2 * np.cov(x, y, ddof=0)[0, 1] / (x.var() + y.var() + (x.mean() - y.mean()) ** 2)
+
+  ref = [ccc(p[:, 0], t[:, 0]), ccc(p[:, 1], t[:, 1])]
+  np.testing.assert_allclose([metrics['ccc_valence'], metrics['ccc_arousal']], ref, rtol=1e-4)
+  np.testing.assert_allclose(loss, 2 - sum(ref), rtol=1e-4)
+  same, _ = losses.ccc_loss(jnp.asarray(pred.reshape(B, T, 2)), batch['va'],
+                            jnp.broadcast_to(batch['va_mask'][..., None], (B, T, 2)))
+  np.testing.assert_allclose(loss, same, rtol=1e-6)
+
+
+def test_errors():
+  model = _model()
+  batch = _batch()
+  with pytest.raises(ValueError, match='max_len'):
+    model({'frames': jnp.zeros((1, 9, 16, 16, 3)), 'audio': jnp.zeros((1, 9, S))})
+  with pytest.raises(ValueError, match=r"batch\['audio'\]"):
+    model(dict(batch, audio=batch['audio'][:, :3]))
+  with pytest.raises(KeyError, match="batch\\['frames'\\]"):
+    model({'audio': batch['audio']})

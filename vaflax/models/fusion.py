@@ -1,0 +1,126 @@
+"""Audio-visual temporal fusion, the last stage of Zhang et al. 2023 (ABAW5).
+
+Per video frame: ViT features of the face crop (the encoder of a VA-fine-tuned `vit.Model`,
+frozen by default) and, with `use_audio`, audio-encoder features of the waveform of that frame.
+They are concatenated, projected to `width`, given a learned temporal position embedding and
+passed through a Transformer encoder over the window; a per-frame head gives VA.
+
+`{'frames': (B,T,H,W,3), 'audio': (B,T,S)} -> {'va': (B,T,2), 'features': (B,T,width)}`.
+`use_audio=False` is the video-only baseline on the same code path (the audio branch is not
+built and `batch['audio']` is not read).
+
+The paper's temporal model has 6 layers (the seed); the authors' released code uses 4 layers of
+width 128, which is the default here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import einops
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vaflax.models import audio as audio_lib
+from vaflax.models import vit
+
+
+class Model(nnx.Module):
+
+  def __init__(
+      self,
+      *,
+      visual: dict | None = None,
+      audio: dict | None = None,
+      use_audio: bool = True,
+      freeze_visual: bool = True,
+      width: int = 128,
+      num_layers: int = 4,
+      num_heads: int = 4,
+      mlp_dim: int | None = None,
+      max_len: int = 256,
+      drop_path: float = 0.0,
+      dtype: Any = None,
+      param_dtype: Any = jnp.float32,
+      attention_impl: str | None = None,
+      rngs: nnx.Rngs,
+  ):
+    """`visual`: vit.Encoder kwargs (variant, image_size, pool_type, remat, ...);
+    `audio`: audio.AudioEncoder kwargs; the rest configure the temporal Transformer."""
+    dtype, param_dtype = vit.as_dtype(dtype), vit.as_dtype(param_dtype)
+    visual = dict(visual or {})
+    visual.setdefault('dtype', dtype)
+    visual.setdefault('param_dtype', param_dtype)
+    visual.setdefault('attention_impl', attention_impl)
+    self.visual = vit.Encoder(rngs=rngs, **visual)
+    self.use_audio = bool(use_audio)
+    self.freeze_visual = bool(freeze_visual)
+    in_dim = self.visual.width
+    if self.use_audio:
+      audio = dict(audio or {})
+      audio.setdefault('dtype', dtype)
+      audio.setdefault('param_dtype', param_dtype)
+      self.audio = audio_lib.AudioEncoder(rngs=rngs, **audio)
+      in_dim += self.audio.width
+    self.max_len = max_len
+    self.proj = nnx.Linear(
+        in_dim, width, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=nnx.with_partitioning(nnx.initializers.xavier_uniform(), (None, 'embed')),
+        rngs=rngs)
+    self.temporal_pos_embed = nnx.Param(
+        nnx.with_partitioning(nnx.initializers.normal(0.02), (None, None, 'embed'))(
+            rngs.params(), (1, max_len, width), param_dtype))
+    self.temporal = vit.Transformer(width, num_layers, num_heads, mlp_dim or 4 * width,
+                                    drop_path=drop_path, dtype=dtype, param_dtype=param_dtype,
+                                    attention_impl=attention_impl, rngs=rngs)
+    self.head = nnx.Linear(width, 2, param_dtype=param_dtype,
+                           kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+  def visual_features(self, frames_BxTxHxWxC):
+    """Pooled ViT features per frame: (B, T, D)."""
+    b = frames_BxTxHxWxC.shape[0]
+    images = einops.rearrange(frames_BxTxHxWxC, 'b t h w c -> (b t) h w c')
+    _, pooled = self.visual(images)
+    feats_BxTxD = einops.rearrange(pooled, '(b t) d -> b t d', b=b)
+    if self.freeze_visual:
+      # Frozen encoder: no gradient reaches it (XLA then skips its backward pass entirely).
+      feats_BxTxD = jax.lax.stop_gradient(feats_BxTxD)
+    return feats_BxTxD
+
+  def __call__(self, batch: dict) -> dict:
+    if 'frames' not in batch:
+      raise KeyError(f"fusion.Model needs batch['frames'] (B, T, H, W, 3); got {sorted(batch)}")
+    frames = batch['frames']
+    if frames.ndim != 5:
+      raise ValueError(f"fusion.Model: batch['frames'] must be (B, T, H, W, 3), got {frames.shape}")
+    b, t = frames.shape[:2]
+    if t > self.max_len:
+      raise ValueError(f'fusion.Model: window of {t} frames exceeds max_len={self.max_len}')
+    feats = [self.visual_features(frames)]
+    if self.use_audio:
+      if 'audio' not in batch:
+        raise KeyError("fusion.Model(use_audio=True) needs batch['audio'] (B, T, S); got "
+                       f'{sorted(batch)}')
+      a = batch['audio']
+      if a.ndim != 3 or a.shape[:2] != (b, t):
+        raise ValueError(f"fusion.Model: batch['audio'] must be (B={b}, T={t}, S), got {a.shape}")
+      feats.append(self.audio(a))
+    x_BxTxC = jnp.concatenate(feats, axis=-1)  # promotes to the widest dtype
+    x_BxTxW = self.proj(x_BxTxC)
+    x_BxTxW = x_BxTxW + self.temporal_pos_embed[:, :t].astype(x_BxTxW.dtype)
+    h_BxTxW = self.temporal(x_BxTxW).astype(jnp.float32)
+    return {'va': jnp.tanh(self.head(h_BxTxW)), 'features': h_BxTxW}
+
+
+def load_visual_from_vit(model: Model, vit_model_or_state) -> None:
+  """Copies the encoder of a fine-tuned VA `vit.Model` (module or its nnx.State, e.g. restored
+  from a checkpoint) into `model.visual`, in place."""
+  vit.copy_encoder(vit_model_or_state, model.visual)
+
+
+def is_visual_param(path) -> bool:
+  """True for parameters of the visual encoder: exclude them from weight decay (optax.masked)
+  or from the optimizer when `freeze_visual`, since decoupled weight decay would still move
+  them although their gradient is zero."""
+  return bool(vit._path_names(path)) and vit._path_names(path)[0] == 'visual'

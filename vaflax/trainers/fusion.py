@@ -1,0 +1,61 @@
+"""Per-frame VA over windows (audio-visual fusion, Zhang et al. 2023): CCC loss.
+
+The loss is (1 - CCC_valence) + (1 - CCC_arousal), each CCC pooled over every valid frame of
+every window in the batch (`va_mask` = 1), as in the paper's fine-tuning stages.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vaflax import losses
+from vaflax.models import fusion as fusion_model
+
+
+def _va_mask(batch: dict):
+  va = batch['va']
+  mask = batch.get('va_mask')
+  if mask is None:
+    return None
+  mask = jnp.asarray(mask)
+  if mask.ndim == va.ndim - 1:  # a per-frame mask (B, T) covers both dimensions
+    mask = mask[..., None]
+  if jnp.broadcast_shapes(mask.shape, va.shape) != va.shape:
+    raise ValueError(f"batch['va_mask'] {mask.shape} does not fit batch['va'] {va.shape}")
+  return mask
+
+
+def loss_fn(model, batch: dict, rng, config=None):
+  """CCC loss over valid frames; `rng` and `config` are not read (dropout uses model rngs)."""
+  del rng, config
+  if 'va' not in batch:
+    raise KeyError(f"fusion task needs batch['va'] (B, T, 2); got keys {sorted(batch)}")
+  out = model(batch)
+  if out['va'].shape != batch['va'].shape:
+    raise ValueError(f"prediction {out['va'].shape} and batch['va'] {batch['va'].shape} differ")
+  loss, ccc_VA = losses.ccc_loss(out['va'], batch['va'], _va_mask(batch))
+  return loss, {'loss': loss, 'ccc_valence': ccc_VA[0], 'ccc_arousal': ccc_VA[1]}
+
+
+def predict_fn(model, batch: dict, config=None) -> dict:
+  del config
+  return {'va': model(batch)['va']}
+
+
+def make_optimizer(config, schedule) -> optax.GradientTransformation:
+  """The loop's optimizer (vaflax.train.make_optimizer) for the trainable parameters; with
+  `config.model.freeze_visual` (default True) the visual encoder gets `set_to_zero`: no Adam
+  moments are allocated for it and decoupled weight decay cannot move it."""
+  from vaflax import train  # noqa: PLC0415 (train imports trainers lazily; avoid a cycle)
+
+  tx = train.make_optimizer(config, schedule)
+  if not config.model.get('freeze_visual', True):
+    return tx
+
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: 'frozen' if fusion_model.is_visual_param(path) else 'train', params)
+
+  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
