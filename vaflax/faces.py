@@ -92,3 +92,28 @@ def crop_face(
   if crop.ndim == 2:
     crop = crop[..., None]
   return crop.astype(np.uint8), cb
+
+
+def _ibug68_flip_permutation() -> np.ndarray:
+  """Index map of the iBUG-68 markup under a horizontal mirror (left <-> right parts)."""
+  perm = np.arange(68)
+  pairs = [(i, 16 - i) for i in range(8)]  # jaw 0-16 around the chin (8)
+  pairs += [(17 + i, 26 - i) for i in range(5)]  # brows 17-21 <-> 26-22
+  pairs += [(31, 35), (32, 34)]  # nose base; bridge 27-30 and tip 33 stay
+  pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
+  pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lip; 51, 57 stay
+  pairs += [(60, 64), (61, 63), (65, 67)]  # inner lip; 62, 66 stay
+  for a, b in pairs:
+    perm[a], perm[b] = b, a
+  return perm
+
+
+IBUG68_FLIP = _ibug68_flip_permutation()
+
+
+def flip_landmarks(landmarks_x68x2: np.ndarray) -> np.ndarray:
+  """Mirrors [0, 1] crop landmarks (x -> 1 - x) and swaps left/right indices (iBUG-68)."""
+  lm = np.asarray(landmarks_x68x2)
+  out = lm[..., IBUG68_FLIP, :].copy()
+  out[..., 0] = 1.0 - out[..., 0]
+  return out

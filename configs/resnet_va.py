@@ -1,0 +1,57 @@
+r"""ResNet + MLP head regressing valence and arousal (the CNN of Deng, Chen, Shi 2020).
+
+  python -m vaflax.main --config=configs/resnet_va.py:runlocal --workdir=/tmp/resnet_va
+  python -m vaflax.main --config=configs/resnet_va.py:variant=50,dataset=afew_va --workdir=W
+
+Recipe (Deng et al. 2020, "FAU, Facial Expressions, Valence and Arousal: A Multi-task Solution",
+VA part): 112x112 face crops, ResNet-50 backbone, MLP head (hidden 128), Adam lr 1e-4 decayed
+x0.1 every 3 epochs, trained on Aff-Wild2 (downsampled by 5) + AFEW-VA. Here the head regresses
+tanh-bounded VA with the CCC loss; the binned head and distillation of the paper are in
+configs/resnet_gru_va.py and configs/distill_va.py.
+
+Arguments: variant (18|34|50), dataset (a name or mixture, see vaflax/data/pipeline.py),
+runlocal (synthetic set, ResNet-18 at 64 px, a few minutes on a 2-core CPU).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  a = common.parse_arg(arg, variant=50, dataset='affwild2_va:0.2,afew_va:1', runlocal=False)
+  c = common.base_config()
+  c.task = 'supervised'
+  c.model_name = 'resnet'
+  c.model.depth = a.variant  # ResNet depth: 18, 34 or 50
+  c.model.width = 64  # stem width (64 in torchvision)
+  c.model.head_hidden = 128  # MLP head hidden units (Deng et al. 2020)
+  c.model.num_bins = 0  # 0: tanh regression; 20: binned head of Deng et al.
+  c.model.quadrant_head = False  # add 4-way quadrant logits
+  c.model.dropout = 0.0  # dropout in the head
+  c.model.dtype = 'float32'  # compute dtype (bfloat16 on GPU/TPU; params stay float32)
+  c.model.zero_init_residual = False  # zero-init the last BN of each block
+  c.model.remat = False  # rematerialise blocks to save memory
+  c.input.dataset = a.dataset
+  c.image_size = 112
+  c.batch_size = 64
+  c.total_steps = 0
+  c.total_epochs = 9.0  # 3 decays of x0.1 at epochs 3, 6
+  c.optimizer.lr = 1e-4
+  c.schedule.name = 'step'
+  c.schedule.decay_every_epochs = 3.0
+  c.eval_every_steps = 2000
+  c.checkpoint_every_steps = 2000
+  if a.runlocal:
+    c.input.dataset = 'synthetic_va'
+    c.model.depth = 18
+    c.model.width = 32
+    c.image_size = 64
+    c.batch_size = 32
+    c.total_steps = 1200
+    c.total_epochs = 0.0
+    c.optimizer.lr = 1e-3
+    c.schedule.name = 'cosine'
+    c.schedule.warmup_steps = 50
+    c.log_every_steps = 50
+    c.eval_every_steps = 300
+    c.checkpoint_every_steps = 100
+  return c

@@ -1,0 +1,51 @@
+"""Test session setup: CPU only, 8 fake devices, absl flags parsed, one shared synthetic build."""
+
+import os
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402
+
+jax.config.update('jax_num_cpu_devices', 8)
+
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()  # Grain's mp_prefetch reads absl flags (stack-probe G1)
+
+
+@pytest.fixture(scope='session')
+def synthetic_data_dir(tmp_path_factory):
+  """synthetic_va built once per test session (about 15 s)."""
+  from vaflax.data import build  # noqa: PLC0415
+
+  d = tmp_path_factory.mktemp('tfds')
+  build.build('synthetic_va', str(d), verbose=False)
+  return str(d)
+
+
+def tiny_config(data_dir, **overrides):
+  """The runlocal ResNet config shrunk to seconds: 8-wide ResNet-18 at 32 px on 1 device."""
+  from configs import resnet_va  # noqa: PLC0415
+
+  c = resnet_va.get_config('runlocal')
+  c.input.data_dir = data_dir
+  c.model.width = 8
+  c.model.head_hidden = 16
+  c.image_size = 32
+  c.batch_size = 8
+  c.total_steps = 4
+  c.log_every_steps = 2
+  c.eval_every_steps = 4
+  c.checkpoint_every_steps = 2
+  c.schedule.warmup_steps = 0
+  c.mesh.num_devices = 1
+  c.tensorboard = False
+  c.input.eval_split = 'test'
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c

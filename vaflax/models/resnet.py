@@ -1,0 +1,139 @@
+"""ResNet-18/34/50 (He et al. 2016) in Flax NNX, torchvision block layout, NHWC.
+
+Parameter counts equal torchvision's: ResNet-50 without its classifier has 23,508,032
+parameters, ResNet-18 11,176,512. Bottlenecks put the stride on the 3x3 conv ("ResNet v1.5",
+as torchvision does). BatchNorm uses torchvision's momentum 0.1 (= Flax momentum 0.9) and eps 1e-5.
+
+`Model` is the VA regressor of the spine: backbone -> MLP head -> tanh-bounded (valence, arousal),
+optionally with 20-bin logits per dimension (Deng et al. 2020) and a 4-way quadrant head.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vaflax.models import heads
+
+STAGES = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)), 50: ('bottleneck', (3, 4, 6, 3))}
+
+# torchvision initialises convs with kaiming_normal(mode='fan_out', nonlinearity='relu').
+_conv_init = nnx.with_partitioning(
+    jax.nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'), (None, None, 'conv_in', 'conv_out'))
+
+
+def _conv(cin, cout, k, stride, *, rngs, dtype):
+  pad = (k - 1) // 2
+  return nnx.Conv(cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)),
+                  use_bias=False, kernel_init=_conv_init, dtype=dtype, rngs=rngs)
+
+
+def _bn(c, *, rngs, dtype, zero=False):
+  return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs,
+                       scale_init=nnx.initializers.zeros if zero else nnx.initializers.ones)
+
+
+class BasicBlock(nnx.Module):
+  expansion = 1
+
+  def __init__(self, cin, width, stride, *, rngs, dtype, zero_init_residual):
+    cout = width
+    self.conv1 = _conv(cin, cout, 3, stride, rngs=rngs, dtype=dtype)
+    self.bn1 = _bn(cout, rngs=rngs, dtype=dtype)
+    self.conv2 = _conv(cout, cout, 3, 1, rngs=rngs, dtype=dtype)
+    self.bn2 = _bn(cout, rngs=rngs, dtype=dtype, zero=zero_init_residual)
+    if stride != 1 or cin != cout:
+      self.down_conv = _conv(cin, cout, 1, stride, rngs=rngs, dtype=dtype)
+      self.down_bn = _bn(cout, rngs=rngs, dtype=dtype)
+    else:
+      self.down_conv = self.down_bn = None
+
+  def __call__(self, x):
+    y = nnx.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    sc = x if self.down_conv is None else self.down_bn(self.down_conv(x))
+    return nnx.relu(y + sc)
+
+
+class Bottleneck(nnx.Module):
+  expansion = 4
+
+  def __init__(self, cin, width, stride, *, rngs, dtype, zero_init_residual):
+    cout = width * self.expansion
+    self.conv1 = _conv(cin, width, 1, 1, rngs=rngs, dtype=dtype)
+    self.bn1 = _bn(width, rngs=rngs, dtype=dtype)
+    self.conv2 = _conv(width, width, 3, stride, rngs=rngs, dtype=dtype)
+    self.bn2 = _bn(width, rngs=rngs, dtype=dtype)
+    self.conv3 = _conv(width, cout, 1, 1, rngs=rngs, dtype=dtype)
+    self.bn3 = _bn(cout, rngs=rngs, dtype=dtype, zero=zero_init_residual)
+    if stride != 1 or cin != cout:
+      self.down_conv = _conv(cin, cout, 1, stride, rngs=rngs, dtype=dtype)
+      self.down_bn = _bn(cout, rngs=rngs, dtype=dtype)
+    else:
+      self.down_conv = self.down_bn = None
+
+  def __call__(self, x):
+    y = nnx.relu(self.bn1(self.conv1(x)))
+    y = nnx.relu(self.bn2(self.conv2(y)))
+    y = self.bn3(self.conv3(y))
+    sc = x if self.down_conv is None else self.down_bn(self.down_conv(x))
+    return nnx.relu(y + sc)
+
+
+class ResNet(nnx.Module):
+  """Backbone without classifier: images (B,H,W,3) -> pooled features (B, 512 or 2048)."""
+
+  def __init__(self, depth: int = 18, *, width: int = 64, dtype=jnp.float32,
+               zero_init_residual: bool = False, remat: bool = False, rngs: nnx.Rngs):
+    if depth not in STAGES:
+      raise ValueError(f'ResNet depth must be one of {sorted(STAGES)}, got {depth}')
+    kind, counts = STAGES[depth]
+    block_cls = BasicBlock if kind == 'basic' else Bottleneck
+    self.dtype = dtype
+    self.remat = remat
+    self.stem_conv = _conv(3, width, 7, 2, rngs=rngs, dtype=dtype)
+    self.stem_bn = _bn(width, rngs=rngs, dtype=dtype)
+    blocks = []
+    cin = width
+    for stage, n in enumerate(counts):
+      w = width * 2**stage
+      for i in range(n):
+        stride = 2 if (i == 0 and stage > 0) else 1
+        blocks.append(block_cls(cin, w, stride, rngs=rngs, dtype=dtype,
+                                zero_init_residual=zero_init_residual))
+        cin = w * block_cls.expansion
+    self.blocks = nnx.List(blocks)
+    self.num_features = cin
+
+  def __call__(self, x_BxHxWx3):
+    x = x_BxHxWx3.astype(self.dtype)
+    x = nnx.relu(self.stem_bn(self.stem_conv(x)))
+    x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for blk in self.blocks:
+      x = nnx.remat(lambda b, h: b(h))(blk, x) if self.remat else blk(x)
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+class Model(nnx.Module):
+  """ResNet + MLP head for valence/arousal (the CNN of Deng et al. 2020 with `num_bins`)."""
+
+  def __init__(self, *, depth: int = 18, width: int = 64, head_hidden: int = 128,
+               num_bins: int = 0, quadrant_head: bool = False, dropout: float = 0.0,
+               dtype: str = 'float32', zero_init_residual: bool = False, remat: bool = False,
+               rngs: nnx.Rngs):
+    dt = jnp.dtype(dtype)
+    self.backbone = ResNet(depth, width=width, dtype=dt, zero_init_residual=zero_init_residual,
+                           remat=remat, rngs=rngs)
+    self.head = heads.VAHead(self.backbone.num_features, head_hidden, num_bins=num_bins,
+                             quadrant_head=quadrant_head, dropout=dropout, rngs=rngs)
+
+  def features(self, batch):
+    return self.backbone(batch['image'])
+
+  def __call__(self, batch):
+    feats_BxD = self.backbone(batch['image'])
+    out = self.head(feats_BxD)
+    out['features'] = feats_BxD
+    return out
+
