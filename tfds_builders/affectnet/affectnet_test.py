@@ -42,7 +42,7 @@ def _red_at(img, xy, r=3):
 
 def test_csv_counts_and_skips(csv_build):
   b = csv_build
-  assert {s: i.num_examples for s, i in b.info.splits.items()} == {'train': 6, 'validation': 2}
+  assert {s: i.num_examples for s, i in b.info.splits.items()} == {'train': 8, 'validation': 2}
   assert b.info.metadata['release'] == 'csv'
   assert b.info.metadata['emotion_names'] == [
       'neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger', 'contempt']
@@ -60,6 +60,8 @@ def test_csv_counts_and_skips(csv_build):
       'row has 7 fields, expected 9': 1,
       'valence not a number in [-1, 1] nor -2: masked': 1,
       MARKED: 1,
+      'face box invalid: cropped from the landmarks instead': 1,
+      "expression 'x' not in 0..10: emotion -1": 1,
   }
   assert _skips(b, 'validation') == {}
 
@@ -68,10 +70,10 @@ def test_csv_labels(csv_build):
   tr = csv_build.as_data_source('train')
   rows = _rows('training.csv')
   # Kept rows: 1 happy, 2 contempt, 3 None (8), 6 sad with valence -2, 10 anger with valence 1.5,
-  # 11 fear with bad landmarks.
-  kept = [rows[i] for i in (1, 2, 3, 6, 10, 11)]
-  exp = [(1, 1), (7, 7), (8, -1), (2, 2), (6, 6), (4, 4)]
-  masks = [[1, 1], [1, 1], [1, 1], [0, 1], [0, 1], [1, 1]]
+  # 11 fear with bad landmarks, 12 surprise with a zero-size box, 13 expression 'x'.
+  kept = [rows[i] for i in (1, 2, 3, 6, 10, 11, 12, 13)]
+  exp = [(1, 1), (7, 7), (8, -1), (2, 2), (6, 6), (4, 4), (3, 3), (-1, -1)]
+  masks = [[1, 1], [1, 1], [1, 1], [0, 1], [0, 1], [1, 1], [1, 1], [1, 1]]
   for i, (row, (code, emo), mask) in enumerate(zip(kept, exp, masks, strict=True)):
     ex = tr[i]
     assert (int(ex['expression']), int(ex['emotion'])) == (code, emo)
@@ -103,6 +105,10 @@ def test_csv_crop_from_box(csv_build):
   img = np.asarray(ex['image'])
   assert img.shape == (256, 256, 3) and _red_at(img, ex['landmarks'][30])
   assert tr[5]['landmarks_mask'] == 0 and not tr[5]['landmarks'].any()
+  # Zero-size box: the crop comes from the landmark box (margin 0.1), which spans 1 / 1.2 of it.
+  lm = tr[6]['landmarks']
+  assert (lm.max(0) - lm.min(0)).max() == pytest.approx(1 / 1.2, abs=0.01)
+  assert _red_at(np.asarray(tr[6]['image']), lm[30])
 
 
 def test_npy_release(npy_build):
@@ -137,7 +143,7 @@ def test_csv_release_wins_when_both_present(tmp_path):
   shutil.copytree(os.path.join(DUMMY, 'csv'), m / 'original')
   shutil.copytree(os.path.join(DUMMY, 'npy'), m / 'newer')
   b = build.build('affectnet', str(tmp_path / 'd'), manual_dir=str(m), verbose=False)
-  assert b.info.metadata['release'] == 'csv' and b.info.splits['train'].num_examples == 6
+  assert b.info.metadata['release'] == 'csv' and b.info.splits['train'].num_examples == 8
 
 
 def test_nothing_found_is_an_error(tmp_path):

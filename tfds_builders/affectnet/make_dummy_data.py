@@ -6,7 +6,7 @@ dummy_data/csv/: the original release (Manually_Annotated_file_lists/training.cs
 validation.csv without one, images under Manually_Annotated/Manually_Annotated_Images/ as emoca
 nests them). Bad and special rows: None (8), Uncertain (9) and No-Face (10) categories, a -2
 valence, a valence of 1.5, a row with a wrong field count, a missing and a truncated image,
-malformed landmarks.
+malformed landmarks, a zero-size face box (cropped from the landmarks), expression 'x'.
 dummy_data/npy/: the newer release (train_set/, val_set/ with images/<id>.jpg and
 annotations/<id>_{exp,val,aro,lnd}.npy), values stored as strings for one image and as numbers
 for the others; an image without annotations, a truncated one, a non-square one without
@@ -64,7 +64,7 @@ def write_csv_release():
   os.makedirs(lists, exist_ok=True)
 
   def row(i, sub, expression, valence, arousal, *, seed=None, image=True, truncate=False,
-          landmarks=None):
+          landmarks=None, box=None):
     rel = f'{sub}/{name(i)}'
     img, lm = face_image(seed if seed is not None else i, 80, 72, 48, 16 + i % 3, 12)
     if image:
@@ -72,7 +72,7 @@ def write_csv_release():
     # A detector-like box: the landmark box, 10 % wider, starting a little above the brows.
     x0, y0 = lm.min(0)
     x1, y1 = lm.max(0)
-    box = (int(x0 - 2), int(y0 - 4), int(x1 - x0 + 4), int(y1 - y0 + 6))
+    box = box or (int(x0 - 2), int(y0 - 4), int(x1 - x0 + 4), int(y1 - y0 + 6))
     lms = landmarks if landmarks is not None else ';'.join(f'{v:.2f}' for v in lm.reshape(-1))
     return f'{rel},{box[0]},{box[1]},{box[2]},{box[3]},{lms},{expression},{valence},{arousal}'
 
@@ -89,6 +89,8 @@ def write_csv_release():
       row(8, 104, 1, 0.5, 0.5, truncate=True),
       row(9, 104, 6, 1.5, 0.3, seed=4),
       row(10, 105, 4, -0.5, 0.6, seed=5, landmarks='1;2;3'),
+      row(11, 105, 3, 0.2, 0.6, seed=9, box=(0, 0, 0, 0)),
+      row(12, 105, 'x', -0.1, -0.2, seed=10),
   ]
   val = [row(20, 201, 0, 0.0, 0.0, seed=9), row(21, 201, 3, 0.2, 0.7, seed=10)]
   with open(os.path.join(lists, 'training.csv'), 'w') as f:
