@@ -12,7 +12,7 @@ def _take(it, n):
 def test_train_iterator_is_deterministic_and_resumable(synthetic_data_dir):
   c = tiny_config(synthetic_data_dir)
   ds, n = pipeline.make_train_dataset(c)
-  assert n == 3072
+  assert n == 3840
   a = _take(iter(ds), 3)
   it = iter(ds)
   b = _take(it, 2)
@@ -40,7 +40,7 @@ def test_each_host_reads_its_own_shard(synthetic_data_dir):
 
 
 def test_eval_covers_every_record_once_across_hosts(synthetic_data_dir):
-  c = tiny_config(synthetic_data_dir, batch_size=48)  # 512 records: no host divides evenly
+  c = tiny_config(synthetic_data_dir, batch_size=60)  # 576 records: 3 hosts x 16 does not divide evenly
   seen, nb = [], set()
   for p in range(3):
     ev = pipeline.EvalData(c, 'test', process_index=p, process_count=3)
@@ -50,7 +50,7 @@ def test_eval_covers_every_record_once_across_hosts(synthetic_data_dir):
       seen.append(b['index'][b['eval_mask'] > 0])
   assert len(nb) == 1  # every host runs the same number of eval steps
   seen = np.sort(np.concatenate(seen))
-  np.testing.assert_array_equal(seen, np.arange(512))
+  np.testing.assert_array_equal(seen, np.arange(576))
 
 
 def test_make_windows_hand_cases():
@@ -75,7 +75,7 @@ def test_windows_are_consecutive_frames_and_eval_counts_each_frame_once(syntheti
     m = (eb['va_mask'][..., 0] > 0) & (eb['eval_mask'][:, None] > 0)
     counted.append(eb['index'][m])
   counted = np.sort(np.concatenate(counted))
-  np.testing.assert_array_equal(counted, np.arange(512))
+  np.testing.assert_array_equal(counted, np.arange(576))
 
 
 def test_missing_dataset_and_bad_mixture_messages(tmp_path, synthetic_data_dir):

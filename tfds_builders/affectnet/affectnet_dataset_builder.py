@@ -36,13 +36,6 @@ IMAGE_EXTS = ('.jpg', '.jpeg', '.png')
 MAX_DEPTH = 4
 
 
-def count_quietly(skips: bu.SkipLog, reason: str, item) -> None:
-  """Counts an expected, documented case (marker values) without one log line per image."""
-  skips.counts[reason] += 1
-  if len(skips.examples[reason]) < 5:
-    skips.examples[reason].append(str(item))
-
-
 class Builder(tfds.core.GeneratorBasedBuilder):
   """AffectNet: valence/arousal in [-1, 1] and 8 emotions (11 expression codes), still images."""
 
@@ -289,10 +282,10 @@ def _labels(expression: str, valence: str, arousal: str, item, skips):
   emotion = code if 0 <= code < NUM_EMOTIONS else -1
   if emotion < 0 and not any(mask):
     what = EXPRESSION_NAMES[code] if code >= 0 else 'unknown'
-    count_quietly(skips, f'no label (expression {code} {what}, no valid valence/arousal)', item)
+    skips.skip(f'no label (expression {code} {what}, no valid valence/arousal)', item, log=False)
     return None
   if marker:
-    count_quietly(skips, 'valence/arousal -2 (not annotated): masked, image kept', item)
+    skips.skip('valence/arousal -2 (not annotated): masked, image kept', item, log=False)
   return dict(expression=code, emotion=emotion, valence_raw=raw[0], arousal_raw=raw[1],
               va_mask=np.asarray(mask, np.float32))
 

@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
-from tfds_builders.omg_emotion import video_io
+from vaflax.data import video_io
 from vaflax import faces
 from vaflax.data import builder_utils as bu
 
@@ -43,13 +43,6 @@ _EDITION = re.compile(r'(\d+)\s*(?:st|nd|rd|th)[\s_-]*ABAW', re.IGNORECASE)
 _NAME_FPS = re.compile(r'^[^-]+-(\d+)-\d+x\d+')  # <id>-<fps>-<W>x<H>[-<part>]
 NO_FACE = 'no cropped_aligned image for the frame (no face): zero image, masks 0, frame kept'
 MASKED = 'valence/arousal -5 (not annotated): masked, frame kept'
-
-
-def count_quietly(skips: bu.SkipLog, reason: str, item) -> None:
-  """Counts an expected, documented case (no-face frames, -5) without one log line per frame."""
-  skips.counts[reason] += 1
-  if len(skips.examples[reason]) < 5:
-    skips.examples[reason].append(str(item))
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -137,7 +130,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       if fps:
         fps_table[name] = fps
       if source is None:
-        count_quietly(writer.skips, 'no raw video found: zero audio, audio_mask 0', name)
+        writer.skips.skip('no raw video found: zero audio, audio_mask 0', name, log=False)
       yield from writer.emit(name, _video_examples(
           name, labels, crop_dir, audio, fps, t_first, blank, root, writer.skips))
     self.info.metadata['video_fps'] = fps_table
@@ -301,7 +294,7 @@ def _video_examples(name, labels, crop_dir, audio, fps, t_first, blank, root, sk
     if ext.lower() == '.jpg' and stem.isdigit():
       jpgs[int(stem)] = f
   for k in sorted(j for j in jpgs if not 1 <= j <= len(labels)):
-    count_quietly(skips, 'crop image without annotation line', f'{name}/{jpgs[k]}')
+    skips.skip('crop image without annotation line', f'{name}/{jpgs[k]}', log=False)
   rel_dir = os.path.relpath(crop_dir, root)
   for k, va in enumerate(labels, start=1):
     file = os.path.join(rel_dir, jpgs.get(k, f'{k:05d}.jpg'))
@@ -312,11 +305,11 @@ def _video_examples(name, labels, crop_dir, audio, fps, t_first, blank, root, sk
       except bu.BadInputError as e:
         skips.skip(f'{e.problem}: zero image, masks 0, frame kept', file)
     else:
-      count_quietly(skips, NO_FACE, f'{name}/{k:05d}')
+      skips.skip(NO_FACE, f'{name}/{k:05d}', log=False)
     v, a = va if va is not None else (math.nan, math.nan)
     valid = [math.isfinite(x) and x != INVALID for x in (v, a)]
     if va is not None and INVALID in (v, a):
-      count_quietly(skips, MASKED, f'{name}:{k}')
+      skips.skip(MASKED, f'{name}:{k}', log=False)
     raw = [x if ok else math.nan for x, ok in zip((v, a), valid, strict=True)]
     mask = np.asarray(valid, np.float32) * face  # no face: no training target
     chunk, audio_mask = np.zeros((SAMPLES_PER_FRAME,), np.float32), 0.0

@@ -17,7 +17,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_builders.omg_emotion import video_io
+from vaflax.data import video_io
 from vaflax import circumplex
 from vaflax.data import builder_utils as bu
 

@@ -20,7 +20,7 @@ import shutil
 
 import numpy as np
 
-from tfds_builders.omg_emotion import video_io
+from vaflax.data import video_io
 from tfds_builders.omg_emotion.make_dummy_data import GREEN, face_frames, tone
 
 OUT = os.path.join(os.path.dirname(__file__), 'dummy_data')

@@ -17,7 +17,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_builders.omg_emotion import video_io
+from vaflax.data import video_io
 from vaflax import circumplex, detect
 from vaflax.data import builder_utils as bu
 

@@ -16,7 +16,7 @@ import shutil
 
 import numpy as np
 
-from tfds_builders.omg_emotion import video_io
+from vaflax.data import video_io
 from vaflax.data import synthetic_faces as sf
 
 OUT = os.path.join(os.path.dirname(__file__), 'dummy_data')

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from tfds_builders.omg_emotion import video_io
+from vaflax.data import video_io
 from vaflax import detect
 from vaflax.data import builder_utils as bu
 

@@ -22,7 +22,7 @@ import wave
 
 import numpy as np
 
-from tfds_builders.omg_emotion import video_io
+from vaflax.data import video_io
 from vaflax.data import synthetic_faces as sf
 
 OUT = os.path.join(os.path.dirname(__file__), 'dummy_data', 'avec2019')

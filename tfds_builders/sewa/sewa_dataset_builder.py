@@ -17,7 +17,7 @@ import av
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_builders.omg_emotion import video_io
+from vaflax.data import video_io
 from vaflax import faces
 from vaflax.data import builder_utils as bu
 
@@ -34,13 +34,6 @@ VIDEO_EXTS = ('.avi', '.mp4', '.mkv', '.mov', '.webm')
 MAX_DEPTH = 5
 NO_FACE = 'no face detected (none before or held > 2 s): zero image, masks 0, frame kept'
 HELD = 'no face detected: previous face box reused'
-
-
-def count_quietly(skips: bu.SkipLog, reason: str, item) -> None:
-  """Counts an expected, documented case (detector misses) without one log line per frame."""
-  skips.counts[reason] += 1
-  if len(skips.examples[reason]) < 5:
-    skips.examples[reason].append(str(item))
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -181,7 +174,7 @@ def _recording_examples(name, rows, video, audio_path, root, skips):
   except (av.error.FFmpegError, OSError, ValueError) as e:
     skips.skip(f'audio unreadable ({type(e).__name__}): zero audio, audio_mask 0', name)
   if audio is None:
-    count_quietly(skips, 'no audio: zero audio, audio_mask 0', name)
+    skips.skip('no audio: zero audio, audio_mask 0', name, log=False)
   blank = bu.encode_image(np.zeros((CROP_SIZE, CROP_SIZE, 3), np.uint8))
   first_k, last_k = min(rows), max(rows)
   seen, box, held, n = set(), None, MAX_HOLD + 1, 0
@@ -199,16 +192,16 @@ def _recording_examples(name, rows, video, audio_path, root, skips):
       else:
         held += 1
         if held <= MAX_HOLD:
-          count_quietly(skips, HELD, f'{name}#{k}')
+          skips.skip(HELD, f'{name}#{k}', log=False)
       face = box is not None and held <= MAX_HOLD
       image = blank
       if face:
         crop, _ = faces.crop_face(rgb, box=box, margin=MARGIN, size=CROP_SIZE)
         image = bu.encode_image(crop)
       else:
-        count_quietly(skips, NO_FACE, f'{name}#{k}')
+        skips.skip(NO_FACE, f'{name}#{k}', log=False)
       if k not in rows:  # a skipped row inside the recording: keep the frame, no label
-        count_quietly(skips, 'no label row for the frame time: masked, frame kept', f'{name}#{k}')
+        skips.skip('no label row for the frame time: masked, frame kept', f'{name}#{k}', log=False)
       a, v, liking = rows.get(k, (math.nan,) * 3)
       valid = np.isfinite([v, a]).astype(np.float32) * float(face)
       chunk, audio_mask = np.zeros((SAMPLES_PER_FRAME,), np.float32), 0.0
@@ -225,4 +218,4 @@ def _recording_examples(name, rows, video, audio_path, root, skips):
     skips.skip(f'{reason} ({type(e).__name__})', rel)
     return
   for k in sorted(set(rows) - seen):  # after the end (or before the first frame) of the video
-    count_quietly(skips, 'label time outside the decoded video', f'{name}#{k}')
+    skips.skip('label time outside the decoded video', f'{name}#{k}', log=False)

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from tfds_builders.omg_emotion import video_io
+from vaflax.data import video_io
 from tfds_builders.sewa import sewa_dataset_builder as sewa
 from vaflax import faces
 from vaflax.data import build

@@ -13,9 +13,10 @@ from vaflax.data import builder_utils as bu
 from vaflax.data import synthetic_faces as sf
 
 CROP_SIZE = 112
-FRAMES_PER_CLIP = 32
+FRAMES_PER_CLIP = 24
+CLIPS_PER_IDENTITY = 4  # each identity shows several unrelated VA trajectories
 # (number of clips, seed offset) per split; offsets keep identities disjoint across splits.
-SPLITS = {'train': (96, 0), 'validation': (16, 100_000), 'test': (16, 200_000)}
+SPLITS = {'train': (160, 0), 'validation': (24, 100_000), 'test': (24, 200_000)}
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -43,7 +44,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     num_clips, offset = SPLITS[split]
     writer = bu.SplitWriter(split)
     for c in range(num_clips):
-      frames, lms, va, audio = sf.make_clip(offset + c, FRAMES_PER_CLIP, CROP_SIZE)
+      frames, lms, va, audio = sf.make_clip(
+          offset + c, FRAMES_PER_CLIP, CROP_SIZE, identity_seed=offset + c // CLIPS_PER_IDENTITY)
       vid = f'{split}_{c:04d}'
       yield from writer.emit(vid, (
           bu.default_example(

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
-from PIL import Image
+from PIL import Image, ImageOps
 
 NUM_LANDMARKS = 68
 
@@ -113,7 +113,8 @@ def read_image(path) -> np.ndarray:
       raise BadInputError(path, 'empty (zero-byte) image file')
     with Image.open(path) as im:
       im.load()
-      arr = np.asarray(im.convert('RGB'))
+      # Phone photos store their rotation in EXIF; without this faces come out sideways.
+      arr = np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
   except BadInputError:
     raise
   except FileNotFoundError as e:
@@ -152,11 +153,15 @@ class SkipLog:
     self.counts: collections.Counter = collections.Counter()
     self.examples: dict[str, list[str]] = collections.defaultdict(list)
 
-  def skip(self, reason: str, item) -> None:
+  def skip(self, reason: str, item, *, log: bool = True) -> None:
+    """Counts one skipped item. `log=False` for expected, documented per-frame cases (invalid
+    markers, frames without a face) that would otherwise print a line per frame; they are still
+    counted and shown in the build summary."""
     self.counts[reason] += 1
     if len(self.examples[reason]) < 5:
       self.examples[reason].append(str(item))
-    logging.warning('[%s] skipped %s: %s', self.split, item, reason)
+    if log:
+      logging.warning('[%s] skipped %s: %s', self.split, item, reason)
 
   def summary(self) -> dict:
     return {r: {'count': c, 'examples': self.examples[r]} for r, c in sorted(self.counts.items())}
@@ -169,8 +174,9 @@ class SplitWriter:
   `writer.finish(builder)` once the split is done (it stores the tables in the metadata).
   """
 
-  def __init__(self, split: str):
+  def __init__(self, split: str, *, stills: bool = False):
     self.split = split
+    self.stills = stills  # still-image datasets keep no video table (it would list every image)
     self.next_key = 0
     self.videos: list[list] = []
     self.skips = SkipLog(split)
@@ -182,7 +188,7 @@ class SplitWriter:
       yield self.next_key, ex
       self.next_key += 1
     n = self.next_key - start
-    if n:
+    if n and not self.stills:
       self.videos.append([video_id, start, n])
 
   def finish(self, builder: tfds.core.GeneratorBasedBuilder) -> None:

@@ -49,13 +49,17 @@ def sample_identity(rng: np.random.Generator) -> Identity:
 
 
 def va_trajectory(rng: np.random.Generator, num_frames: int) -> np.ndarray:
-  """(T, 2) smooth valence/arousal in [-1, 1]: an offset plus two slow sinusoids per dimension."""
+  """(T, 2) smooth valence/arousal in [-1, 1]: an offset plus two sinusoids per dimension.
+
+  The sinusoids are fast enough (up to 1 Hz) that one clip sweeps a good part of the plane, so
+  a model cannot predict a clip's VA from who is in it.
+  """
   t = np.arange(num_frames, dtype=np.float64) / FPS
   out = []
   for _ in range(2):
-    x = rng.uniform(-0.8, 0.8) + np.zeros_like(t)
+    x = rng.uniform(-0.9, 0.9) + np.zeros_like(t)
     for _ in range(2):
-      amp, freq, ph = rng.uniform(0.05, 0.35), rng.uniform(0.05, 0.5), rng.uniform(0, 2 * np.pi)
+      amp, freq, ph = rng.uniform(0.1, 0.4), rng.uniform(0.2, 1.0), rng.uniform(0, 2 * np.pi)
       x = x + amp * np.sin(2 * np.pi * freq * t + ph)
     out.append(np.clip(x, -1.0, 1.0))
   return np.stack(out, -1).astype(np.float32)
@@ -82,7 +86,7 @@ def face_landmarks(ident: Identity, v: float, a: float) -> np.ndarray:
   for j, i in enumerate(range(31, 36)):
     pts[i] = (-0.14 + 0.07 * j, 0.12 + 0.03 * (1 - abs(j - 2) / 2))
   # Eyes 36-41 and 42-47: opening grows with arousal.
-  open_ = 0.035 + 0.07 * (a + 1.0) / 2.0
+  open_ = 0.03 + 0.09 * (a + 1.0) / 2.0
   for s, base in ((-1, 36), (1, 42)):
     cx, cy, hw = s * ident.eye_dx, -0.28, 0.13
     xs = [cx - hw, cx - hw / 3, cx + hw / 3, cx + hw, cx + hw / 3, cx - hw / 3]
@@ -91,8 +95,8 @@ def face_landmarks(ident: Identity, v: float, a: float) -> np.ndarray:
     pts[base : base + 6, 1] = ys
   # Mouth 48-59 (outer) and 60-67 (inner): corners up with valence, opening with arousal.
   mw, my = 0.34, 0.5
-  curv = 0.18 * v
-  mopen = 0.01 + 0.14 * max(0.0, (a + 0.6) / 1.6)
+  curv = 0.22 * v
+  mopen = 0.01 + 0.18 * max(0.0, (a + 0.6) / 1.6)
   ox = np.array([-1.0, -0.6, -0.25, 0.0, 0.25, 0.6, 1.0, 0.6, 0.25, 0.0, -0.25, -0.6]) * mw
   bend = lambda x: my - curv * (np.abs(x) / mw) ** 2  # corners move up for positive valence
   upper = np.array([0.0, -0.05, -0.07, -0.06, -0.07, -0.05, 0.0])
@@ -195,10 +199,14 @@ def voice(ident: Identity, va_Tx2: np.ndarray, rng: np.random.Generator) -> np.n
   return wave.reshape(T, SAMPLES_PER_FRAME).astype(np.float32)
 
 
-def make_clip(seed: int, num_frames: int, size: int):
-  """Returns (frames uint8 (T,S,S,3), landmarks (T,68,2) px, va (T,2), audio (T,640))."""
+def make_clip(seed: int, num_frames: int, size: int, identity_seed: int | None = None):
+  """Returns (frames uint8 (T,S,S,3), landmarks (T,68,2) px, va (T,2), audio (T,640)).
+
+  `identity_seed` (default: `seed`) picks who is in the clip; `seed` picks the VA trajectory,
+  pose path and noise, so one identity can appear in several clips with unrelated VA.
+  """
+  ident = sample_identity(np.random.default_rng([7, seed if identity_seed is None else identity_seed]))
   rng = np.random.default_rng(seed)
-  ident = sample_identity(rng)
   va = va_trajectory(rng, num_frames)
   poses = pose_path(rng, va)
   audio = voice(ident, va, rng)
