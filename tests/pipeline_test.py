@@ -40,13 +40,13 @@ def test_each_host_reads_its_own_shard(synthetic_data_dir):
 
 
 def test_eval_covers_every_record_once_across_hosts(synthetic_data_dir):
-  c = tiny_config(synthetic_data_dir, batch_size=60)  # 576 records: 3 hosts x 16 does not divide evenly
+  c = tiny_config(synthetic_data_dir, batch_size=60)  # 576 records = 3 hosts x 192; 192 is not a multiple of 20
   seen, nb = [], set()
   for p in range(3):
     ev = pipeline.EvalData(c, 'test', process_index=p, process_count=3)
     nb.add(len(ev))
     for b in ev:
-      assert b['image'].shape[0] == 16
+      assert b['image'].shape[0] == 20
       seen.append(b['index'][b['eval_mask'] > 0])
   assert len(nb) == 1  # every host runs the same number of eval steps
   seen = np.sort(np.concatenate(seen))
