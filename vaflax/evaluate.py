@@ -1,0 +1,353 @@
+r"""Evaluate a trained run on a dataset split: metrics JSON, per-frame and per-video CSVs, plots.
+
+  python -m vaflax.evaluate --workdir=W [--split=test] [--dataset=NAME] [--flip_tta]
+      [--checkpoint_step=N] [--output=DIR] [--data_dir=D] [--config.x=y ...]
+
+Reads the run's W/config.json, restores its latest (or the given) checkpoint and scores the split
+with the eval pipeline and eval step of training (`train.evaluate`: ABAW pooled metrics, per-video
+CCC, quadrant metrics of the regressed VA and of the 4-way head when the model has one). A
+multi-stage workdir (one sub-workdir per stage, e.g. mae_va) is evaluated at the stage that
+finished last; pass --workdir=W/<stage> to choose another. See docs/evaluate.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import json
+import math
+import os
+import sys
+
+import ml_collections
+import numpy as np
+
+CHECKPOINTS = 'checkpoints'
+
+
+# --- Run loading (shared with predict) ----------------------------------------------------------
+
+
+def resolve_workdir(workdir: str) -> str:
+  """`workdir`, or for a multi-stage workdir the stage sub-workdir that finished last."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'--workdir={workdir}: no such directory')
+  if os.path.isfile(os.path.join(workdir, 'config.json')):
+    return workdir
+  stages = [os.path.join(workdir, d) for d in sorted(os.listdir(workdir))
+            if os.path.isfile(os.path.join(workdir, d, 'config.json'))
+            and os.path.isdir(os.path.join(workdir, d, CHECKPOINTS))]
+  if not stages:
+    raise FileNotFoundError(f'--workdir={workdir}: no config.json here nor in a stage sub-folder '
+                            '(not a vaflax workdir, or its training never started)')
+
+  def finished(d):
+    f = os.path.join(d, 'final_metrics.json')
+    return (os.path.exists(f), os.path.getmtime(f if os.path.exists(f) else os.path.join(d, CHECKPOINTS)))
+
+  chosen = max(stages, key=finished)
+  print(f'{workdir} is a multi-stage workdir (stages: {", ".join(os.path.basename(s) for s in stages)});'
+        f' using {os.path.basename(chosen)}, the stage that finished last. Pass '
+        f'--workdir={chosen} or another stage to choose.', file=sys.stderr)
+  return chosen
+
+
+def _parse_value(text: str, current):
+  if isinstance(current, bool):
+    if text.lower() in ('1', 'true', 'yes'):
+      return True
+    if text.lower() in ('0', 'false', 'no'):
+      return False
+    raise ValueError(f'expected a boolean, got {text!r}')
+  if isinstance(current, int):
+    return int(text)
+  if isinstance(current, float):
+    return float(text)
+  if isinstance(current, str):
+    return text
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
+  """Applies 'a.b=value' strings in place; the value takes the type of the current field."""
+  for item in overrides:
+    key, eq, text = item.partition('=')
+    if not eq:
+      raise ValueError(f'--config.{item}: expected --config.<field>=<value>')
+    node = config
+    *path, last = key.split('.')
+    try:
+      for p in path:
+        node = node[p]
+      current = node[last]
+    except (KeyError, AttributeError, TypeError):
+      raise ValueError(f'--config.{key}: the run config has no field {key!r}') from None
+    try:
+      node[last] = _parse_value(text, current)
+    except (ValueError, TypeError) as e:
+      raise ValueError(f'--config.{key}={text}: {e}') from None
+
+
+def load_config(workdir: str, overrides=(), data_dir: str | None = None) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, 'config.json')
+  try:
+    with open(path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path}: not valid JSON ({e})') from None
+  for key in ('task', 'model_name', 'model', 'input'):
+    if key not in config:
+      raise ValueError(f'{path}: no {key!r} field; is this the config.json of a vaflax run?')
+  apply_overrides(config, overrides)
+  if data_dir:
+    config.input.data_dir = data_dir
+  return config
+
+
+def restore(config, workdir: str, step: int | None = None, *, predict_fn=None, mesh=None):
+  """(setup, state, step): the run's model and optimizer restored from its checkpoint."""
+  from vaflax import checkpoint as ckpt_lib  # noqa: PLC0415 -- jax after flag parsing
+  from vaflax import train  # noqa: PLC0415
+
+  ckpt_dir = os.path.join(workdir, CHECKPOINTS)
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f'{ckpt_dir}: no checkpoints (has the run trained a step?)')
+  # Only the model and optimizer structure matter here; a large example count keeps the
+  # schedule's step count positive for epoch-based configs.
+  setup = train.make_setup(config, 10**9, mesh=mesh, predict_fn=predict_fn, init=False)
+  mngr = ckpt_lib.manager(ckpt_dir, async_save=False)
+  steps = mngr.all_steps()
+  if not steps:
+    raise FileNotFoundError(f'{ckpt_dir}: no complete checkpoint')
+  if step is None:
+    step = max(steps)
+  elif step not in steps:
+    raise ValueError(f'--checkpoint_step={step}: {ckpt_dir} has steps {sorted(steps)}')
+  state, _ = ckpt_lib.restore(mngr, setup.state, step=step,
+                              expected_meta={'model_name': config.model_name, 'task': config.task})
+  mngr.close()
+  return setup, state, int(step)
+
+
+def flip_tta(predict_fn):
+  """A predict_fn that averages the outputs on the images (or frames) and their mirror images.
+
+  Valence and arousal do not change under a horizontal mirror, so the mean of the two is a
+  test-time augmentation; quadrant logits are averaged too. Works for `image` (B,H,W,3) and
+  `frames` (B,T,H,W,3) batches (the width axis is -2 in both).
+  """
+  def fn(model, batch, config):
+    keys = [k for k in ('image', 'frames') if k in batch]
+    if not keys:
+      raise KeyError(f'flip_tta needs batch["image"] or batch["frames"]; got {sorted(batch)}')
+    out = predict_fn(model, batch, config)
+    mirrored = dict(batch, **{k: batch[k][..., ::-1, :] for k in keys})
+    out_m = predict_fn(model, mirrored, config)
+    res = dict(out)
+    for k in ('va', 'quadrant_logits'):
+      if k in out:
+        res[k] = 0.5 * (out[k] + out_m[k])
+    return res
+  return fn
+
+
+# --- Outputs ------------------------------------------------------------------------------------
+
+
+def _clean(v):
+  """JSON-ready: NumPy scalars/arrays to Python, NaN/inf to null."""
+  if isinstance(v, dict):
+    return {k: _clean(x) for k, x in v.items()}
+  if isinstance(v, np.ndarray):
+    v = v.tolist()
+  if isinstance(v, list | tuple):
+    return [_clean(x) for x in v]
+  if isinstance(v, np.generic):
+    v = v.item()
+  if isinstance(v, float) and not math.isfinite(v):
+    return None
+  return v
+
+
+def _fmt(x) -> str:
+  return f'{float(x):.9g}'  # 9 significant digits: float32 values round-trip exactly
+
+
+def write_frame_csv(path, arrays, keep, video_names) -> None:
+  """One row per scored frame: the numbers the pooled metrics were computed from."""
+  idx = np.nonzero(keep)[0]
+  head = 'quadrant_pred' in arrays
+  with open(path, 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(['index', 'video_id', 'valence_pred', 'arousal_pred', 'valence', 'arousal',
+                'valence_mask', 'arousal_mask'] + (['quadrant_head_pred'] if head else []))
+    for i in idx:
+      p, t, m = arrays['pred'][i], arrays['va'][i], arrays['mask'][i]
+      row = [int(arrays['index'][i]), video_names(int(arrays['video'][i])), _fmt(p[0]), _fmt(p[1]),
+             _fmt(t[0]), _fmt(t[1]), _fmt(m[0]), _fmt(m[1])]
+      if head:
+        row.append(int(arrays['quadrant_pred'][i]))
+      w.writerow(row)
+
+
+def per_video_rows(arrays, keep, video_names) -> list[dict]:
+  from vaflax import metrics as metrics_lib  # noqa: PLC0415
+
+  vid = arrays['video'][keep]
+  p, t, m = arrays['pred'][keep], arrays['va'][keep], arrays['mask'][keep]
+  rows = []
+  for k in np.unique(vid):
+    sel = vid == k
+    mv = m[sel] > 0
+    scores = metrics_lib.va_metrics(p[sel], t[sel], m[sel])
+    rows.append({
+        'video_id': video_names(int(k)),
+        'frames': int(np.sum(mv.any(-1))),
+        'ccc_valence': scores['ccc_valence'],
+        'ccc_arousal': scores['ccc_arousal'],
+        'mean_pred_valence': float(np.clip(p[sel, 0], -1, 1)[mv[:, 0]].mean()) if mv[:, 0].any() else math.nan,
+        'mean_pred_arousal': float(np.clip(p[sel, 1], -1, 1)[mv[:, 1]].mean()) if mv[:, 1].any() else math.nan,
+        'mean_valence': float(t[sel, 0][mv[:, 0]].mean()) if mv[:, 0].any() else math.nan,
+        'mean_arousal': float(t[sel, 1][mv[:, 1]].mean()) if mv[:, 1].any() else math.nan,
+    })
+  return rows
+
+
+def _write_rows(path, rows, fields) -> None:
+  with open(path, 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=fields)
+    w.writeheader()
+    for r in rows:
+      w.writerow({k: (_fmt(v) if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def _subsample(n: int, limit: int = 20000) -> np.ndarray:
+  """Row indices for scatter plots: all of them, or a fixed random subset of `limit`."""
+  if n <= limit:
+    return np.arange(n)
+  return np.sort(np.random.default_rng(0).choice(n, limit, replace=False))
+
+
+def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = None,
+                 flip: bool = False, checkpoint_step: int | None = None, output: str | None = None,
+                 overrides=(), data_dir: str | None = None) -> dict:
+  """Evaluates a run and writes its outputs; returns the JSON record (with 'files')."""
+  from vaflax import circumplex, plots, train  # noqa: PLC0415
+  from vaflax.data import pipeline  # noqa: PLC0415
+
+  workdir = resolve_workdir(workdir)
+  config = load_config(workdir, overrides, data_dir)
+  trainer = train.trainer_module(config)
+  predict_fn = None
+  if flip:
+    if config.get('eval') is not None and config.eval.get('flip_tta', False):
+      print('config.eval.flip_tta is already on: the trainer mirrors itself', file=sys.stderr)
+    else:
+      predict_fn = flip_tta(trainer.predict_fn)
+  eval_data = pipeline.EvalData(config, split, dataset=dataset)
+  setup, state, step = restore(config, workdir, checkpoint_step, predict_fn=predict_fn)
+  results, arrays = train.evaluate(setup, state, eval_data, prefix='')
+
+  name = eval_data.name
+  out_dir = os.path.abspath(output or os.path.join(workdir, 'eval'))
+  os.makedirs(out_dir, exist_ok=True)
+  tag = f'{name}_{split}'
+  files = {}
+  videos = (eval_data.info.metadata or {}).get('videos', {}).get(split) or []
+
+  def video_names(k):
+    return str(videos[k][0]) if 0 <= k < len(videos) else ('' if k < 0 else str(k))
+
+  record = {
+      'workdir': workdir, 'checkpoint_step': step, 'dataset': name, 'split': split,
+      'flip_tta': bool(flip), 'model_name': config.model_name, 'task': config.task,
+      'num_examples': eval_data.num_examples,
+  }
+  if arrays:
+    keep = arrays['mask'].max(-1) > 0
+    record['num_frames'] = int(keep.sum())
+    q_true = circumplex.va_to_quadrant(arrays['va'][keep])
+    q_true = np.where(arrays['mask'][keep].min(-1) > 0, q_true, circumplex.NO_LABEL)
+    q_reg = circumplex.va_to_quadrant(np.clip(arrays['pred'][keep], -1, 1))
+    record['quadrant_names'] = list(circumplex.QUADRANT_NAMES[:circumplex.NUM_QUADRANTS])
+    cm = circumplex.quadrant_confusion(q_true, q_reg)
+    record['quadrant_confusion'] = cm.tolist()
+    if 'quadrant_pred' in arrays:
+      cm_head = circumplex.quadrant_confusion(q_true, arrays['quadrant_pred'][keep])
+      record['quadrant_head_confusion'] = cm_head.tolist()
+
+    files['frames_csv'] = os.path.join(out_dir, f'predictions_{tag}.csv')
+    write_frame_csv(files['frames_csv'], arrays, keep, video_names)
+    rows = per_video_rows(arrays, keep, video_names) if videos else []
+    record['num_videos'] = len(rows)
+    files['per_video_csv'] = os.path.join(out_dir, f'per_video_{tag}.csv')
+    _write_rows(files['per_video_csv'], rows, [
+        'video_id', 'frames', 'ccc_valence', 'ccc_arousal', 'mean_pred_valence',
+        'mean_pred_arousal', 'mean_valence', 'mean_arousal'])
+
+    sel = _subsample(int(keep.sum()))
+    p, t, m = arrays['pred'][keep][sel], arrays['va'][keep][sel], arrays['mask'][keep][sel]
+    title = f'{name}/{split}, step {step}' + (' (flip TTA)' if flip else '')
+    files['circumplex_png'] = plots.circumplex_scatter(
+        os.path.join(out_dir, f'circumplex_{tag}.png'), np.clip(p, -1, 1), t, mask=m, title=title)
+    files['va_scatter_png'] = plots.va_scatter(
+        os.path.join(out_dir, f'va_scatter_{tag}.png'), np.clip(p, -1, 1), t, mask=m)
+    files['quadrant_confusion_png'] = plots.confusion_heatmap(
+        os.path.join(out_dir, f'quadrant_confusion_{tag}.png'), cm)
+    if 'quadrant_pred' in arrays:
+      files['quadrant_head_confusion_png'] = plots.confusion_heatmap(
+          os.path.join(out_dir, f'quadrant_head_confusion_{tag}.png'), cm_head)
+  else:
+    record['note'] = 'this task predicts no VA (e.g. MAE pretraining): only its eval_* means'
+  record['metrics'] = results
+  record['files'] = files
+  files['metrics_json'] = os.path.join(out_dir, f'metrics_{tag}.json')
+  with open(files['metrics_json'], 'w') as f:
+    json.dump(_clean(record), f, indent=2)
+  return record
+
+
+_SUMMARY_KEYS = ('ccc_valence', 'ccc_arousal', 'ccc_mean', 'per_video_ccc_mean', 'rmse_mean',
+                 'sagr_mean', 'quadrant_accuracy', 'quadrant_macro_f1',
+                 'quadrant_head_accuracy', 'quadrant_head_macro_f1')
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
+  rest = [a for a in argv if not a.startswith('--config.')]
+  ap = argparse.ArgumentParser(prog='python -m vaflax.evaluate', description=__doc__.split('\n')[0])
+  ap.add_argument('--workdir', required=True, help='the run (its config.json and checkpoints/)')
+  ap.add_argument('--split', default='test', help='dataset split to score')
+  ap.add_argument('--dataset', default=None,
+                  help="dataset to score (default: the first of the run's config.input.dataset)")
+  ap.add_argument('--flip_tta', action='store_true',
+                  help='average the predictions on each image and its horizontal mirror')
+  ap.add_argument('--checkpoint_step', type=int, default=None, help='default: the latest')
+  ap.add_argument('--output', default=None, help='output folder (default: WORKDIR/eval)')
+  ap.add_argument('--data_dir', default=None, help='TFDS data dir (default: the run config\'s)')
+  args = ap.parse_args(rest)
+  from absl import flags  # noqa: PLC0415
+
+  flags.FLAGS.mark_as_parsed()  # Grain reads absl flags; this CLI parses its own
+  try:
+    rec = evaluate_run(args.workdir, split=args.split, dataset=args.dataset, flip=args.flip_tta,
+                       checkpoint_step=args.checkpoint_step, output=args.output,
+                       overrides=overrides, data_dir=args.data_dir)
+  except (FileNotFoundError, PermissionError, ValueError, KeyError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  m = rec['metrics']
+  print(f"{rec['dataset']}/{rec['split']} step {rec['checkpoint_step']}: " + ', '.join(
+      f'{k}={m[k]:.4f}' for k in _SUMMARY_KEYS if isinstance(m.get(k), float)))
+  print(f"wrote {rec['files']['metrics_json']}")
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
