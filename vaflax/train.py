@@ -135,7 +135,11 @@ def trainer_module(config):
     raise ValueError(f'config.task={config.task!r}: no module vaflax/trainers/{config.task}.py') from e
 
 
-def make_setup(config, num_train_examples: int, mesh=None) -> Setup:
+def make_setup(config, num_train_examples: int, mesh=None, predict_fn=None,
+               init: bool = True) -> Setup:
+  """`predict_fn` replaces the trainer's in `eval_step` (e.g. evaluate.flip_tta(...)). With
+  init=False the state is abstract (ShapeDtypeStructs with shardings): a restore target that
+  skips compiling the initialisation (evaluate, predict)."""
   mesh = mesh or sharding.make_mesh(config.mesh)
   trainer = trainer_module(config)
   model_cls = model_module(config).Model
@@ -153,7 +157,11 @@ def make_setup(config, num_train_examples: int, mesh=None) -> Setup:
 
   graphdef, abs_state = nnx.split(nnx.eval_shape(create))
   state_sh = sharding.state_shardings(abs_state, mesh, config.sharding_rules)
-  state = jax.jit(lambda: nnx.split(create())[1], out_shardings=state_sh)()
+  if init:
+    state = jax.jit(lambda: nnx.split(create())[1], out_shardings=state_sh)()
+  else:
+    state = jax.tree.map(lambda v, sh: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh)),
+                         abs_state, state_sh, is_leaf=lambda x: isinstance(x, nnx.Variable))
   base_key = jax.random.key(config.seed)
   rep = sharding.replicated(mesh)
 
@@ -180,7 +188,7 @@ def make_setup(config, num_train_examples: int, mesh=None) -> Setup:
   def eval_step(state, batch):
     model, _ = nnx.merge(graphdef, state)
     model.eval()
-    out = trainer.predict_fn(model, batch, config)
+    out = (predict_fn or trainer.predict_fn)(model, batch, config)
     res = {'pred': out['va'], 'va': batch['va'],
            'mask': batch['va_mask'] * jnp.reshape(batch['eval_mask'], batch['eval_mask'].shape
                                                   + (1,) * (batch['va_mask'].ndim - 1)),
