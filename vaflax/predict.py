@@ -85,7 +85,7 @@ class Predictor:
     import jax  # noqa: PLC0415 -- after flag parsing
     from flax import nnx  # noqa: PLC0415
 
-    from vaflax import evaluate, train  # noqa: PLC0415
+    from vaflax import evaluate  # noqa: PLC0415
     from vaflax.data import ops as ops_lib  # noqa: PLC0415
 
     self.workdir = evaluate.resolve_workdir(workdir)

@@ -1,0 +1,196 @@
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from evaluate_test import tiny_run
+from PIL import Image
+
+from vaflax import circumplex, faces, predict
+from vaflax.data import video_io
+
+W, H, N, FPS = 320, 180, 30, 25
+# The astronaut's face in skimage's 512 px image (x 178-272, y 60-175); frames show the image at
+# half size, shifted and slowly zoomed by `_affine`.
+FACE_512 = (178.0, 60.0, 272.0, 175.0)
+
+
+def _affine(i):
+  s = 0.5 * (1 + 0.002 * i)
+  return s, 32 + 6 * np.sin(i / 5), -10 + 0.3 * i
+
+
+def _frame(i):
+  s, tx, ty = _affine(i)
+  m = np.float32([[s, 0, tx], [0, s, ty]])
+  return cv2.warpAffine(skimage.data.astronaut(), m, (W, H), flags=cv2.INTER_AREA,
+                        borderMode=cv2.BORDER_REFLECT)
+
+
+def _face_in_frame(i):
+  s, tx, ty = _affine(i)
+  x0, y0, x1, y1 = FACE_512
+  return s * x0 + tx, s * y0 + ty, s * x1 + tx, s * y1 + ty
+
+
+@pytest.fixture(scope='module')
+def media(tmp_path_factory):
+  d = tmp_path_factory.mktemp('media')
+  video_io.write_mp4(d / 'astro.mp4', np.stack([_frame(i) for i in range(N)]), FPS)
+  # No face: a drifting colour gradient.
+  g = np.linspace(0, 255, W, dtype=np.float32)[None, :, None]
+  blank = [np.broadcast_to((g + 8 * i) % 256, (H, W, 3)).astype(np.uint8) for i in range(10)]
+  video_io.write_mp4(d / 'noface.mp4', np.stack(blank), FPS)
+  (d / 'broken.mp4').write_bytes(b'this is not a video' * 50)
+  Image.fromarray(skimage.data.astronaut()).save(d / 'astro_still.png')
+  return d
+
+
+@pytest.fixture(scope='module')
+def predictor(tmp_path_factory, synthetic_data_dir):
+  return predict.Predictor(tiny_run(tmp_path_factory, synthetic_data_dir), batch_size=8,
+                           data_dir=synthetic_data_dir)
+
+
+def _rows(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_video_end_to_end(predictor, media, tmp_path):
+  opts = predict.Options(overlay=True, progress=False)
+  s = predict.predict_file(predictor, media / 'astro.mp4', str(tmp_path), opts)
+  rows = _rows(tmp_path / 'astro.csv')
+  assert list(rows[0]) == list(predict.CSV_COLUMNS)
+  assert s['frames_processed'] == N and s['fps'] == FPS and s['frames_with_face'] >= N - 2
+  assert len(rows) == s['frames_with_face'] and {r['face_id'] for r in rows} == {'0'}
+  assert s['frames_without_face'] == N - s['frames_with_face']
+  for r in rows:
+    k = int(r['frame'])
+    assert float(r['time_s']) == pytest.approx(k / FPS, abs=1e-3)
+    x, y, w, h = (float(r[c]) for c in 'xywh')
+    fx0, fy0, fx1, fy1 = _face_in_frame(k)
+    assert fx0 < x + w / 2 < fx1 and fy0 < y + h / 2 < fy1, (k, x, y, w, h)
+    assert 0.6 < w / (fx1 - fx0) < 1.6
+    v, a = float(r['valence']), float(r['arousal'])
+    assert -1 <= v <= 1 and -1 <= a <= 1
+    assert r['quadrant'] == circumplex.QUADRANT_NAMES[int(circumplex.va_to_quadrant([v, a]))]
+
+  # The CSV holds what the model says on the training crop of that box: crop_face with margin
+  # 0.2 at the synthetic set's 112 px, then pp_eval (center_crop(0.925), resize(32), [-1, 1]).
+  r = rows[0]
+  rgb = _decoded_frame(media / 'astro.mp4', int(r['frame']))
+  crop, _ = faces.crop_face(rgb, box=[float(r[c]) for c in 'xywh'], margin=0.2, size=112)
+  side = int(round(112 * 0.925))
+  o = (112 - side) // 2
+  img = cv2.resize(crop[o:o + side, o:o + side], (32, 32), interpolation=cv2.INTER_AREA)
+  img = img.astype(np.float32) / 255 * 2 - 1
+  out = predictor.result(predictor.dispatch([{'image': img}]))
+  assert float(r['valence']) == pytest.approx(float(out['va'][0, 0]), abs=2e-4)
+  assert float(r['arousal']) == pytest.approx(float(out['va'][0, 1]), abs=2e-4)
+
+  summary = json.load(open(tmp_path / 'astro.json'))
+  va = np.array([[float(r['valence']), float(r['arousal'])] for r in rows])
+  assert summary['valence']['mean'] == pytest.approx(va[:, 0].mean(), abs=1e-4)
+  assert summary['arousal']['std'] == pytest.approx(va[:, 1].std(), abs=1e-4)
+  share = summary['quadrant_share']
+  assert sum(share.values()) == pytest.approx(1.0)
+  counts = {q: sum(r['quadrant'] == q for r in rows) / len(rows) for q in share}
+  assert share == pytest.approx(counts)
+  assert summary['dominant_quadrant'] == max(counts, key=counts.get)
+  assert summary['crop'] == {'margin': 0.2, 'size': 112, 'pp_eval': predictor.pp_spec}
+  for name in ('astro_trajectory.png', 'astro_va_time.png'):
+    with Image.open(tmp_path / name) as im:
+      assert im.format == 'PNG' and min(im.size) >= 400
+  vs = predict.VideoStream(tmp_path / 'astro_overlay.mp4')
+  assert sum(1 for _ in vs) == N
+  vs.close()
+
+
+def _decoded_frame(path, k):
+  vs = predict.VideoStream(path)
+  try:
+    for i, _, rgb in vs:
+      if i == k:
+        return rgb
+  finally:
+    vs.close()
+  raise AssertionError(f'no frame {k}')
+
+
+def test_stride_and_smoothing(predictor, media, tmp_path):
+  raw = predict.predict_file(predictor, media / 'astro.mp4', str(tmp_path / 'raw'),
+                             predict.Options(frame_stride=3, plots=False, progress=False))
+  sm = predict.predict_file(predictor, media / 'astro.mp4', str(tmp_path / 'sm'),
+                            predict.Options(frame_stride=3, smooth='mean', smooth_window=3,
+                                            plots=False, progress=False))
+  assert raw['frames_processed'] == sm['frames_processed'] == N // 3
+  r0, r1 = _rows(tmp_path / 'raw' / 'astro.csv'), _rows(tmp_path / 'sm' / 'astro.csv')
+  assert [int(r['frame']) for r in r0] == list(range(0, N, 3))[: len(r0)]
+  v = np.array([float(r['valence']) for r in r0])
+  want = predict.smooth_track(np.stack([v, v], -1), 'mean', 3)[:, 0]
+  np.testing.assert_allclose([float(r['valence']) for r in r1], want, atol=2e-4)
+
+
+def test_smooth_track_values():
+  x = np.array([[0.0, 1.0], [3.0, 1.0], [6.0, 1.0], [9.0, 1.0]])
+  np.testing.assert_allclose(predict.smooth_track(x, 'mean', 3)[:, 0], [1.5, 3, 6, 7.5])
+  np.testing.assert_allclose(predict.smooth_track(x, 'mean', 2)[:, 0], [1.5, 4.5, 7.5, 9])
+  a = 2 / 4  # window 3 -> alpha 0.5
+  e = predict.smooth_track(x, 'ema', 3)[:, 0]
+  np.testing.assert_allclose(e, [0, a * 3, a * 6 + (1 - a) * a * 3,
+                                 a * 9 + (1 - a) * (a * 6 + (1 - a) * a * 3)])
+  np.testing.assert_array_equal(predict.smooth_track(x, 'none', 3), x)
+
+
+def test_tracker_keeps_ids_and_drops_old_tracks():
+  t = predict.FaceTracker(max_age=2)
+  ids, _ = t.update([(10, 10, 40, 40, 5), (200, 10, 40, 40, 5)])
+  assert [i for i, _ in ids] == [0, 1]
+  # Both move; the detector lists them in the other order; one jumps 15 px (IoU < 0.3 for a
+  # 40 px box moving 30 px, but its centre stays within half a side).
+  ids, _ = t.update([(215, 12, 40, 40, 5), (14, 10, 40, 40, 5)])
+  assert [i for i, _ in ids] == [1, 0]
+  ids, _ = t.update([(214, 12, 40, 40, 5)])
+  assert [i for i, _ in ids] == [1]
+  _, dropped = t.update([(214, 12, 40, 40, 5)])
+  assert dropped == []
+  _, dropped = t.update([(214, 12, 40, 40, 5)])
+  assert dropped == [0]  # unseen for 3 updates > max_age 2
+  ids, _ = t.update([(12, 10, 40, 40, 5)])
+  assert ids[0][0] == 2  # a new face, a new id
+  assert predict.iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+
+
+def test_no_face_video_unreadable_file_and_folder(predictor, media, tmp_path, capsys):
+  s = predict.predict_file(predictor, media / 'noface.mp4', str(tmp_path), predict.Options(
+      progress=False))
+  assert s['frames_processed'] == 10 and s['frames_with_face'] == 0 and s['num_rows'] == 0
+  assert 'no face' in s['note'] and s['dominant_quadrant'] is None
+  assert _rows(tmp_path / 'noface.csv') == []
+  assert open(tmp_path / 'noface.csv').read().strip() == ','.join(predict.CSV_COLUMNS)
+  assert json.load(open(tmp_path / 'noface.json'))['frames_without_face'] == 10
+  with pytest.raises(predict.InputError, match='broken.mp4: cannot open as a video'):
+    predict.predict_file(predictor, media / 'broken.mp4', str(tmp_path), predict.Options())
+
+  # The CLI: a folder with a bad file processes the others, names the bad one, exits 1; a
+  # video without a face alone exits 0.
+  (media / 'notes.txt').write_text('ignored')
+  out = tmp_path / 'folder'
+  argv = [f'--workdir={predictor.workdir}', f'--output={out}', '--quiet', '--batch_size=8',
+          f'--data_dir={predictor.config.input.data_dir}']
+  rc = predict.main(argv + [f'--input={media}'])
+  err = capsys.readouterr().err
+  assert rc == 1 and 'broken.mp4: cannot open as a video' in err and '1 of 4 inputs failed' in err
+  assert 'notes.txt: not an image or video' in err
+  assert sorted(p.name for p in out.glob('*.csv')) == ['astro.csv', 'astro_still.csv',
+                                                        'noface.csv']
+  still = _rows(out / 'astro_still.csv')
+  assert len(still) == 1 and still[0]['frame'] == '0'
+  x, y, w, h = (float(still[0][c]) for c in 'xywh')
+  assert 178 < x + w / 2 < 272 and 60 < y + h / 2 < 175
+  assert predict.main(argv + [f'--input={media / "noface.mp4"}']) == 0
+  assert predict.main(argv + [f'--input={media / "missing.mp4"}']) == 2
+  assert 'missing.mp4: no such file' in capsys.readouterr().err
