@@ -151,7 +151,7 @@ def shake_shake_regression(pred, target, mask, coefficients):
   """alpha * RMSE + beta * (1 - PCC) + gamma * (1 - CCC) for one dimension."""
   a, b, g = coefficients[..., 0], coefficients[..., 1], coefficients[..., 2]
   return (
-      a * rmse(pred, target, mask)
+      a * rmse(pred, target, mask, eps=1e-12)  # eps: finite gradient when all entries are masked
       + b * (1.0 - pcc(pred, target, mask))
       + g * (1.0 - ccc(pred, target, mask))
   )
