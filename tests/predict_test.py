@@ -194,3 +194,40 @@ def test_no_face_video_unreadable_file_and_folder(predictor, media, tmp_path, ca
   assert predict.main(argv + [f'--input={media / "noface.mp4"}']) == 0
   assert predict.main(argv + [f'--input={media / "missing.mp4"}']) == 2
   assert 'missing.mp4: no such file' in capsys.readouterr().err
+
+
+class _FakeWindowPredictor:
+  """Stands in for a temporal model: va[t] of a window = (pixel value of frame t, -that)."""
+
+  window, batch_size = 3, 2
+
+  def __init__(self):
+    self.batches = []
+
+  def dispatch(self, items):
+    frames = np.stack([it['image'] for it in items])  # (B, T, 1, 1, 1)
+    self.batches.append(frames.shape)
+    v = frames[:, :, 0, 0, 0]
+    return {'va': np.stack([v, -v], -1)}, len(items)
+
+  @staticmethod
+  def result(handle):
+    return handle[0]
+
+
+def test_window_models_get_windows_of_one_track():
+  p = _FakeWindowPredictor()
+  va, q = [], []
+  feeder = predict._Feeder(p, va, q)
+  order = [(0, 1.0), (1, 10.0), (0, 2.0), (0, 3.0), (1, 20.0), (0, 4.0)]  # (face, value) in time
+  for face, value in order:
+    va.append(None)
+    q.append(None)
+    feeder.add(face, len(va) - 1, {'image': np.full((1, 1, 1), value, np.float32)})
+  feeder.end_track(1)  # the tracker dropped face 1: its partial window goes now
+  feeder.finish()
+  got = np.array(va)
+  np.testing.assert_array_equal(got[:, 0], [v for _, v in order])  # each frame its own value
+  np.testing.assert_array_equal(got[:, 1], [-v for _, v in order])
+  # Windows: face 0 [1, 2, 3] full, face 1 [10, 20] padded, face 0 [4] padded; 2 per batch.
+  assert p.batches == [(2, 3, 1, 1, 1), (1, 3, 1, 1, 1)]
