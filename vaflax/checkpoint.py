@@ -31,10 +31,17 @@ def manager(directory: str, *, max_to_keep: int = 3, async_save: bool = True) ->
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iter=None, meta: dict | None = None,
          force: bool = False) -> bool:
+  """Saves `step` unless a checkpoint of that step exists already (e.g. a periodic save just
+  before a SIGTERM): the same step always holds the same state, so there is nothing to add."""
+  if step in mngr.all_steps():
+    return False
   items = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(dict(meta or {}, step=step))}
   if data_iter is not None:
     items['data_iter'] = grain.checkpoint.CheckpointSave(data_iter)
-  return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+  try:
+    return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+  except ocp.checkpoint_manager.StepAlreadyExistsError:  # an async save of it is in flight
+    return False
 
 
 def _abstract(state):

@@ -23,6 +23,7 @@ from absl import logging
 from flax import nnx
 
 from vaflax import checkpoint as ckpt_lib
+from vaflax import circumplex
 from vaflax import metrics as metrics_lib
 from vaflax import sharding, writers
 from vaflax.data import pipeline
@@ -66,7 +67,8 @@ def prepare_workdir(workdir: str, config) -> None:
 
 def make_schedule(config, steps_per_epoch: int, total_steps: int):
   sc, lr = config.schedule, float(config.optimizer.lr)
-  warmup = int(sc.get('warmup_steps', 0))
+  warmup = int(sc.get('warmup_steps', 0)) or int(round(sc.get('warmup_epochs', 0.0)
+                                                         * steps_per_epoch))
   name = sc.get('name', 'constant')
   if name == 'constant':
     main = optax.constant_schedule(lr)
@@ -89,12 +91,18 @@ def make_optimizer(config, schedule):
   if name == 'adam':
     tx = optax.adam(schedule, b1=oc.get('b1', 0.9), b2=oc.get('b2', 0.999))
   elif name == 'adamw':
+    # No decay on biases, norms and embeddings' 1-D params (the usual MAE/ViT recipe).
     tx = optax.adamw(schedule, b1=oc.get('b1', 0.9), b2=oc.get('b2', 0.999),
-                     weight_decay=oc.get('weight_decay', 0.0))
+                     weight_decay=oc.get('weight_decay', 0.0),
+                     mask=lambda params: jax.tree.map(lambda x: x.ndim >= 2, params))
   elif name == 'sgd':
     tx = optax.sgd(schedule, momentum=oc.get('momentum', 0.9) or None)
   else:
     raise ValueError(f'config.optimizer.name={name!r}: use adam, adamw or sgd')
+  if oc.get('layer_decay', 0.0):  # layer-wise lr decay for ViT fine-tuning (BEiT/MAE recipe)
+    from vaflax.models import vit  # noqa: PLC0415
+
+    tx = optax.chain(tx, vit.scale_by_layerwise_lr_decay(oc.layer_decay))
   if oc.get('grad_clip_norm', 0.0):
     tx = optax.chain(optax.clip_by_global_norm(oc.grad_clip_norm), tx)
   return tx
@@ -152,7 +160,10 @@ def make_setup(config, num_train_examples: int, mesh=None, predict_fn=None,
         else make_optimizer(config, schedule))
 
   def create():
-    model = model_cls(**config.model.to_dict(), rngs=nnx.Rngs(config.seed))
+    if hasattr(trainer, 'make_model'):  # a task that wraps the model (distill: teacher + students)
+      model = trainer.make_model(config, model_cls, nnx.Rngs(config.seed))
+    else:
+      model = model_cls(**config.model.to_dict(), rngs=nnx.Rngs(config.seed))
     return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
   graphdef, abs_state = nnx.split(nnx.eval_shape(create))
@@ -189,12 +200,13 @@ def make_setup(config, num_train_examples: int, mesh=None, predict_fn=None,
     model, _ = nnx.merge(graphdef, state)
     model.eval()
     out = (predict_fn or trainer.predict_fn)(model, batch, config)
-    res = {'pred': out['va'], 'va': batch['va'],
-           'mask': batch['va_mask'] * jnp.reshape(batch['eval_mask'], batch['eval_mask'].shape
-                                                  + (1,) * (batch['va_mask'].ndim - 1)),
-           'video': batch['video'], 'index': batch['index']}
-    if 'quadrant_logits' in out:
-      res['quadrant_logits'] = out['quadrant_logits']
+    res = {'eval_mask': batch['eval_mask']}
+    if 'va' in out:
+      em = jnp.reshape(batch['eval_mask'], batch['eval_mask'].shape + (1,) * (batch['va_mask'].ndim - 1))
+      res.update(pred=out['va'], va=batch['va'], mask=batch['va_mask'] * em,
+                 video=batch['video'], index=batch['index'])
+    # Per-example scalars named eval_<x> (e.g. the MAE reconstruction loss) become val/<x>.
+    res.update({k: v for k, v in out.items() if k.startswith('eval_') or k == 'quadrant_logits'})
     return res
 
   bsh = sharding.batch_sharding(mesh)
@@ -209,20 +221,39 @@ def make_setup(config, num_train_examples: int, mesh=None, predict_fn=None,
 
 
 def evaluate(setup: Setup, state, eval_data, prefix: str = 'val/') -> tuple[dict, dict]:
-  """Pooled metrics over the whole split (ABAW protocol) and the raw per-frame arrays."""
-  cols = {'pred': [], 'va': [], 'mask': [], 'video': [], 'index': []}
+  """Metrics over the whole split and the raw per-frame arrays.
+
+  VA metrics are pooled over all valid frames (ABAW protocol; windows are flattened to frames);
+  eval_<x> per-example outputs are averaged over the real (unpadded) examples.
+  """
+  cols: dict[str, list] = {}
   for batch in eval_data:
     out = jax.device_get(setup.eval_step(state, sharding.to_global(batch, setup.mesh)))
-    for k in cols:
-      cols[k].append(np.asarray(out[k]))
+    for k, v in out.items():
+      cols.setdefault(k, []).append(np.asarray(v))
   cat = {k: np.concatenate(v) for k, v in cols.items()}
-  # Windows (N, T, ...) become frames: the ABAW protocol pools over frames.
-  arrays = {k: (a.reshape(-1, 2) if k in ('pred', 'va', 'mask') else a.reshape(-1))
-            for k, a in cat.items()}
-  keep = arrays['mask'].max(-1) > 0
-  m = metrics_lib.va_metrics(arrays['pred'][keep], arrays['va'][keep], arrays['mask'][keep],
-                             video_ids=arrays['video'][keep])
-  return {prefix + k: v for k, v in m.items()}, arrays
+  results = {}
+  arrays = {}
+  if 'pred' in cat:
+    arrays = {k: (cat[k].reshape(-1, 2) if k in ('pred', 'va', 'mask') else cat[k].reshape(-1))
+              for k in ('pred', 'va', 'mask', 'video', 'index')}
+    keep = arrays['mask'].max(-1) > 0
+    results.update(metrics_lib.va_metrics(arrays['pred'][keep], arrays['va'][keep],
+                                          arrays['mask'][keep], video_ids=arrays['video'][keep]))
+    results.update(circumplex.va_quadrant_metrics(arrays['pred'][keep], arrays['va'][keep],
+                                                  arrays['mask'][keep]))
+    if 'quadrant_logits' in cat:  # the 4-way head, scored against the target's quadrant
+      q_pred = cat['quadrant_logits'].argmax(-1).reshape(-1)
+      q_true = circumplex.va_to_quadrant(arrays['va'])
+      q_true = np.where(arrays['mask'].min(-1) > 0, q_true, circumplex.NO_LABEL)
+      results.update({k.replace('quadrant_', 'quadrant_head_'): v
+                      for k, v in circumplex.quadrant_metrics(q_true, q_pred).items()})
+      arrays['quadrant_pred'] = q_pred
+  em = cat['eval_mask']
+  for k, v in cat.items():
+    if k.startswith('eval_') and k != 'eval_mask':
+      results[k[len('eval_'):]] = float(np.sum(v * em) / max(np.sum(em), 1.0))
+  return {prefix + k: v for k, v in results.items()}, arrays
 
 
 # --- Train loop ---------------------------------------------------------------------------------
@@ -297,8 +328,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   def save(step, force=False):
     ckpt_lib.save(mngr, step, state, train_iter, meta, force=force)
 
-  def check(prev):
-    """Inspects the previous step after the next one is dispatched (keeps the device busy)."""
+  def check(prev, steps_done):
+    """Inspects an earlier step once the next one is dispatched (keeps the device busy).
+
+    `steps_done` is how many steps the current state holds; a stop checkpoints it under that
+    number, with the data iterator at the same position, so a resume is consistent.
+    """
     nonlocal num_skipped
     step, ok, index = prev
     if bool(ok):
@@ -309,7 +344,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       logging.warning('non-finite loss/gradient at step %d (batch ids %s): update skipped (%d so far)',
                       step, ids, num_skipped)
       return
-    save(step + 1, force=True)
+    save(steps_done, force=True)
     mngr.wait_until_finished()
     raise NonFiniteError(
         f'non-finite loss or gradient at step {step} (host batch record ids {ids}...). The update '
@@ -324,12 +359,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       gbatch = sharding.to_global(batch, setup.mesh)
       state, metrics, ok = setup.train_step(state, gbatch, jnp.asarray(step, jnp.int32))
       if last is not None:
-        check(last)
+        check(last, step + 1)
       last = (step, ok, batch.get('index', np.zeros((1,))))
       history.append(metrics)
       step += 1
       if step % log_every == 0 or step == total:
-        check(last)
+        check(last, step)
         last = None
         means = {f'train/{k}': float(np.mean([float(h[k]) for h in jax.device_get(history)]))
                  for k in history[0]}
@@ -342,6 +377,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if step % eval_every == 0 or step == total:
         if eval_data is not None:
           final_metrics, _ = evaluate(setup, state, eval_data)
+          if hasattr(setup.trainer, 'on_eval'):  # e.g. MAE reconstruction PNGs
+            final_metrics.update(setup.trainer.on_eval(setup, state, eval_data, workdir, step) or {})
           writer.write(step, final_metrics)
           print('eval step %d: %s' % (step, ', '.join(
               f'{k}={v:.4f}' for k, v in final_metrics.items()
@@ -352,7 +389,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       preempt = sigterm.set if pcount == 1 else mngr.reached_preemption(step)
       if preempt and step < total:
         if last is not None:
-          check(last)
+          check(last, step)
         save(step, force=True)
         mngr.wait_until_finished()
         writer.close()
@@ -360,7 +397,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
               f'run the same command again to resume. Exit code {PREEMPTED_EXIT_CODE}.', flush=True)
         raise Preempted(step)
     if last is not None:
-      check(last)
+      check(last, step)
   mngr.wait_until_finished()
   mngr.close()
   writer.close()
