@@ -23,9 +23,8 @@ from absl import logging
 from flax import nnx
 
 from vaflax import checkpoint as ckpt_lib
-from vaflax import circumplex
+from vaflax import circumplex, sharding, writers
 from vaflax import metrics as metrics_lib
-from vaflax import sharding, writers
 from vaflax.data import pipeline
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again" -- what a requeue script looks for
@@ -380,10 +379,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
           if hasattr(setup.trainer, 'on_eval'):  # e.g. MAE reconstruction PNGs
             final_metrics.update(setup.trainer.on_eval(setup, state, eval_data, workdir, step) or {})
           writer.write(step, final_metrics)
-          print('eval step %d: %s' % (step, ', '.join(
-              f'{k}={v:.4f}' for k, v in final_metrics.items()
-              if k.endswith(('ccc_valence', 'ccc_arousal', 'ccc_mean')) and v is not None)),
-              flush=True)
+          shown = ', '.join(f'{k}={v:.4f}' for k, v in final_metrics.items()
+                            if k.endswith(('ccc_valence', 'ccc_arousal', 'ccc_mean', '/loss', '/nme'))
+                            and v is not None)
+          print(f'eval step {step}: {shown}', flush=True)
       if step % ckpt_every == 0 or step == total:
         save(step, force=step == total)
       preempt = sigterm.set if pcount == 1 else mngr.reached_preemption(step)
