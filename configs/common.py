@@ -62,6 +62,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.eval_split = 'validation'  # split evaluated during training ('' to skip)
   c.input.window = 0  # >0: examples are windows of this many consecutive frames
   c.input.window_stride = 0  # stride between training windows (0: = window)
+  # Balancing (vaflax/data/balance.py), per source of a mixture: '' draws shuffled epochs;
+  # 'va_grid' draws with replacement, weight = (records in the VA cell)^-balance_power.
+  c.input.balance = ''  # '' (off) | 'va_grid'
+  c.input.balance_grid = 20  # cells per axis of the VA grid on [-1, 1] x [-1, 1]
+  c.input.balance_power = 1.0  # 1: full inverse frequency, 0.5: square root, 0: uniform
+  c.input.balance_floor = 0.0  # weight without valid VA (average labelled = 1; 0: never drawn)
   c.input.pp_train = ('standardize|random_crop(0.85)|resize({image_size})|flip_lr|'
                       'color_jitter(0.2, 0.2, 0.2)|value_range(-1, 1)')  # train ops (vaflax/data/ops.py)
   c.input.pp_eval = 'standardize|center_crop(0.925)|resize({image_size})|value_range(-1, 1)'  # eval ops

@@ -4,9 +4,14 @@ Train: an infinite, deterministic, checkpointable iterator of host-local batches
 Eval: a finite list-like pass over a split, padded to whole batches with an `eval_mask`, so the
 tail of a split is never dropped and every host runs the same number of steps.
 
-`config.input.dataset` is a name or a weighted mixture "affwild2_va:0.2,afew_va:1". With
-`config.input.window = T > 0` each element is a window of T consecutive frames of one video
-(image (T,H,W,3), va (T,2), ...); frames of videos shorter than T are padded and masked.
+`config.input.dataset` is a name or a weighted mixture "affwild2_va:0.2,afew_va:1": each source is
+sharded per host, balanced or shuffled, and run through the train ops on its own (so every source
+arrives with the same features, and each example carries `source`, its index in the mixture);
+then `grain.MapDataset.mix` interleaves them in the exact proportions of the weights.
+`config.input.balance = 'va_grid'` samples each source by inverse VA-cell frequency
+(vaflax/data/balance.py). With `config.input.window = T > 0` each element is a window of T
+consecutive frames of one video (image (T,H,W,3), va (T,2), ...); frames of videos shorter than
+T are padded and masked.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from vaflax.data import balance as balance_lib
 from vaflax.data import build as build_lib
 from vaflax.data import ops as ops_lib
 
@@ -116,9 +122,15 @@ class WindowSource:
 
   def __init__(self, src, windows: list[Window], T: int):
     self._src, self._windows, self._T = src, windows, T
+    self.num_records = len(src)
 
   def __len__(self):
     return len(self._windows)
+
+  def frame_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+    """(first record, number of real frames) of every window."""
+    return (np.array([w.start + w.skip for w in self._windows], np.int64),
+            np.array([w.length - w.skip for w in self._windows], np.int64))
 
   def __getitem__(self, i):
     w = self._windows[int(i)]
@@ -149,10 +161,12 @@ class _ApplyOps(grain.transforms.RandomMap):
     return self._fn(ex, rng)
 
 
-def _finalize(window: int):
+def _finalize(window: int, source: int | None = None):
   def f(ex):
-    if window:
+    if window and 'image' in ex:
       ex['frames'] = ex.pop('image')
+    if source is not None:
+      ex['source'] = np.asarray(source, np.int32)
     return ex
   return f
 
@@ -174,24 +188,90 @@ def host_batch_size(global_batch: int, process_count: int) -> int:
   return global_batch // process_count
 
 
+def balance_options(config) -> dict | None:
+  """config.input.balance* -> keyword arguments of balance.record_weights, or None when off."""
+  mode = config.input.get('balance', '') or ''
+  if mode not in balance_lib.MODES:
+    raise ValueError(f'config.input.balance={mode!r}: use one of {balance_lib.MODES}')
+  if not mode:
+    return None
+  return dict(grid=int(config.input.get('balance_grid', 20)),
+              power=float(config.input.get('balance_power', 1.0)),
+              floor=float(config.input.get('balance_floor', 0.0)))
+
+
+def source_weights(name: str, split: str, config, src, options: dict) -> np.ndarray:
+  """Balancing weight of each element of `src` (a record, or a window: mean of its frames)."""
+  builder = build_lib.make_builder(name, os.path.expanduser(config.input.data_dir))
+  va, va_mask = balance_lib.load_va_labels(builder, split)
+  num_records = src.num_records if isinstance(src, WindowSource) else len(src)
+  if len(va) != num_records:
+    raise ValueError(f'{balance_lib.labels_path(builder, split)}: {len(va)} labels for '
+                     f'{num_records} records; delete the file to rebuild it')
+  w = balance_lib.record_weights(va, va_mask, **options)
+  logging.info('%s/%s balance: %s', name, split,
+               balance_lib.describe(w, balance_lib.grid_cells(va, va_mask, options['grid'])[0]))
+  if isinstance(src, WindowSource):
+    w = balance_lib.window_weights(w, *src.frame_ranges())
+  return w
+
+
+def _balanced(name, src, weights, seed, k, process_index, process_count):
+  positions = np.arange(len(src))[process_index::process_count]  # one shard per host
+  w = weights[positions]
+  if not np.any(w > 0):
+    raise ValueError(
+        f'{name}: config.input.balance is on but host {process_index} of {process_count} has no '
+        f'training example with a valid VA label (all weights 0). Set config.input.balance_floor '
+        f'> 0 to draw unlabelled examples, or config.input.balance=""')
+  return grain.MapDataset.source(
+      balance_lib.BalancedSource(src, positions, w, key=(seed, k, process_index)))
+
+
+def _same_structure(parts, names) -> None:
+  """Mixed sources must give identical example structures (keys, shapes, dtypes) after the ops."""
+  def spec(ex):
+    return {k: (np.shape(v), np.asarray(v).dtype) for k, v in ex.items()}
+  first = spec(parts[0][0])
+  for ds, name in zip(parts[1:], names[1:], strict=True):
+    other = spec(ds[0])
+    if other != first:
+      diff = {k: (first.get(k), other.get(k)) for k in sorted(set(first) | set(other))
+              if first.get(k) != other.get(k)}
+      raise ValueError(
+          f'config.input.dataset: after config.input.pp_train, {name} gives examples unlike '
+          f'{names[0]} (key: ({names[0]}, {name}) shape, dtype): {diff}. Make the ops produce '
+          f'the same features for every source (standardize, resize to one size).')
+
+
 def make_train_dataset(config, process_index: int = 0, process_count: int = 1):
   """The train IterDataset of host-local batches (iterate it; its iterator is checkpointable)."""
   mix = parse_mixture(config.input.dataset)
   seed = int(config.seed)
+  window = int(config.input.get('window', 0) or 0)
+  fn = ops_lib.build(config.input.pp_train, image_size=config.image_size)
+  options = balance_options(config)
   parts, weights, num_examples = [], [], 0
   for k, (name, w) in enumerate(mix):
     src, _ = _one_source(name, config.input.train_split, config, train=True)
     num_examples += len(src)
-    ds = grain.MapDataset.source(src)
-    ds = ds[process_index::process_count]  # one shard per host
-    if len(ds) == 0:
-      raise ValueError(f'{name}: host {process_index} of {process_count} got no training example')
-    ds = ds.shuffle(seed=seed + 1000 * k).repeat(None)
+    if options:
+      sw = source_weights(name, config.input.train_split, config, src, options)
+      ds = _balanced(name, src, sw, seed, k, process_index, process_count)
+    else:
+      ds = grain.MapDataset.source(src)
+      ds = ds[process_index::process_count]  # one shard per host
+      if len(ds) == 0:
+        raise ValueError(f'{name}: host {process_index} of {process_count} got no training example')
+      ds = ds.shuffle(seed=seed + 1000 * k).repeat(None)
+    # The ops run per source, before mixing: every source is standardized to the same features
+    # (checked below), and `seed + k` keeps the augmentations of different sources independent.
+    ds = ds.random_map(_ApplyOps(fn), seed=seed + k).map(_finalize(window, source=k))
     parts.append(ds)
     weights.append(w)
+  if len(parts) > 1:
+    _same_structure(parts, [n for n, _ in mix])
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
-  fn = ops_lib.build(config.input.pp_train, image_size=config.image_size)
-  ds = ds.random_map(_ApplyOps(fn), seed=seed).map(_finalize(int(config.input.get('window', 0) or 0)))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(config.input.get('num_threads', 2)),
                                             prefetch_buffer_size=int(config.input.get('prefetch', 8))))
   it = it.batch(host_batch_size(config.batch_size, process_count), drop_remainder=True)
