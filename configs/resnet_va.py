@@ -12,6 +12,15 @@ authors' code used linspace(-1, 1, 20), which are not the centres), loss = CE ov
 (1 - CCC) on the expectation. That binned CNN is what configs/resnet_gru_va.py starts from
 (init_from); the teacher-student distillation is configs/distill_va.py.
 
+Data: the default dataset 'affwild2_va:0.2,afew_va:1' is the paper's "Aff-Wild2 downsampled by
+5" + AFEW-VA. Mixture weights are sampling rates relative to each dataset's size
+(vaflax/data/pipeline.py): an epoch holds a fifth of Aff-Wild2's frames (over five epochs each
+frame once, where the paper kept every 5th frame) and all of AFEW-VA. Aff-Wild2's 112 px crops
+and AFEW-VA's 256 px crops both leave the pp ops at `image_size` (`resize`); `standardize` drops
+Aff-Wild2's extra features (audio). Other mixtures (commas cannot go through the arg string):
+--config.input.dataset='affwild2_va:0.2,afew_va:1,affectnet:0.1'. VA-grid balancing:
+--config.input.balance=va_grid (docs/datasets.md, "Mixing and balancing").
+
 Arguments: variant (18|34|50), dataset (a name or mixture, see vaflax/data/pipeline.py),
 bins (0: tanh regression; 20: Deng et al.'s binned head + CE loss),
 runlocal (synthetic set, ResNet-18 at 64 px, a few minutes on a 2-core CPU).
