@@ -56,7 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_epochs = 0.0  # used when total_steps == 0 (epochs of the training split)
 
   c.input = ml_collections.ConfigDict()
-  c.input.dataset = 'synthetic_va'  # name, or weighted mixture 'affwild2_va:0.2,afew_va:1'
+  # A name, or a mixture 'affwild2_va:0.2,afew_va:1' whose weights are sampling rates relative to
+  # each dataset's size (0.2: downsampled by 5; 'a:1,b:1' is the union); see data/pipeline.py.
+  c.input.dataset = 'synthetic_va'
   c.input.data_dir = DEFAULT_DATA_DIR  # TFDS data dir holding the built datasets
   c.input.train_split = 'train'  # split to train on
   c.input.eval_split = 'validation'  # split evaluated during training ('' to skip)

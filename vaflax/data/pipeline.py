@@ -4,10 +4,13 @@ Train: an infinite, deterministic, checkpointable iterator of host-local batches
 Eval: a finite list-like pass over a split, padded to whole batches with an `eval_mask`, so the
 tail of a split is never dropped and every host runs the same number of steps.
 
-`config.input.dataset` is a name or a weighted mixture "affwild2_va:0.2,afew_va:1": each source is
-sharded per host, balanced or shuffled, and run through the train ops on its own (so every source
-arrives with the same features, and each example carries `source`, its index in the mixture);
-then `grain.MapDataset.mix` interleaves them in the exact proportions of the weights.
+`config.input.dataset` is a name or a weighted mixture "affwild2_va:0.2,afew_va:1". A weight is a
+sampling RATE relative to the dataset's own size: source k supplies w_k * len_k examples of every
+w_1 * len_1 + w_2 * len_2 + ... drawn (one "epoch"), so 'affwild2_va:0.2,afew_va:1' is Aff-Wild2
+downsampled by 5 plus all of AFEW-VA, and 'a:1,b:1' is the plain union. Each source is sharded
+per host, balanced or shuffled, and run through the train ops on its own (so every source arrives
+with the same features, and each example carries `source`, its index in the mixture); then
+`grain.MapDataset.mix` interleaves them deterministically in those exact proportions.
 `config.input.balance = 'va_grid'` samples each source by inverse VA-cell frequency
 (vaflax/data/balance.py). With `config.input.window = T > 0` each element is a window of T
 consecutive frames of one video (image (T,H,W,3), va (T,2), ...); frames of videos shorter than
@@ -251,10 +254,9 @@ def make_train_dataset(config, process_index: int = 0, process_count: int = 1):
   window = int(config.input.get('window', 0) or 0)
   fn = ops_lib.build(config.input.pp_train, image_size=config.image_size)
   options = balance_options(config)
-  parts, weights, num_examples = [], [], 0
+  parts, weights = [], []
   for k, (name, w) in enumerate(mix):
     src, _ = _one_source(name, config.input.train_split, config, train=True)
-    num_examples += len(src)
     if options:
       sw = source_weights(name, config.input.train_split, config, src, options)
       ds = _balanced(name, src, sw, seed, k, process_index, process_count)
@@ -268,7 +270,8 @@ def make_train_dataset(config, process_index: int = 0, process_count: int = 1):
     # (checked below), and `seed + k` keeps the augmentations of different sources independent.
     ds = ds.random_map(_ApplyOps(fn), seed=seed + k).map(_finalize(window, source=k))
     parts.append(ds)
-    weights.append(w)
+    weights.append(w * len(src))  # a rate: the whole split's size, the same on every host
+  num_examples = max(1, round(sum(weights)))  # examples per epoch of the mixture
   if len(parts) > 1:
     _same_structure(parts, [n for n, _ in mix])
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
