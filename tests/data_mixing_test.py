@@ -104,6 +104,11 @@ def test_mixture_has_one_structure_and_the_configured_proportions(data_dir):
     assert abs(np.sum(src == 0) - 384 * 3.4 / 7.4) <= 1, np.bincount(src)
     aff = idx[src == 0]
     if balance:  # frames without a usable VA label are never drawn
+      it2 = iter(pipeline.make_train_dataset(cb)[0])  # the balanced mixture resumes exactly
+      next(it2)
+      it3 = iter(pipeline.make_train_dataset(cb)[0])
+      it3.set_state(it2.get_state())
+      np.testing.assert_array_equal(next(it3)['index'], batches[1]['index'])
       assert not set(aff.tolist()) & set(AFFWILD2_UNLABELLED)
       assert set(aff.tolist()) == set(range(17)) - set(AFFWILD2_UNLABELLED)  # 176 draws
     else:  # shuffled epochs: every record, each about equally often
