@@ -117,8 +117,12 @@ def test_train_step_on_8_devices_equals_1_device(synthetic_data_dir):
   # Parameters really are sharded on the fsdp axis somewhere.
   specs = {str(x.sharding.spec) for x in jax.tree.leaves(s42.state)}
   assert any('fsdp' in sp for sp in specs)
-  np.testing.assert_allclose(l8, l1, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(l42, l1, rtol=1e-5, atol=1e-5)
+  # Step 1 sees identical parameters: only the reduction order differs. Later steps compound
+  # that fp32 noise through SGD updates (measured up to 6e-5 relative on a CCC loss of ~1.9).
+  np.testing.assert_allclose(l8[0], l1[0], rtol=1e-5)
+  np.testing.assert_allclose(l42[0], l1[0], rtol=1e-5)
+  np.testing.assert_allclose(l8, l1, rtol=2e-4)
+  np.testing.assert_allclose(l42, l1, rtol=2e-4)
   # fp32 reduction order differs across devices (relative grad noise ~5e-3, shard-probe);
   # after 3 small SGD steps parameters agree to well under the size of one update.
   for a, b, d in zip(p1, p8, p42, strict=True):
