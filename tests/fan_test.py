@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from vaflax import faces
 from vaflax.models import fan
 
 TINY = dict(num_stacks=2, hourglass_depth=1, width=16, head_width=16, head_blocks=1)
@@ -100,6 +101,8 @@ def test_soft_argmax_refines_sub_pixel_positions():
 
 
 def test_flip_landmarks():
+  # One permutation for the whole project: the flip_lr op and the model share vaflax.faces's.
+  assert fan.IBUG68_FLIP is faces.IBUG68_FLIP and fan.flip_landmarks is faces.flip_landmarks
   rs = np.random.RandomState(0)
   lm = rs.uniform(0, 1, (3, 68, 2)).astype(np.float32)
   f = np.asarray(fan.flip_landmarks(lm))

@@ -29,6 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+# The one iBUG-68 mirror permutation of the project (also used by the flip_lr op); re-exported.
+from vaflax.faces import IBUG68_FLIP, flip_landmarks  # noqa: F401
+
 # Outer eye corners of the iBUG-68 markup: the inter-ocular normaliser of the 300-W NME.
 LEFT_EYE_OUTER, RIGHT_EYE_OUTER = 36, 45
 
@@ -41,33 +44,7 @@ _conv1x1_init = nnx.with_partitioning(_lecun, (None, None, 'conv_in', 'conv_out'
 _dense_init = nnx.with_partitioning(_lecun, ('embed', 'mlp'))
 
 
-def _ibug68_flip_permutation() -> np.ndarray:
-  """Index map of the iBUG-68 markup under a horizontal mirror (an involution)."""
-  perm = np.arange(68)
-  pairs = [(i, 16 - i) for i in range(8)]  # jaw 0..16 around the chin 8
-  pairs += [(17 + i, 26 - i) for i in range(5)]  # brows 17..21 <-> 26..22
-  pairs += [(31, 35), (32, 34)]  # nostrils; bridge 27..30 and tip 33 are on the midline
-  pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
-  pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lips; 51, 57 midline
-  pairs += [(60, 64), (61, 63), (65, 67)]  # inner lips; 62, 66 midline
-  for a, b in pairs:
-    perm[a], perm[b] = b, a
-  return perm
-
-
-IBUG68_FLIP = _ibug68_flip_permutation()
-
-
 # --- Landmark utilities -------------------------------------------------------------------------
-
-
-def flip_landmarks(landmarks_xLx2):
-  """Mirrors [0, 1] landmarks (x -> 1 - x) and swaps left/right iBUG-68 indices."""
-  lm = jnp.asarray(landmarks_xLx2)
-  if lm.shape[-2:] != (68, 2):
-    raise ValueError(f'flip_landmarks needs iBUG-68 landmarks (..., 68, 2), got {lm.shape}')
-  lm = lm[..., IBUG68_FLIP, :]
-  return jnp.stack([1.0 - lm[..., 0], lm[..., 1]], axis=-1)
 
 
 def flip_heatmaps(heatmaps_BxhxwxL):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from vaflax.models import heads
 
@@ -32,6 +33,55 @@ def _conv(cin, cout, k, stride, *, rngs, dtype):
 def _bn(c, *, rngs, dtype, zero=False):
   return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs,
                        scale_init=nnx.initializers.zeros if zero else nnx.initializers.ones)
+
+
+# --- Stem max pool (3x3, stride 2, padding 1) with a cheap backward pass ---------------------------
+# JAX differentiates a max reduce_window through a variadic reduce_window over (value, index)
+# pairs; on XLA:CPU that made the pool's backward ~6x slower than this VJP and ~10 % of a ResNet-18
+# train step (benchmarks/RESULTS.md). Same forward; the gradient of each output goes to the first
+# maximum of its window in row-major order, as in JAX's own rule and torch's max_pool2d.
+_POOL_K, _POOL_S, _POOL_P = 3, 2, 1
+
+
+def _max_pool_fwd_only(x_BxHxWxC):
+  return nnx.max_pool(x_BxHxWxC, (_POOL_K, _POOL_K), strides=(_POOL_S, _POOL_S),
+                      padding=((_POOL_P, _POOL_P), (_POOL_P, _POOL_P)))
+
+
+@jax.custom_vjp
+def stem_max_pool(x_BxHxWxC):
+  return _max_pool_fwd_only(x_BxHxWxC)
+
+
+def _stem_max_pool_fwd(x):
+  y = _max_pool_fwd_only(x)
+  return y, (x, y)
+
+
+def _stem_max_pool_bwd(res, g_BxhxwxC):
+  x, y = res
+  b, h, w, c = x.shape
+  _, ho, wo, _ = y.shape
+  k, s, p = _POOL_K, _POOL_S, _POOL_P
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
+  hp, wp = h + 2 * p, w + 2 * p
+  taken = jnp.zeros(y.shape, bool)
+  gxp = jnp.zeros(xp.shape, g_BxhxwxC.dtype)
+  for i in range(k):
+    for j in range(k):
+      # The input pixel at window offset (i, j) of every output position.
+      hi, wj = i + s * (ho - 1) + 1, j + s * (wo - 1) + 1
+      tap = lax.slice(xp, (0, i, j, 0), (b, hi, wj, c), (1, s, s, 1))
+      hit = (tap == y) & ~taken
+      taken = taken | hit
+      gtap = jnp.where(hit, g_BxhxwxC, jnp.zeros_like(g_BxhxwxC))
+      # Scatter back: interior padding s-1 puts output (oh, ow) at input (i + s*oh, j + s*ow).
+      gxp = gxp + lax.pad(gtap, jnp.zeros((), gtap.dtype),
+                          ((0, 0, 0), (i, hp - hi, s - 1), (j, wp - wj, s - 1), (0, 0, 0)))
+  return (gxp[:, p : p + h, p : p + w, :],)
+
+
+stem_max_pool.defvjp(_stem_max_pool_fwd, _stem_max_pool_bwd)
 
 
 class BasicBlock(nnx.Module):
@@ -109,7 +159,7 @@ class ResNet(nnx.Module):
   def __call__(self, x_BxHxWx3):
     x = x_BxHxWx3.astype(self.dtype)
     x = nnx.relu(self.stem_bn(self.stem_conv(x)))
-    x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = stem_max_pool(x)
     for blk in self.blocks:
       x = nnx.remat(lambda b, h: b(h))(blk, x) if self.remat else blk(x)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -1,6 +1,6 @@
 """EmoFAN training (Toisoul et al. 2021): shake-shake VA regression + emotions + landmark heatmaps.
 
-loss = sum over d in (valence, arousal) of
+loss = va_weight * sum over d in (valence, arousal) of
          alpha_d * RMSE_d + beta_d * (1 - PCC_d) + gamma_d * (1 - CCC_d)
            with (alpha_d, beta_d, gamma_d) ~ U[0,1]^3 normalised to sum 1, drawn anew every step
            from the step rng (the "shake-shake" regularisation of the paper, Methods)
@@ -9,6 +9,8 @@ loss = sum over d in (valence, arousal) of
        (intermediate supervision), over the frames with `landmarks_mask > 0`
 
 Config fields read here (configs/emofan_va.py):
+  config.loss.va_weight        weight of the shake-shake VA loss (default 1; 0 trains landmarks
+                               only, the first stage of the two-stage recipe).
   config.loss.landmark_weight  weight of the heatmap MSE (0: VA/emotion only). The per-pixel MSE
                                is small (~pi sigma^2 / (h w) at start), so useful weights are
                                ~10-100; with model.freeze_fan it trains nothing (reported only).
@@ -68,7 +70,8 @@ def emofan_loss(out, batch, coefficients_2x3, lc):
   """Loss and metrics of one batch from the model outputs `out`."""
   metrics = {}
   va_mask = batch['va_mask']
-  loss, (l_v, l_a) = va_shake_shake_loss(out['va'], batch['va'], va_mask, coefficients_2x3)
+  l_va, (l_v, l_a) = va_shake_shake_loss(out['va'], batch['va'], va_mask, coefficients_2x3)
+  loss = lc.get('va_weight', 1.0) * l_va
   metrics['loss_valence'], metrics['loss_arousal'] = l_v, l_a
   c = losses.va_ccc_per_dim(out['va'], batch['va'], va_mask)
   metrics['ccc_valence'], metrics['ccc_arousal'] = c[0], c[1]
@@ -137,7 +140,14 @@ def flip_tta(model, batch):
 
 
 def predict_fn(model, batch, config):
-  """`va` (with flip TTA when config.eval.flip_tta), `landmarks` (B,68,2) and `emotion_logits`."""
+  """`va` (with flip TTA when config.eval.flip_tta), `landmarks` (B,68,2) and `emotion_logits`.
+
+  With `landmarks` in the batch also `eval_nme` (B,), the loop's val/nme: the NME of each example
+  with landmarks, 0 for one without (`landmarks_mask` 0), and `eval_landmarks_frac` (B,), its
+  mask (val/landmarks_frac). The loop averages eval_<x> over all real examples, so val/nme is the
+  NME over the examples with landmarks times their share: exact when every example has them
+  (synthetic_va; AffectNet but for malformed rows), else divide by val/landmarks_frac.
+  """
   ec = config.get('eval', None)
   if ec is not None and ec.get('flip_tta', False):
     out, out_flip = _with_flip(model, batch)
@@ -154,4 +164,10 @@ def predict_fn(model, batch, config):
     if 'emotion_logits' in out:
       res['emotion_logits'] = out['emotion_logits']
   res['landmarks'] = fan.heatmaps_to_landmarks(hm)
+  if 'landmarks' in batch:
+    lm_mask = batch.get('landmarks_mask', jnp.ones(batch['landmarks'].shape[:1], jnp.float32))
+    nme_B = fan.normalised_mean_error(res['landmarks'], batch['landmarks'], lm_mask,
+                                      per_example=True)
+    res['eval_nme'] = jnp.where(lm_mask > 0, nme_B, 0.0)
+    res['eval_landmarks_frac'] = (lm_mask > 0).astype(jnp.float32)
   return res

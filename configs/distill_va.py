@@ -1,0 +1,80 @@
+r"""Teacher-student distillation and student ensemble of Deng, Chen, Shi 2020 (VA part).
+
+  python -m vaflax.main --config=configs/distill_va.py:runlocal --workdir=/tmp/distill_va
+  python -m vaflax.main --config=configs/distill_va.py --workdir=W/distill_cnn
+  python -m vaflax.main --config=configs/distill_va.py:arch=cnn_rnn --workdir=W/distill_cnn_rnn \
+      --config.init_from=W/cnn      # a configs/resnet_va.py:bins=20 workdir (the frozen CNN)
+
+Recipe ("FAU, Facial Expressions, Valence and Arousal: A Multi-task Solution", arXiv 2002.03557,
+and the authors' code): a teacher is trained on the ground truth (CE over 20 bins + (1 - CCC) on
+the expectation over the bin centres, per dimension) for 8 epochs; then N = 5 students of the
+same architecture for 3 epochs each, with the loss
+  (1 - lambda) * [CE + (1 - CCC)]  +  lambda * KL(teacher_T || student_T),  lambda = 0.4, T = 1.5
+(authors' `optimize_parameters_kd`; set distill.gt_weight = 1 for "loss + lambda * KL"). The
+prediction is the mean of the students' expectations. Adam lr 1e-4 (beta1 0.5, authors' code),
+x0.1 every 3 epochs; Aff-Wild2 (x0.2 in the mixture) + AFEW-VA; 112x112 crops; ResNet-50 with a
+128-unit head (arch=cnn) or the frozen binned CNN + bi-GRU(64) over 32-frame windows (arch=cnn_rnn,
+init_from a binned CNN workdir, which initialises teacher and students alike). Students share one
+jitted step (stacked on a leading axis), so they differ by initialisation, not by data order.
+
+Stages (each resumable, skipped once finished): workdir/teacher, workdir/students_init (the
+teacher's weights exported for the next stage), workdir/students, then the
+evaluation of teacher, each student and the ensemble in workdir/metrics.jsonl
+(val/teacher/*, val/student{k}/*, val/student_mean/*, val/ensemble/*; val/ccc_* = ensemble).
+
+Evaluation: ABAW protocol, CCC pooled over all frames of the Aff-Wild2 validation split. Published
+result to compare with: this method won the VA track of ABAW 2020 (FG 2020; authors' README); the
+exact CCCs of the paper's tables could not be retrieved here, so none is quoted.
+
+Arguments: arch (cnn | cnn_rnn), students (N), window (T for cnn_rnn), dataset,
+runlocal (synthetic set, small ResNet-18 CNN at 64 px, 5 students, minutes on a 2-core CPU).
+"""
+
+import ml_collections
+
+from configs import common, resnet_gru_va, resnet_va
+
+
+def get_config(arg=None):
+  a = common.parse_arg(arg, arch='cnn', students=5, window=32,
+                       dataset='affwild2_va:0.2,afew_va:1', runlocal=False)
+  local = ',runlocal' if a.runlocal else ''
+  if a.arch == 'cnn':
+    c = resnet_va.get_config('bins=20' + local)
+  elif a.arch == 'cnn_rnn':
+    c = resnet_gru_va.get_config(f'window={a.window}' + local)
+  else:
+    raise ValueError(f'configs/distill_va.py: arch={a.arch!r}, use cnn or cnn_rnn')
+  if not a.runlocal:
+    c.input.dataset = a.dataset  # a mixture has commas: it cannot go through the arg string
+  c.task = 'distill'
+  c.model.num_bins = 20  # bins per dimension (Deng et al. 2020)
+  c.loss.ccc_weight = 1.0  # (1 - CCC) on the expectation, per dimension
+  c.loss.binned_weight = 1.0  # CE over the bins, per dimension
+  c.optimizer.lr = 1e-4
+  c.optimizer.b1 = 0.5  # authors' code (F_adam_b1)
+  c.schedule.name = 'step'
+  c.schedule.decay_every_epochs = 3.0  # x0.1 every 3 epochs
+  c.total_steps = 0  # students: see total_epochs
+  c.total_epochs = 3.0  # student epochs (authors' student_nepochs)
+  c.distill = ml_collections.ConfigDict()
+  c.distill.num_students = a.students  # N students, ensembled by their mean (paper: 5)
+  c.distill.temperature = 1.5  # softmax temperature of teacher and student bins (paper)
+  c.distill.kl_weight = 0.4  # lambda on KL(teacher_T || student_T) (authors' lambda_teacher)
+  c.distill.gt_weight = 0.6  # weight of the ground-truth loss (1 - lambda in the authors' code)
+  c.distill.teacher_total_steps = 0  # teacher steps (0: teacher_total_epochs)
+  c.distill.teacher_total_epochs = 8.0  # teacher epochs (the issue's recipe; authors' code: 3)
+  if a.runlocal:
+    c.model.width = 16
+    c.batch_size = 32
+    c.optimizer.lr = 1e-3
+    c.optimizer.b1 = 0.9
+    c.schedule.name = 'cosine'
+    c.schedule.warmup_steps = 30
+    c.distill.teacher_total_steps = 600
+    c.total_steps = 400  # per student; all students train together in each step
+    c.total_epochs = 0.0
+    c.log_every_steps = 50
+    c.eval_every_steps = 0  # only at the end of each stage
+    c.checkpoint_every_steps = 200
+  return c

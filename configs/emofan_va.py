@@ -1,0 +1,134 @@
+r"""EmoFAN: a face-alignment network with an attention emotion head (Toisoul et al. 2021, "Estimation
+of continuous valence and arousal levels from faces in naturalistic conditions", Nature Machine
+Intelligence; the released EmoNet).
+
+  python -m vaflax.main --config=configs/emofan_va.py:runlocal --workdir=/tmp/emofan_va
+  python -m vaflax.main --config=configs/emofan_va.py --workdir=W
+  python -m vaflax.main --config=configs/emofan_va.py:stage=landmarks --workdir=W1
+  python -m vaflax.main --config=configs/emofan_va.py:stage=frozen,init=W1 --workdir=W2
+
+Model (vaflax/models/fan.py): FAN (Bulat & Tzimiropoulos 2017) with 2 stacked hourglasses of
+width 256 and depth 4, as in EmoNet's released models, at 256 px; its 68 landmark heatmaps
+(64x64), summed, weight the last stack's features (attention); an emotion head of 4 multi-scale
+blocks regresses tanh-bounded valence/arousal and the logits of the 8 AffectNet emotions.
+Loss (vaflax/trainers/emofan.py): per dimension a random convex combination of RMSE, 1 - PCC and
+1 - CCC, drawn anew each step (the paper's "shake-shake" regularisation), + loss.emotion_weight x
+emotion cross-entropy + loss.landmark_weight x heatmap MSE on all stacks (landmark supervision).
+
+Stages (`stage=`): EmoNet keeps a FAN pretrained for face alignment fixed and trains the emotion
+head only. Here the FAN is trained on the dataset's own 68 landmarks:
+  joint      (default) everything at once: VA + emotions + heatmaps, one run.
+  landmarks  the FAN alone: heatmap loss only (VA/emotion weights 0; VA metrics still logged).
+  frozen     the paper's second stage: the FAN frozen (model.freeze_fan: no update, running BN
+             statistics) and initialised from `init=` (a `landmarks` workdir, via init_from);
+             VA + emotions train the head.
+
+Data: AffectNet (tfds_builders/affectnet, `python -m vaflax.data.build affectnet ...`). The
+builder already crops: original release, `faces.crop_face` on the annotated face box with margin
+0.1 (a square of side 1.2 x max(box w, h) around the box centre, zero padding outside the image);
+newer release, the whole provided crop squared; both at 256 px, landmarks in crop coordinates.
+(EmoNet crops around the box of its landmarks with side (w + h) x 200 / 220, about 1.8x the face:
+a looser crop than the builder's.) Train pp: random square crop 90-100%, resize, mirror,
+colour jitter; eval pp: centre 95% crop (the mean train scale), resize. The crop, resize and
+flip_lr ops (vaflax/data/ops.py) move the landmarks with the image (flip_lr also swaps left/right
+iBUG-68 indices), so the heatmap targets stay on the face.
+
+Evaluation protocol: the AffectNet `validation` split (the official validation set, the only
+public test set), VA CCC/PCC/RMSE/SAGR pooled over all its images, VA of each image = mean of
+the predictions on the image and on its mirror (`eval.flip_tta`, as EmoNet's test.py);
+val/nme = landmark NME (inter-ocular, 300-W) of the flip-averaged heatmaps. Published numbers
+(EmoNet README, 8-class model): valence CCC 0.82, arousal CCC 0.75 (PCC 0.82/0.75, RMSE
+0.29/0.27, SAGR 0.84/0.80, expression accuracy 0.75) on its *cleaned* test set (images whose
+emotion disagrees with their VA removed, flip averaging); users report about 0.57/0.52 with the
+released model on the plain AffectNet validation set, which is what this config measures.
+
+runlocal: synthetic_va (no emotion labels: num_emotions 0) at 64 px, a 1-stack FAN of width 32
+and hourglass depth 2, 1500 steps (see docs/emofan.md for the measured curve).
+
+Arguments: stage (joint | landmarks | frozen), init (workdir to initialise from; needed by
+stage=frozen), dataset (a name or mixture), runlocal.
+"""
+
+import ml_collections
+
+from configs import common
+
+_KEEP = "keep('image', 'va', 'va_mask', 'landmarks', 'landmarks_mask', 'emotion', 'index', 'video')"
+STAGES = ('joint', 'landmarks', 'frozen')
+
+
+def get_config(arg=None):
+  a = common.parse_arg(arg, stage='joint', init='', dataset='affectnet', runlocal=False)
+  if a.stage not in STAGES:
+    raise ValueError(f'configs/emofan_va.py: stage={a.stage!r}; use one of {", ".join(STAGES)}')
+  if a.stage == 'frozen' and not a.init and not a.runlocal:
+    raise ValueError('configs/emofan_va.py: stage=frozen needs init=<workdir of a stage=landmarks '
+                     'run> (a frozen random FAN gives the head nothing to attend to)')
+  c = common.base_config()
+  c.task = 'emofan'  # vaflax/trainers/emofan.py: shake-shake VA + emotion CE + heatmap MSE
+  c.model_name = 'fan'  # vaflax/models/fan.py
+  c.model.num_stacks = 2  # stacked hourglasses (EmoNet's released models; the FAN paper uses 4)
+  c.model.hourglass_depth = 4  # poolings per hourglass: 64x64 heatmaps down to 4x4
+  c.model.width = 256  # FAN channels
+  c.model.num_landmarks = 68  # iBUG-68 heatmaps
+  c.model.num_emotions = 8  # AffectNet: neutral, happy, sad, surprise, fear, disgust, anger, contempt
+  c.model.head_width = 256  # emotion head channels (EmoNet)
+  c.model.head_blocks = 4  # emotion head blocks, each halving the map: 64 -> 4 (EmoNet)
+  c.model.freeze_fan = a.stage == 'frozen'  # FAN fixed: no update, running BN statistics
+  c.model.dtype = 'float32'  # compute dtype (bfloat16 on GPU/TPU; params stay float32)
+  c.init_from = a.init  # model weights from another run (stage=frozen: the landmarks run)
+
+  c.input.dataset = a.dataset
+  c.input.train_split = 'train'
+  c.input.eval_split = 'validation'  # AffectNet's official validation set = its public test set
+  # Geometric ops move the landmarks with the image; flip_lr also swaps left/right indices.
+  c.input.pp_train = ('standardize|random_crop(0.9)|resize({image_size})|flip_lr|'
+                      f'color_jitter(0.2, 0.2, 0.2)|value_range(-1, 1)|{_KEEP}')
+  c.input.pp_eval = f'standardize|center_crop(0.95)|resize({{image_size}})|value_range(-1, 1)|{_KEEP}'
+  c.image_size = 256  # EmoNet's input side; the heatmaps are image_size / 4
+
+  c.loss = ml_collections.ConfigDict()  # the emofan trainer's own fields (not the base CCC/bins)
+  c.loss.va_weight = 0.0 if a.stage == 'landmarks' else 1.0  # shake-shake VA loss
+  c.loss.emotion_weight = 0.0 if a.stage == 'landmarks' else 1.0  # emotion cross-entropy
+  c.loss.landmark_weight = 0.0 if a.stage == 'frozen' else 10.0  # heatmap MSE (~1e-2 at start)
+  c.loss.heatmap_sigma = 1.0  # gaussian target std in heatmap pixels (FAN at 64x64)
+  c.eval = ml_collections.ConfigDict()
+  c.eval.flip_tta = True  # VA of an image = mean over it and its mirror (EmoNet's test.py)
+
+  # Ours (EmoNet released no training script): Adam 1e-4, batch 32, x0.1 every 4 epochs.
+  c.batch_size = 32
+  c.total_steps = 0
+  c.total_epochs = 10.0
+  c.optimizer.name = 'adam'
+  c.optimizer.lr = 1e-4
+  c.schedule.name = 'step'
+  c.schedule.decay_every_epochs = 4.0
+  c.schedule.factor = 0.1
+  c.log_every_steps = 100
+  c.eval_every_steps = 5000
+  c.checkpoint_every_steps = 5000
+
+  if a.runlocal:
+    c.input.dataset = 'synthetic_va'
+    c.model.num_stacks = 1
+    c.model.hourglass_depth = 2  # 16x16 heatmaps -> 4x4
+    c.model.width = 32
+    c.model.num_emotions = 0  # synthetic_va has no emotion labels
+    c.model.head_width = 32
+    c.model.head_blocks = 2
+    c.loss.emotion_weight = 0.0
+    c.image_size = 64
+    c.input.pp_train = ('standardize|random_crop(0.85)|resize({image_size})|flip_lr|'
+                        f'color_jitter(0.2, 0.2, 0.2)|value_range(-1, 1)|{_KEEP}')
+    c.input.pp_eval = (f'standardize|center_crop(0.925)|resize({{image_size}})|'
+                       f'value_range(-1, 1)|{_KEEP}')
+    c.batch_size = 32
+    c.total_steps = 1500
+    c.total_epochs = 0.0
+    c.optimizer.lr = 1e-3
+    c.schedule.name = 'cosine'
+    c.schedule.warmup_steps = 50
+    c.log_every_steps = 50
+    c.eval_every_steps = 250
+    c.checkpoint_every_steps = 500
+  return c

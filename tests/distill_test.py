@@ -1,0 +1,165 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from vaflax.models import resnet
+from vaflax.trainers import distill
+
+K = 20
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _np_ccc(p, t):
+  return 2 * np.mean((p - p.mean()) * (t - t.mean())) / (p.var() + t.var() + (p.mean() - t.mean()) ** 2)
+
+
+def np_student_loss(s_logits, t_logits, va, va_mask, frame_mask, *, gt_w, kl_w, temp):
+  """Reference: gt_w * sum_d [CE_d + 1 - CCC_d] + kl_w * sum_d KL_d, all in float64."""
+  s, t = s_logits.reshape(-1, 2, K).astype(np.float64), t_logits.reshape(-1, 2, K).astype(np.float64)
+  y, m = va.reshape(-1, 2), va_mask.reshape(-1, 2) > 0
+  fm = np.ones(len(s), bool) if frame_mask is None else frame_mask.reshape(-1) > 0
+  centres = -1 + (2 * np.arange(K) + 1) / K
+  pred = _softmax(s) @ centres
+  gt = kl = 0.0
+  for d in range(2):
+    label = np.clip(np.floor((y[:, d] + 1) / 2 * K), 0, K - 1).astype(int)
+    logp = np.log(_softmax(s[:, d]))
+    gt += -np.mean(logp[np.arange(len(s)), label][m[:, d]])
+    gt += 1 - _np_ccc(pred[m[:, d], d], y[m[:, d], d])
+    pt, ps = _softmax(t[:, d] / temp), _softmax(s[:, d] / temp)
+    kl += np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), -1)[fm])
+  return gt_w * gt + kl_w * kl
+
+
+def _config(**distill_fields):
+  c = ml_collections.ConfigDict()
+  c.loss = ml_collections.ConfigDict({'ccc_weight': 1.0, 'binned_weight': 1.0})
+  c.distill = ml_collections.ConfigDict(
+      dict({'temperature': 1.5, 'kl_weight': 0.4, 'gt_weight': 0.6}, **distill_fields))
+  return c
+
+
+@pytest.mark.parametrize('windows', [False, True])
+def test_student_loss_against_numpy(windows):
+  rng = np.random.default_rng(0)
+  lead = (3, 7) if windows else (16,)
+  s, t = rng.normal(0, 2, lead + (2, K)), rng.normal(0, 2, lead + (2, K))
+  va = rng.uniform(-1, 1, lead + (2,))
+  va_mask = (rng.random(lead + (2,)) > 0.25).astype(np.float32)
+  batch = {'va': jnp.asarray(va, jnp.float32), 'va_mask': jnp.asarray(va_mask)}
+  frame_mask = None
+  if windows:  # the last two frames of the first window are padding: no label, no KL
+    frame_mask = np.ones(lead, np.float32)
+    frame_mask[0, -2:] = 0
+    va_mask *= frame_mask[..., None]
+    batch.update(va_mask=jnp.asarray(va_mask), frame_mask=jnp.asarray(frame_mask))
+  from vaflax import losses  # noqa: PLC0415
+
+  out = {'va_logits': jnp.asarray(s, jnp.float32),
+         'va': losses.binned_expectation(jnp.asarray(s, jnp.float32))}
+  for gt_w, kl_w in [(0.6, 0.4), (1.0, 0.4)]:
+    c = _config(gt_weight=gt_w, kl_weight=kl_w)
+    loss, metrics = jax.jit(lambda o, tl, b, c=c: distill.student_loss(o, tl, b, c))(
+        out, jnp.asarray(t, jnp.float32), batch)
+    want = np_student_loss(s, t, va, va_mask, frame_mask, gt_w=gt_w, kl_w=kl_w, temp=1.5)
+    assert float(loss) == pytest.approx(want, rel=1e-5, abs=1e-5)
+    assert float(gt_w * metrics['loss_gt'] + kl_w * metrics['loss_kl']) == pytest.approx(want, rel=1e-5)
+
+
+def _tiny_students(n=3):
+  def make(r):
+    return resnet.Model(depth=18, width=8, head_hidden=8, num_bins=K, rngs=r)
+  return distill.TeacherStudents(make, n, rngs=nnx.Rngs(0))
+
+
+def test_students_stacked_ensemble_and_isolated_gradients():
+  m = _tiny_students(3)
+  m.eval()
+  rng = np.random.default_rng(1)
+  batch = {'image': jnp.asarray(rng.uniform(-1, 1, (4, 32, 32, 3)), jnp.float32),
+           'va': jnp.asarray(rng.uniform(-1, 1, (4, 2)), jnp.float32), 'va_mask': jnp.ones((4, 2))}
+  c = _config()
+
+  def only_student1(mm):
+    out = jax.tree.map(lambda x: x[1], mm.student_outputs(batch))
+    return distill.student_loss(out, mm.teacher_outputs(batch)['va_logits'], batch, c)[0]
+
+  @nnx.jit
+  def everything(mm):
+    s_out = mm.student_outputs(batch)
+    t_logits = mm.teacher_outputs(batch)['va_logits']
+    per = jnp.stack([distill.student_loss(jax.tree.map(lambda x, k=k: x[k], s_out), t_logits,
+                                          batch, c)[0] for k in range(3)])
+    loss, metrics = distill.loss_fn(mm, batch, None, c)
+    grads = nnx.grad(lambda q: distill.loss_fn(q, batch, None, c)[0])(mm)
+    return s_out, mm(batch)['va'], per, loss, metrics, nnx.state(grads), nnx.state(
+        nnx.grad(only_student1)(mm))
+
+  s_out, ens, per, loss, metrics, grads, g1 = everything(m)
+  assert s_out['va'].shape == (3, 4, 2) and s_out['va_logits'].shape == (3, 4, 2, K)
+  assert float(jnp.abs(s_out['va'][0] - s_out['va'][1]).max()) > 1e-4  # different inits
+  np.testing.assert_allclose(np.asarray(ens), np.asarray(s_out['va']).mean(0), atol=1e-6)
+  assert float(loss) == pytest.approx(float(per.sum()), rel=1e-5)
+  assert float(metrics['student_loss']) == pytest.approx(float(per.mean()), rel=1e-5)
+  # The teacher gets no gradient; student 1's gradient is that of its own loss alone.
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads['teacher']))
+  for a, b in zip(jax.tree.leaves(grads['students']), jax.tree.leaves(g1['students']), strict=True):
+    np.testing.assert_allclose(np.asarray(a)[1], np.asarray(b)[1], rtol=1e-4, atol=1e-6)
+
+
+def _weights(stage_dir, sub=None):
+  """{path: array} of the float leaves (parameters, BatchNorm statistics) of a stage's model."""
+  with ocp.CheckpointManager(os.path.join(stage_dir, 'checkpoints')) as mngr:
+    st = mngr.restore(mngr.latest_step(),
+                      args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  model = st['0'] if '0' in st else st[0]
+  model = model[sub] if sub else model
+  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree.leaves_with_path(model)
+          if jnp.issubdtype(x.dtype, jnp.floating)}
+
+
+def test_run_teacher_students_ensemble_end_to_end(tmp_path, synthetic_data_dir):
+  from configs import distill_va  # noqa: PLC0415
+
+  c = distill_va.get_config('runlocal,students=2')
+  c.input.data_dir = synthetic_data_dir
+  c.input.eval_split = 'test'
+  c.model.width, c.model.head_hidden, c.image_size, c.batch_size = 8, 16, 32, 8
+  c.distill.teacher_total_steps, c.total_steps = 2, 2
+  c.schedule.warmup_steps = 0
+  c.log_every_steps = c.checkpoint_every_steps = 2
+  c.mesh.num_devices = 1
+  c.tensorboard = False
+  wd = str(tmp_path / 'wd')
+  res = distill.run(c, wd)
+  recs = [json.loads(line) for line in open(os.path.join(wd, 'metrics.jsonl'))]
+  assert len(recs) == 1
+  r = recs[0]
+  for name in ('teacher', 'student0', 'student1', 'ensemble', 'student_mean'):
+    for dim in ('valence', 'arousal'):
+      assert -1 <= r[f'val/{name}/ccc_{dim}'] <= 1
+  assert r['val/ccc_valence'] == r['val/ensemble/ccc_valence']
+  assert r['val/student_mean/ccc_arousal'] == pytest.approx(
+      (r['val/student0/ccc_arousal'] + r['val/student1/ccc_arousal']) / 2)
+  # The students stage started from the teacher's final weights and never moved them.
+  teacher = _weights(os.path.join(wd, 'teacher'))
+  inside = _weights(os.path.join(wd, 'students'), 'teacher')
+  assert len(teacher) > 50 and teacher.keys() == inside.keys()
+  for k, v in teacher.items():
+    np.testing.assert_array_equal(v, inside[k], err_msg=k)
+  # Every stage is finished: running again trains nothing and returns the same numbers.
+  again = distill.run(c, wd)
+  assert again == pytest.approx({k: (None if v is None or not np.isfinite(v) else float(v))
+                                 for k, v in res.items()}, nan_ok=True)
+  assert len(open(os.path.join(wd, 'metrics.jsonl')).readlines()) == 1

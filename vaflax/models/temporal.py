@@ -1,0 +1,111 @@
+"""CNN-RNN for per-frame valence/arousal over windows of frames (Deng, Chen, Shi 2020).
+
+Each frame goes through the ResNet and the first layer of the CNN's MLP head (a 128-d face
+embedding); a bidirectional GRU (64 units per direction) runs over the window; a per-frame linear
+layer gives 20-bin logits per dimension, decoded as the softmax expectation over the bin centres.
+As in the authors' code (Multitask-CNN-RNN: `Seq_Model` over the head features, `GRU_Head` =
+bi-GRU(128 -> 64) -> ReLU -> Linear) the GRU reads the head's hidden features, not the 2048-d
+pooled backbone features.
+
+Parameter paths `backbone/...` and `head/hidden/...` equal those of `resnet.Model`, so
+`config.init_from=<CNN workdir>` loads the trained CNN; `freeze_cnn=True` then keeps it fixed
+(no gradient, BatchNorm on its running averages, head dropout off), as the paper's `--frozen`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+from flax import nnx
+
+from vaflax import losses
+from vaflax.models import resnet
+
+_dense_init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ('embed', 'mlp'))
+
+
+class FrameEmbedding(nnx.Module):
+  """The hidden layer of `heads.VAHead` (same parameter path), without its output layer."""
+
+  def __init__(self, in_features: int, hidden: int, *, dropout: float, rngs: nnx.Rngs):
+    self.hidden = nnx.Linear(in_features, hidden, kernel_init=_dense_init, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+  def __call__(self, feats_xD):
+    return self.dropout(nnx.relu(self.hidden(feats_xD.astype(jnp.float32))))
+
+
+class BiGRU(nnx.Module):
+  """Bidirectional GRU over (B, T, D) -> (B, T, 2H) (forward and backward states concatenated).
+
+  The carries start at zero and the RNNs hold no rng stream (`rngs=False`): an NNX RNN that
+  draws its initial carry from an rng stream cannot run inside a plain `jax.jit` over
+  `nnx.merge` (shard-probe section 5), and a zero start is what PyTorch's nn.GRU does.
+  """
+
+  def __init__(self, in_features: int, hidden: int, *, rngs: nnx.Rngs):
+    self.hidden = hidden
+    self.rnn = nnx.Bidirectional(
+        nnx.RNN(nnx.GRUCell(in_features, hidden, rngs=rngs), rngs=False),
+        nnx.RNN(nnx.GRUCell(in_features, hidden, rngs=rngs), rngs=False),
+        rngs=False)
+
+  def __call__(self, x_BxTxD, lengths_B=None):
+    h0_BxH = jnp.zeros((x_BxTxD.shape[0], self.hidden), jnp.float32)
+    return self.rnn(x_BxTxD.astype(jnp.float32), initial_carry=(h0_BxH, h0_BxH),
+                    seq_lengths=lengths_B)
+
+
+def window_lengths(frame_mask_BxT):
+  """Frames up to and including the last valid one: short videos are padded at the end of a
+  window, and the backward GRU must start from the last real frame, not from the padding."""
+  T = frame_mask_BxT.shape[1]
+  last_B = jnp.max(jnp.where(frame_mask_BxT > 0, jnp.arange(1, T + 1), 0), axis=1)
+  return jnp.where(last_B > 0, last_B, T).astype(jnp.int32)  # an all-padding window: run it all
+
+
+class Model(nnx.Module):
+  """frames (B, T, H, W, 3) -> va (B, T, 2) [+ va_logits (B, T, 2, K)]."""
+
+  def __init__(self, *, depth: int = 50, width: int = 64, head_hidden: int = 128,
+               gru_hidden: int = 64, num_bins: int = losses.NUM_VA_BINS, freeze_cnn: bool = False,
+               dropout: float = 0.0, dtype: str = 'float32', zero_init_residual: bool = False,
+               remat: bool = False, rngs: nnx.Rngs):
+    self.num_bins = num_bins
+    self.freeze_cnn = freeze_cnn
+    self.backbone = resnet.ResNet(depth, width=width, dtype=jnp.dtype(dtype),
+                                  zero_init_residual=zero_init_residual, remat=remat, rngs=rngs)
+    self.head = FrameEmbedding(self.backbone.num_features, head_hidden, dropout=dropout, rngs=rngs)
+    self.gru = BiGRU(head_hidden, gru_hidden, rngs=rngs)
+    self.out = nnx.Linear(2 * gru_hidden, 2 * num_bins if num_bins else 2, rngs=rngs)
+
+  def embed_frames(self, frames_BxTxHxWx3):
+    B = frames_BxTxHxWx3.shape[0]
+    x_NxHxWx3 = rearrange(frames_BxTxHxWx3, 'b t h w c -> (b t) h w c')
+    if self.freeze_cnn:
+      # A view in eval mode: BatchNorm reads (and does not update) its running averages.
+      backbone = nnx.view(self.backbone, use_running_average=True, raise_if_not_found=False)
+      head = nnx.view(self.head, deterministic=True, raise_if_not_found=False)
+      e_NxE = jax.lax.stop_gradient(head(backbone(x_NxHxWx3)))
+    else:
+      e_NxE = self.head(self.backbone(x_NxHxWx3))
+    return rearrange(e_NxE, '(b t) e -> b t e', b=B)
+
+  def __call__(self, batch):
+    frames = batch['frames']
+    if frames.ndim != 5:
+      raise ValueError(f"temporal model needs batch['frames'] (B, T, H, W, 3), got {frames.shape}:"
+                       ' set config.input.window = T > 0')
+    e_BxTxE = self.embed_frames(frames)
+    lengths_B = window_lengths(batch['frame_mask']) if 'frame_mask' in batch else None
+    h_BxTx2H = nnx.relu(self.gru(e_BxTxE, lengths_B))
+    y = self.out(h_BxTx2H)
+    out = {'features': e_BxTxE}
+    if self.num_bins:
+      logits_BxTx2xK = y.reshape(y.shape[:-1] + (2, self.num_bins))
+      out['va_logits'] = logits_BxTx2xK
+      out['va'] = losses.binned_expectation(logits_BxTx2xK)
+    else:
+      out['va'] = jnp.tanh(y)
+    return out
