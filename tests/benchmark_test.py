@@ -53,7 +53,7 @@ def test_cli_json_fields(synthetic_data_dir):
        f'--config.input.data_dir={synthetic_data_dir}', f'--config.model.width={width}',
        f'--config.image_size={size}', f'--config.batch_size={batch}', '--config.mesh.num_devices=1',
        '--steps=3', '--warmup=1', '--json', '--peak_tflops=0.001'],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   out = json.loads(r.stdout.strip().splitlines()[-1])  # the only stdout line is the JSON object
   assert out['global_batch'] == batch and out['num_devices'] == 1 and out['steps'] == 3
