@@ -132,7 +132,8 @@ def test_adam_reduces_loss_and_trainer():
   l1, l2, l3 = (float(loss(model, batch, jax.random.key(k))) for k in (2, 2, 3))
   assert l1 == l2 and l1 != l3
   pred = nnx.jit(mae_task.predict_fn)(model, batch)
-  assert set(pred) == {'reconstruction', 'mask', 'loss_per_example'}
+  assert set(pred) == {'reconstruction', 'mask', 'loss_per_example', 'eval_loss'}
+  np.testing.assert_array_equal(pred['eval_loss'], pred['loss_per_example'])
   assert pred['reconstruction'].shape == (8, 32, 32, 3)
 
 

@@ -93,12 +93,13 @@ def _run_steps(config, batches, num_devices, fsdp=1):
   config.mesh.fsdp = fsdp
   s = train.make_setup(config, 3072)
   state = s.state
+  init = [_np(x) for x in jax.tree.leaves(state)]
   losses = []
   for i, b in enumerate(batches):
     state, m, ok = s.train_step(state, sharding.to_global(b, s.mesh), np.int32(i))
     losses.append(float(m['loss']))
     assert bool(ok)
-  return losses, [_np(x) for x in jax.tree.leaves(state)], s
+  return losses, init, [_np(x) for x in jax.tree.leaves(state)], s
 
 
 def test_train_step_on_8_devices_equals_1_device(synthetic_data_dir):
@@ -110,24 +111,35 @@ def test_train_step_on_8_devices_equals_1_device(synthetic_data_dir):
   ds, _ = pipeline.make_train_dataset(c)
   it = iter(ds)
   batches = [next(it) for _ in range(3)]
-  l1, p1, _ = _run_steps(c, batches, 1)
-  l8, p8, s8 = _run_steps(c, batches, 8)
-  l42, p42, s42 = _run_steps(c, batches, 8, fsdp=2)
+  l1, i1, p1, _ = _run_steps(c, batches, 1)
+  l8, i8, p8, s8 = _run_steps(c, batches, 8)
+  l42, i42, p42, s42 = _run_steps(c, batches, 8, fsdp=2)
   assert s8.mesh.shape == {'data': 8, 'fsdp': 1} and s42.mesh.shape == {'data': 4, 'fsdp': 2}
   # Parameters really are sharded on the fsdp axis somewhere.
   specs = {str(x.sharding.spec) for x in jax.tree.leaves(s42.state)}
   assert any('fsdp' in sp for sp in specs)
+  # Same initialisation whatever the mesh.
+  for a, b, d in zip(i1, i8, i42, strict=True):
+    np.testing.assert_array_equal(b, a)
+    np.testing.assert_array_equal(d, a)
   # Step 1 sees identical parameters: only the reduction order differs. Later steps compound
   # that fp32 noise through SGD updates (measured up to 6e-5 relative on a CCC loss of ~1.9).
   np.testing.assert_allclose(l8[0], l1[0], rtol=1e-5)
   np.testing.assert_allclose(l42[0], l1[0], rtol=1e-5)
   np.testing.assert_allclose(l8, l1, rtol=2e-4)
   np.testing.assert_allclose(l42, l1, rtol=2e-4)
-  # fp32 reduction order differs across devices (relative grad noise ~5e-3, shard-probe);
-  # after 3 small SGD steps parameters agree to well under the size of one update.
-  for a, b, d in zip(p1, p8, p42, strict=True):
-    np.testing.assert_allclose(b, a, rtol=5e-3, atol=5e-4)
-    np.testing.assert_allclose(d, a, rtol=5e-3, atol=5e-4)
+  # fp32 reduction order differs across devices; through BatchNorm and a CCC loss on 16
+  # examples that noise reaches a few % of the 3-step update of some leaves (measured at most
+  # 2.8%, in the momentum of a BN bias). Compare every leaf's disagreement with the size of its
+  # own update: a missing all-reduce or per-shard BN statistics would disagree by ~100%.
+  for a0, a, b, d in zip(i1, p1, p8, p42, strict=True):
+    if not np.issubdtype(a.dtype, np.floating):
+      np.testing.assert_array_equal(b, a)
+      np.testing.assert_array_equal(d, a)
+      continue
+    update = np.linalg.norm(a - a0)
+    assert np.linalg.norm(b - a) <= 0.1 * update + 1e-6, (a.shape, np.linalg.norm(b - a), update)
+    assert np.linalg.norm(d - a) <= 0.1 * update + 1e-6, (a.shape, np.linalg.norm(d - a), update)
 
 
 def test_unknown_config_key_and_unwritable_workdir(tmp_path, synthetic_data_dir):
