@@ -114,8 +114,14 @@ def test_students_stacked_ensemble_and_isolated_gradients():
   assert float(metrics['student_loss']) == pytest.approx(float(per.mean()), rel=1e-5)
   # The teacher gets no gradient; student 1's gradient is that of its own loss alone.
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads['teacher']))
-  for a, b in zip(jax.tree.leaves(grads['students']), jax.tree.leaves(g1['students']), strict=True):
-    np.testing.assert_allclose(np.asarray(a)[1], np.asarray(b)[1], rtol=1e-4, atol=1e-6)
+  assert len(grads['students']) == len(g1['students']) == 3
+  for a, b in zip(jax.tree.leaves(grads['students'][1]), jax.tree.leaves(g1['students'][1]),
+                  strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  # ...and student 1's loss does not reach students 0 and 2 (no parameter sharing).
+  for k in (0, 2):
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(g1['students'][k]))
+  assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(g1['students'][1]))
 
 
 def _weights(stage_dir, sub=None):

@@ -3,11 +3,11 @@
 `run(config, workdir)` is the whole recipe, each stage resumable and skipped once finished:
   1. teacher:  the supervised task on `config.model_name` (CE over 20 bins + CCC on the
      expectation) in workdir/teacher, for config.distill.teacher_total_{steps,epochs};
-  2. students: N = config.distill.num_students copies of the same model, stacked on a leading
-     axis and trained together in ONE jitted step (nnx.vmap: one trace and one compile for all),
+  2. students: N = config.distill.num_students copies of the same model trained together in
+     ONE jitted step (one trace, one compile for all: no retracing per student),
      next to the frozen teacher, in workdir/students for config.total_{steps,epochs}; they start
      from workdir/students_init, an exported checkpoint holding the teacher's weights (and
-     config.init_from's, e.g. the frozen CNN of arch=cnn_rnn, stacked for the students);
+     config.init_from's, e.g. the frozen CNN of arch=cnn_rnn, for every student);
   3. evaluation of the teacher, of each student and of their ensemble (mean of the students'
      expectations) on the eval split -> workdir/metrics.jsonl and workdir/final_metrics.json
      (val/student{k}/..., val/teacher/..., val/ensemble/...; val/ccc_* = the ensemble's).
@@ -36,25 +36,17 @@ from vaflax import losses, sharding, writers
 from vaflax import metrics as metrics_lib
 from vaflax.trainers import supervised
 
-# Student parameters get a leading (unsharded) 'students' axis.
-_STACK_METADATA = {nnx.PARTITION_NAME: None}
-
 
 class TeacherStudents(nnx.Module):
-  """A frozen teacher and `num_students` students of one architecture, stacked on axis 0."""
+  """A frozen teacher and `num_students` students of one architecture (students/0, /1, ...)."""
 
   def __init__(self, make_one, num_students: int, *, rngs: nnx.Rngs):
     if num_students < 1:
       raise ValueError(f'config.distill.num_students must be >= 1, got {num_students}')
     self.num_students = num_students
     self.teacher = make_one(rngs)
-
-    @nnx.split_rngs(splits=num_students)
-    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata=_STACK_METADATA)
-    def create(r):
-      return make_one(r)
-
-    self.students = create(rngs)
+    # Each construction draws fresh keys from `rngs`: the students differ by initialisation.
+    self.students = nnx.List([make_one(rngs) for _ in range(num_students)])
 
   def teacher_outputs(self, batch):
     """Teacher in eval mode (BatchNorm running averages, no dropout), no gradient."""
@@ -63,13 +55,14 @@ class TeacherStudents(nnx.Module):
     return jax.tree.map(jax.lax.stop_gradient, t(batch))
 
   def student_outputs(self, batch):
-    """Every output of every student, with a leading axis of size num_students."""
+    """Every output of every student, stacked on a leading axis of size num_students.
 
-    @nnx.vmap(in_axes=(0, None), out_axes=0, transform_metadata=_STACK_METADATA)
-    def forward(student, b):
-      return student(b)
-
-    return forward(self.students, batch)
+    The students are separate modules called one after another in the same trace: one jitted
+    step (one compile) for all of them, each with plain convolutions. Stacking their weights
+    and using nnx.vmap turns the convolutions into grouped ones, and nnx.scan over a stack runs
+    them in a loop XLA optimises poorly on CPU: both measured much slower (docs/deng2020.md)."""
+    outs = [student(batch) for student in self.students]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
   def __call__(self, batch):
     """The ensemble: the mean of the students' expectations (Deng et al. 2020)."""
@@ -177,15 +170,15 @@ def _exported(dst: str) -> bool:
 
 def export_students_init(config, teacher_dir: str, dst: str) -> None:
   """The students stage's init_from (written once): the teacher's weights under 'teacher' and,
-  with config.init_from (arch=cnn_rnn: the binned CNN), those weights stacked num_students
-  times under 'students'."""
+  with config.init_from (arch=cnn_rnn: the binned CNN), those weights for every student under
+  'students/<k>'."""
   if _exported(dst):
     return
   tree = {'teacher': _nest(workdir_weights(teacher_dir))}
   if config.get('init_from'):
     n = int(config.distill.num_students)
     one = workdir_weights(config.init_from)
-    tree['students'] = _nest({p: np.broadcast_to(v, (n,) + v.shape) for p, v in one.items()})
+    tree['students'] = {str(k): _nest(one) for k in range(n)}
   export_weights(dst, tree, teacher_dir)
 
 
