@@ -16,7 +16,6 @@ checkpoint directory of a later step) must resume and end bit-identical.
 Kill steps are drawn from VAFLAX_KILL_SEED (default 0) and printed; every seed must pass.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -84,7 +83,7 @@ def temporal_case(data_dir):
   c.model.update(width=8, head_hidden=8, gru_hidden=8, dropout=0.3)
   c.image_size = 32
   c.input.window, c.input.window_stride = 4, 4
-  c.input.eval_split = 'test'
+  c.input.eval_split = ''  # evaluation is deterministic given the parameters: not needed here
   return _loop(c, 5, 4), None
 
 
@@ -93,7 +92,7 @@ def emofan_case(data_dir):
 
   c = emofan_va.get_config('runlocal')
   c.input.data_dir = data_dir
-  c.input.eval_split = 'test'
+  c.input.eval_split = ''
   small = dict(num_stacks=1, hourglass_depth=1, width=16, head_width=16, head_blocks=1)
   c.model.update({k: v for k, v in small.items() if k in c.model})
   c.image_size = 32
@@ -103,37 +102,10 @@ def emofan_case(data_dir):
 TINY_VIT = dict(width=16, depth=1, num_heads=2, mlp_dim=32)
 
 
-def mae_case(data_dir):
-  from configs import mae_pretrain  # noqa: PLC0415
-
-  c = mae_pretrain.get_config('runlocal')
-  c.input.data_dir = data_dir
-  c.image_size = 16
-  c.model.update(TINY_VIT, decoder_width=16, decoder_depth=1, decoder_num_heads=2)
-  return _loop(c, 5, 16), None
-
-
 def _tiny_fusion(c):
   c.model.update(width=16, num_layers=1, num_heads=2, max_len=4)
   c.model.audio.update(n_mels=8, width=8, num_layers=1)
   c.input.window = c.input.window_stride = 4
-
-
-def fusion_case(data_dir):
-  import ml_collections  # noqa: PLC0415
-
-  from configs import mae_va  # noqa: PLC0415
-
-  r = mae_va.get_config('runlocal')
-  r.data_dir = data_dir
-  r.image_size = 16
-  r.vit.update(TINY_VIT)
-  c = ml_collections.ConfigDict(r.fusion.to_dict())  # the fusion stage alone, from scratch
-  c.model.freeze_visual = False
-  c.model.drop_path = 0.2  # stochastic depth draws from the step rng
-  _tiny_fusion(c)
-  c.input.eval_split = 'test'
-  return _loop(c, 5, 4), None
 
 
 def distill_case(data_dir):
@@ -156,30 +128,34 @@ def mae_va_case(data_dir):
 
   c = mae_va.get_config('runlocal')
   c.data_dir = data_dir
-  c.image_size = 16
   c.vit.update(TINY_VIT)
+  patch = c.vit.get('patch_size') or int(c.vit.variant.split('/')[-1])
+  c.image_size = 3 * patch  # 3x3 patches
   c.tensorboard = False
   c.test_split = ''
   _loop(c.pretrain, 4, 16)
   c.pretrain.model.update(decoder_width=16, decoder_depth=1, decoder_num_heads=2)
   _loop(c.finetune, 4, 8)
-  _loop(c.fusion, 4, 4)
+  c.finetune.model.drop_path = 0.2  # stochastic depth: a random stream that must resume
+  _loop(c.fusion, 4, 4)  # fusion_video_only follows it (linked fields)
   _tiny_fusion(c.fusion)
-  for s in (c.pretrain, c.finetune, c.fusion):
-    s.tensorboard = False
+  c.fusion.model.drop_path = 0.2
+  c.pretrain.input.eval_split = c.finetune.input.eval_split = ''  # the fusion stages evaluate
   return c, runner.run
 
 
-# name, config module that must exist, builder, stages in run order (None: single stage)
+# name, file that must exist, config builder, stages in run order (None: one stage), kills.
+# Kills: how many preemptions of a single-stage run, or the stages a multi-stage run is preempted
+# in (one each). The MAE pretraining and fusion trainers are preempted as stages of mae_va (its
+# pretrain stage is configs/mae_pretrain.py:runlocal, its fusion stage the audio-visual model).
 CASES = [
-    ('supervised_resnet', 'configs/resnet_va.py', resnet_case, None),
-    ('temporal_resnet_gru', 'configs/resnet_gru_va.py', temporal_case, None),
-    ('emofan', 'configs/emofan_va.py', emofan_case, None),
-    ('mae_pretrain', 'configs/mae_pretrain.py', mae_case, None),
-    ('fusion', 'configs/mae_va.py', fusion_case, None),
-    ('distill', 'vaflax/trainers/distill.py', distill_case, ('teacher', 'students')),
+    ('supervised_resnet', 'configs/resnet_va.py', resnet_case, None, 2),
+    ('temporal_resnet_gru', 'configs/resnet_gru_va.py', temporal_case, None, 1),
+    ('emofan', 'configs/emofan_va.py', emofan_case, None, 1),
+    ('distill', 'vaflax/trainers/distill.py', distill_case, ('teacher', 'students'),
+     ('teacher', 'students')),
     ('mae_va', 'vaflax/trainers/mae_va.py', mae_va_case,
-     ('pretrain', 'finetune', 'fusion_video_only', 'fusion')),
+     ('pretrain', 'finetune', 'fusion_video_only', 'fusion'), ('pretrain', 'fusion')),
 ]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -226,22 +202,20 @@ class _Harness:
 
 def _stage_totals(config, stages):
   if stages is None:
-    return {None: int(config.total_steps)}
+    return {'cut': int(config.total_steps)}
   if stages[0] == 'teacher':  # distill
     return {'teacher': int(config.distill.teacher_total_steps), 'students': int(config.total_steps)}
   return {s: int(config[s].total_steps) for s in stages}
 
 
-def _draw_kills(name, totals, stages):
-  """[(stage, step)] in run order: two kills in one run, or one kill in each of two stages of a
-  multi-stage run (an earlier and a later one), at random steps."""
+def _draw_kills(name, totals, kills):
+  """[(stage workdir name, step)] in run order, at random steps: `kills` preemptions of a
+  single-stage run (workdir 'cut'), or one in each of the stages named in `kills`."""
   rng = np.random.default_rng([SEED, sum(map(ord, name))])
-  if stages is None:
-    total = totals[None]
-    ks = sorted(rng.choice(np.arange(1, total), size=2, replace=False).tolist())
-    return [(None, int(k)) for k in ks]
-  i, j = sorted(rng.choice(len(stages), size=2, replace=False).tolist())
-  return [(stages[s], int(rng.integers(1, totals[stages[s]]))) for s in (i, j)]
+  if isinstance(kills, int):
+    steps = rng.choice(np.arange(1, totals['cut']), size=kills, replace=False)
+    return [('cut', int(k)) for k in sorted(steps.tolist())]
+  return [(stage, int(rng.integers(1, totals[stage]))) for stage in kills]
 
 
 # --- Comparison ---------------------------------------------------------------------------------
@@ -309,37 +283,58 @@ def _case(name):
   return case
 
 
-@pytest.mark.parametrize('name', [c[0] for c in CASES])
-def test_preempted_at_random_steps_resumes_bit_identical(name, tmp_path, synthetic_data_dir,
-                                                          monkeypatch):
-  _, _, make, stages = _case(name)
-  config, runner = make(synthetic_data_dir)
-  h = _Harness(monkeypatch)
-  ref, cut = str(tmp_path / 'ref'), str(tmp_path / 'cut')
-  h.run(runner, config, ref)
-  straight_calls = list(h.calls)
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, synthetic_data_dir):
+  """name -> (config, runner, workdir of its straight run), each run once per module."""
+  runs = {}
 
-  kills = _draw_kills(name, _stage_totals(config, stages), stages)
+  def get(name):
+    if name not in runs:
+      _, _, make, _, _ = _case(name)
+      config, runner = make(synthetic_data_dir)
+      wd = str(tmp_path_factory.mktemp(name) / 'ref')
+      calls = []
+      real = train.train_and_evaluate
+
+      def recorded(c, w):
+        calls.append(os.path.basename(w))
+        return real(c, w)
+
+      train.train_and_evaluate = recorded  # (restored below; monkeypatch is function-scoped)
+      try:
+        (runner or real)(config, wd)
+      finally:
+        train.train_and_evaluate = real
+      runs[name] = config, runner, wd, calls
+    return runs[name]
+
+  return get
+
+
+@pytest.mark.parametrize('name', [c[0] for c in CASES])
+def test_preempted_at_random_steps_resumes_bit_identical(name, tmp_path, reference, monkeypatch):
+  _, _, _, stages, kills = _case(name)
+  config, runner, ref, straight_calls = reference(name)
+  if stages is not None:
+    assert straight_calls == list(stages)
+  kills = _draw_kills(name, _stage_totals(config, stages), kills)
   print(f'{name}: VAFLAX_KILL_SEED={SEED}, preempted at (stage, step) {kills}')
+  h = _Harness(monkeypatch)
+  cut = str(tmp_path / 'cut')
   started = {}  # stage -> the step its next run starts at
   for i, (stage, k) in enumerate(kills + [(None, None)]):
-    key = stage or 'cut'
-    stop = {} if k is None else {key: k - started.get(key, 0)}
     if k is None:
-      h.run(runner, config, cut, stop)
+      h.run(runner, config, cut)
     else:
       with pytest.raises(train.Preempted) as e:
-        h.run(runner, config, cut, stop)
+        h.run(runner, config, cut, {stage: k - started.get(stage, 0)})
       assert e.value.step == k and e.value.code == train.PREEMPTED_EXIT_CODE
-      assert h.calls[-1] == key
-      started[key] = k
+      assert h.calls[-1] == stage
+      started[stage] = k
     if i and stages is not None:
       # The re-run starts with the stage that was preempted: finished stages are not redone.
       prev = kills[i - 1][0]
-      assert h.calls[0] == prev, h.calls
-      assert set(h.calls).isdisjoint(stages[:stages.index(prev)]), h.calls
-  if stages is not None:
-    assert straight_calls == list(stages)
+      assert h.calls[0] == prev and set(h.calls).isdisjoint(stages[:stages.index(prev)]), h.calls
   assert_same_run(ref, cut)
 
 
@@ -371,12 +366,10 @@ def _as_killed_at(src, dst, k):
   return kept[-1] if kept else None
 
 
-@pytest.mark.parametrize('name', ['supervised_resnet', 'temporal_resnet_gru'])
-def test_sigkill_resumes_from_last_periodic_checkpoint(name, tmp_path, synthetic_data_dir):
-  _, _, make, _ = _case(name)
-  config, _ = make(synthetic_data_dir)
-  ref, killed = str(tmp_path / 'ref'), str(tmp_path / 'killed')
-  train.train_and_evaluate(config, ref)
+@pytest.mark.parametrize('name', ['supervised_resnet'])
+def test_sigkill_resumes_from_last_periodic_checkpoint(name, tmp_path, reference):
+  config, _, ref, _ = reference(name)
+  killed = str(tmp_path / 'killed')
   rng = np.random.default_rng([SEED, 9, sum(map(ord, name))])
   k = int(rng.integers(int(config.checkpoint_every_steps), int(config.total_steps)))
   resumed_from = _as_killed_at(ref, killed, k)

@@ -8,6 +8,7 @@ workdir checkpoint > config.init_from (model weights only) > scratch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import grain
@@ -21,8 +22,55 @@ class CheckpointMismatchError(ValueError):
   pass
 
 
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, permissions): says where and what to do."""
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+  """The OSError behind `e`: Orbax re-raises what its writer thread hit, possibly wrapped."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError):
+      return e
+    if isinstance(e, BaseExceptionGroup):
+      found = [x for x in map(_os_error, e.exceptions) if x is not None]
+      return found[0] if found else None
+    e = e.__cause__ or e.__context__
+  return None
+
+
+@contextlib.contextmanager
+def _writing(directory, what: str):
+  try:
+    yield
+  except CheckpointWriteError:
+    raise
+  except Exception as e:
+    cause = _os_error(e)
+    if cause is None:
+      raise
+    reason = os.strerror(cause.errno) if cause.errno else str(cause)
+    raise CheckpointWriteError(
+        cause.errno, f'{what} in {directory} failed: {reason}. Free disk space (or fix the '
+        'permissions) and run the same command again: it resumes from the last complete '
+        'checkpoint (a partly written one is never used); or use another --workdir') from e
+
+
+class _Manager(ocp.CheckpointManager):
+  """Orbax's CheckpointManager whose write failures are CheckpointWriteErrors."""
+
+  def save(self, step, *args, **kwargs):
+    with _writing(self.directory, f'writing checkpoint {step}'):
+      return super().save(step, *args, **kwargs)
+
+  def wait_until_finished(self):
+    with _writing(self.directory, 'finishing a checkpoint'):
+      return super().wait_until_finished()
+
+
 def manager(directory: str, *, max_to_keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
+  return _Manager(
       os.path.abspath(directory),
       options=ocp.CheckpointManagerOptions(
           max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save),

@@ -190,8 +190,13 @@ def make_setup(config, num_train_examples: int, mesh=None, predict_fn=None,
   if init:
     state = jax.jit(lambda: nnx.split(create())[1], out_shardings=state_sh)()
   else:
-    state = jax.tree.map(lambda v, sh: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh)),
-                         abs_state, state_sh, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    def abstract(v, sh):
+      if not hasattr(v, 'shape'):  # e.g. optax.masked's MaskedNode (AdamW): no array to restore
+        return v
+      return v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh))
+
+    state = jax.tree.map(abstract, abs_state, state_sh,
+                         is_leaf=lambda x: isinstance(x, nnx.Variable))
   base_key = jax.random.key(config.seed)
   rep = sharding.replicated(mesh)
 
@@ -314,19 +319,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                  process_count=pcount)
                if config.input.get('eval_split') else None)
 
-  # Model, optimizer, jitted steps
-  setup = make_setup(config, num_train)
+  # Model, optimizer, jitted steps. A run that resumes restores into an abstract state: no
+  # throwaway initialisation (its compile, its device memory) before the restore.
+  mngr = ckpt_lib.manager(os.path.join(workdir, 'checkpoints'),
+                          max_to_keep=int(config.get('max_to_keep', 3)))
+  resuming = mngr.latest_step() is not None
+  setup = make_setup(config, num_train, init=not resuming)
   state = setup.state
   train_iter = iter(train_ds)
 
   # Resume: workdir > init_from > scratch
-  mngr = ckpt_lib.manager(os.path.join(workdir, 'checkpoints'),
-                          max_to_keep=int(config.get('max_to_keep', 3)))
   meta = {'model_name': config.model_name, 'task': config.task,
           'num_workers': int(config.input.get('num_workers', 0)), 'process_count': pcount}
   start_step = 0
   saved: dict = {}
-  if mngr.latest_step() is not None:
+  if resuming:
     state, saved = ckpt_lib.restore(mngr, state, train_iter, expected_meta=meta)
     start_step = int(saved['step'])
     logging.info('resumed from %s step %d', workdir, start_step)
