@@ -255,18 +255,22 @@ class Model(nnx.Module):
   (S,B,H/4,W/4,L) of every stack, and `emotion_logits` (B,E) when `num_emotions > 0`.
   `freeze_fan` is the second training stage of EmoNet: the FAN is a fixed landmark extractor (no
   gradient reaches it and its BatchNorms use their running statistics in train mode too).
+  `detach_heatmaps` (default) lets only the landmark loss shape the heatmaps: the emotion head
+  reads them (attention and input) without passing gradients back; the FAN features still get
+  the emotion head's gradients unless the FAN is frozen.
   """
 
   def __init__(self, *, num_stacks: int = 2, hourglass_depth: int = 4, width: int = 256,
                num_landmarks: int = 68, num_emotions: int = 0, head_width: int = 256,
-               head_blocks: int = 4, freeze_fan: bool = False, dtype: str = 'float32',
-               rngs: nnx.Rngs):
+               head_blocks: int = 4, freeze_fan: bool = False, detach_heatmaps: bool = True,
+               dtype: str = 'float32', rngs: nnx.Rngs):
     if num_stacks < 1 or hourglass_depth < 1:
       raise ValueError(f'num_stacks and hourglass_depth must be >= 1, got {num_stacks}, '
                        f'{hourglass_depth}')
     dt = jnp.dtype(dtype)
     self.dtype = dt
     self.freeze_fan = freeze_fan
+    self.detach_heatmaps = detach_heatmaps
     self.num_emotions = num_emotions
     self.fan = FAN(num_stacks=num_stacks, depth=hourglass_depth, width=width,
                    num_landmarks=num_landmarks, rngs=rngs, dtype=dt)
@@ -290,6 +294,10 @@ class Model(nnx.Module):
     if self.freeze_fan:
       stem, feats, heatmaps = jax.lax.stop_gradient((stem, feats, heatmaps))
     hm_BxhxwxL = heatmaps[-1]
+    if self.detach_heatmaps:
+      # EmoNet's FAN is frozen, so its attention is always the landmark heatmaps. Trained jointly,
+      # the VA loss would reshape them into a free attention map and undo the landmark fit.
+      hm_BxhxwxL = jax.lax.stop_gradient(hm_BxhxwxL)
     # Attention (Toisoul et al. 2021): the summed landmark heatmaps weight the face features.
     attn_Bxhxwx1 = jnp.sum(hm_BxhxwxL, axis=-1, keepdims=True)
     x = jnp.concatenate([stem, feats * attn_Bxhxwx1, hm_BxhxwxL], axis=-1)
