@@ -17,7 +17,7 @@ validation split on fixed masks.
 
 Arguments: variant (ViT name/patch, e.g. B/16, L/16), dataset (a name or a mixture whose parts
 are joined by '+' here, or --config.input.dataset='a:1,b:1'), runlocal
-(synthetic_va frames at 48 px, a 4-block ViT with patch 8, a few minutes on a 2-core CPU).
+(synthetic_va frames at 48 px, a 4-block ViT with patch 6, a few minutes on a 2-core CPU).
 """
 
 from configs import common
@@ -31,7 +31,7 @@ PP_TRAIN = ("standardize|random_crop(0.8)|resize({image_size})|flip_lr|value_ran
             "keep('image', 'index')")
 PP_EVAL = "standardize|resize({image_size})|value_range(-1, 1)|keep('image', 'index')"
 
-RUNLOCAL_VIT = dict(variant='mu/8', width=96, depth=4, num_heads=4, mlp_dim=384, patch_size=8)
+RUNLOCAL_VIT = dict(variant='mu/6', width=96, depth=4, num_heads=4, mlp_dim=384, patch_size=6)
 
 
 def get_config(arg=None):
@@ -72,11 +72,11 @@ def get_config(arg=None):
 
   if a.runlocal:
     c.input.dataset = 'synthetic_va'  # frames of the synthetic clips, labels ignored
-    c.model.update(RUNLOCAL_VIT)  # 96 wide, 4 blocks, 8 px patches
+    c.model.update(RUNLOCAL_VIT)  # 96 wide, 4 blocks, 6 px patches
     c.model.decoder_width = 64
     c.model.decoder_depth = 2
     c.model.decoder_num_heads = 4
-    c.image_size = 48  # 6x6 patches of 8 px
+    c.image_size = 48  # 8x8 patches of 6 px
     c.batch_size = 64
     c.total_epochs = 0.0
     c.total_steps = 300

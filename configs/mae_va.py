@@ -11,8 +11,9 @@ the same command to continue where it stopped (a finished stage is never redone)
   workdir/finetune           ViT + linear head on single frames, loss (1 - CCC_v) + (1 - CCC_a),
                              layer-wise lr decay, encoder from the MAE, decoder dropped
                              (config.finetune)
-  workdir/fusion_video_only  the baseline: fusion code with use_audio=False (config.fusion_video_only,
-                             linked to config.fusion: overriding a fusion field changes both)
+  workdir/fusion_video_only  the baseline: the fusion code with use_audio=False
+                             (config.fusion_video_only, linked to config.fusion: overriding a
+                             fusion field changes both)
   workdir/fusion             frozen fine-tuned ViT features + audio encoder per frame,
                              Transformer over windows of frames, per-frame VA head (config.fusion)
   workdir/metrics.jsonl      the final numbers of every stage: val/ccc_* of the fusion stage,
@@ -22,7 +23,7 @@ The ViT trunk is defined once in `config.vit` and `config.image_size` (every sta
 Plain config: ViT-B/16 at 224 px; MAE on the face corpora (configs/mae_pretrain.py), VA on
 Aff-Wild2 (`affwild2_va`, built with audio) with windows of 100 frames in the fusion stage.
 runlocal: the same code path on synthetic_va (faces + voice) at 48 px with a 4-block ViT of
-patch 8 and windows of 12 frames (clips have 24), a few hundred steps per stage.
+patch 6 and windows of 8 frames (clips have 24), a few hundred steps per stage.
 
 Arguments: variant (ViT name/patch), dataset (VA data of finetune and fusion), pretrain_dataset
 (faces for the MAE; mixture parts joined by '+'), runlocal.
@@ -148,32 +149,32 @@ def get_config(arg=None):
     c.finetune.input.dataset = c.fusion.input.dataset = 'synthetic_va'
     c.finetune.batch_size = 32
     c.finetune.total_epochs = 0.0
-    c.finetune.total_steps = 300
+    c.finetune.total_steps = 600
     c.finetune.optimizer.lr = 1e-3
-    c.finetune.optimizer.layer_decay = 0.75
+    c.finetune.optimizer.layer_decay = 0.9  # 4 blocks: embeddings get 0.9 ** 5 = 0.59 x lr
     c.finetune.model.drop_path = 0.0
     c.finetune.schedule.warmup_epochs = 0.0
     c.finetune.schedule.warmup_steps = 30
-    c.finetune.log_every_steps = 25
-    c.finetune.eval_every_steps = 100
-    c.finetune.checkpoint_every_steps = 100
+    c.finetune.log_every_steps = 50
+    c.finetune.eval_every_steps = 200
+    c.finetune.checkpoint_every_steps = 200
 
     c.fusion.model.audio.update(RUNLOCAL_AUDIO)
     c.fusion.model.width = 64
     c.fusion.model.num_layers = 2
-    c.fusion.model.max_len = 12
+    c.fusion.model.max_len = 8
     c.fusion.model.drop_path = 0.0
-    c.fusion.input.window = 12  # synthetic clips have 24 frames
+    c.fusion.input.window = 8  # synthetic clips have 24 frames
     c.fusion.input.window_stride = 4
-    c.fusion.batch_size = 16
+    c.fusion.batch_size = 8
     c.fusion.total_epochs = 0.0
     c.fusion.total_steps = 300
     c.fusion.optimizer.lr = 1e-3
     c.fusion.schedule.warmup_epochs = 0.0
     c.fusion.schedule.warmup_steps = 30
     c.fusion.log_every_steps = 25
-    c.fusion.eval_every_steps = 100
-    c.fusion.checkpoint_every_steps = 100
+    c.fusion.eval_every_steps = 150
+    c.fusion.checkpoint_every_steps = 150
 
   # One ViT, one image size, one data dir across the stages.
   stages = (c.pretrain, c.finetune, c.fusion)

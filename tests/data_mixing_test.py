@@ -129,7 +129,8 @@ def test_balanced_mixture_trains(data_dir, tmp_path):
 def test_mae_pretraining_on_two_face_corpora(data_dir, tmp_path):
   c = mae_pretrain.get_config('runlocal')
   c = _tiny(c, data_dir, **{'input.dataset': 'celeba_faces:1,casia_webface:1',
-                            'image_size': 16, 'model.decoder_width': 32, 'model.width': 32,
+                            'image_size': 16, 'model.patch_size': 8, 'model.decoder_width': 32,
+                            'model.width': 32,
                             'model.depth': 1, 'model.mlp_dim': 64, 'model.num_heads': 2,
                             'model.decoder_depth': 1, 'model.decoder_num_heads': 2,
                             'input.eval_split': ''})

@@ -1,4 +1,7 @@
-"""Tests for configs/mae_pretrain.py, configs/mae_va.py and vaflax/trainers/mae_va.py."""
+"""Tests for configs/mae_pretrain.py, configs/mae_va.py and vaflax/trainers/mae_va.py.
+
+The pretrain stage of the recipe test is configs/mae_pretrain.py:runlocal shrunk to 2 steps: it
+also covers that config's reconstruction PNGs and val/loss."""
 
 import json
 import os
@@ -15,7 +18,7 @@ from vaflax.data import pipeline
 from vaflax.models import vit
 from vaflax.trainers import mae_va as runner
 
-TINY_VIT = dict(width=16, depth=1, num_heads=2, mlp_dim=32)
+TINY_VIT = dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=8)
 
 
 def _shrink(c, steps, batch=8):
@@ -35,9 +38,9 @@ def _tiny_recipe(data_dir):
   c.vit.update(TINY_VIT)
   c.tensorboard = False
   c.test_split = 'test'
-  _shrink(c.pretrain, 2)
+  _shrink(c.pretrain, 2, batch=32)  # the runlocal MAE config, a few steps
   c.pretrain.model.update(decoder_width=16, decoder_depth=1, decoder_num_heads=2)
-  _shrink(c.finetune, 2)
+  _shrink(c.finetune, 2, batch=32)
   _shrink(c.fusion, 2)
   c.fusion.model.update(width=16, num_layers=1, num_heads=2, max_len=4)
   c.fusion.model.audio.update(n_mels=8, width=8, num_layers=1)
@@ -45,6 +48,19 @@ def _tiny_recipe(data_dir):
   c.fusion.input.window_stride = 4
   c.lock()
   return c
+
+
+def _check_reconstruction_png(path, config):
+  """8 rows of original | masked | reconstruction; originals = every 4th image of the first
+  validation batch of 32 (rows spread over the batch)."""
+  png = np.asarray(Image.open(path))
+  assert png.shape == (8 * 18 - 2, 3 * 18 - 2, 3)
+  images = next(iter(pipeline.EvalData(config, 'validation')))['image']
+  expect = np.clip(np.round((images[::4][:8] + 1) * 127.5), 0, 255).astype(np.uint8)
+  for r in range(8):
+    np.testing.assert_array_equal(png[r * 18:r * 18 + 16, :16], expect[r])
+  masked = png[:16, 18:34].astype(int)
+  assert np.sum(np.all(masked == 128, axis=-1)) >= 0.5 * 16 * 16  # most patches masked grey
 
 
 def _model_params(stage_config, stage_workdir):
@@ -136,8 +152,9 @@ def test_recipe_end_to_end_resumes_without_redoing_stages(tmp_path, synthetic_da
       rec['val/ccc_arousal'] - rec['video_only/val/ccc_arousal'])
   pre = writers.read_metrics(f'{wd}/pretrain')
   assert [r['step'] for r in pre if 'train/loss' in r] == [1, 2]  # the reconstruction curve
-  assert rec['pretrain/train/loss_first'] == pre[0]['train/loss']
-  assert os.path.exists(f'{wd}/pretrain/reconstructions/step_2.png')
+  assert [r['val/loss'] for r in pre if 'val/loss' in r] == [rec['pretrain/val/loss']]
+  assert rec['pretrain/train/loss_first'] == pre[0]['train/loss'] and rec['pretrain/val/loss'] > 0
+  _check_reconstruction_png(f'{wd}/pretrain/reconstructions/step_2.png', c.pretrain)
 
   # The weights flow: MAE encoder -> fine-tuning init; fine-tuned ViT -> both fusion stages.
   stages = runner.stage_configs(c, wd)
@@ -158,24 +175,3 @@ def test_recipe_end_to_end_resumes_without_redoing_stages(tmp_path, synthetic_da
   assert runner.run(c, wd) == json.load(open(f'{wd}/final_metrics.json'))
   assert calls == [] and len(writers.read_metrics(wd)) == 1  # nothing redone or re-logged
 
-
-def test_mae_pretrain_runlocal_writes_reconstructions(tmp_path, synthetic_data_dir):
-  c = mae_pretrain.get_config('runlocal')
-  c.input.data_dir = synthetic_data_dir
-  c.image_size = 16
-  c.model.update(TINY_VIT, decoder_width=16, decoder_depth=1, decoder_num_heads=2)
-  c.tensorboard = False
-  _shrink(c, 2, batch=16)
-  wd = str(tmp_path / 'w')
-  final = train.train_and_evaluate(c, wd)
-  recs = writers.read_metrics(wd)
-  assert [r['step'] for r in recs if 'train/loss' in r] == [1, 2]
-  assert np.isfinite(final['val/loss']) and final['val/loss'] > 0
-  assert [r['val/loss'] for r in recs if 'val/loss' in r] == [final['val/loss']]
-  png = np.asarray(Image.open(f'{wd}/reconstructions/step_2.png'))
-  assert png.shape == (8 * 18 - 2, 3 * 18 - 2, 3)  # 8 rows of original | masked | reconstruction
-  # Column 1 is the validation image: rows are every 2nd example of the first eval batch.
-  images = next(iter(pipeline.EvalData(c, 'validation')))['image']
-  expect = np.clip(np.round((images[::2][:8] + 1) * 127.5), 0, 255).astype(np.uint8)
-  for r in range(8):
-    np.testing.assert_array_equal(png[r * 18:r * 18 + 16, :16], expect[r])
