@@ -19,9 +19,9 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
-from vaflax.data import video_io
 from vaflax import faces
 from vaflax.data import builder_utils as bu
+from vaflax.data import video_io
 
 CROP_SIZE = 112  # the ABAW cropped_aligned faces are 112 x 112: stored as they are
 SAMPLE_RATE = 16000

@@ -27,8 +27,8 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from vaflax.data import video_io
 from vaflax.data import synthetic_faces as sf
+from vaflax.data import video_io
 
 OUT = os.path.join(os.path.dirname(__file__), 'dummy_data')
 SR = 16000

@@ -17,9 +17,9 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vaflax.data import video_io
 from vaflax import circumplex
 from vaflax.data import builder_utils as bu
+from vaflax.data import video_io
 
 CROP_SIZE = 256
 FPS = 25  # frames are resampled to this rate

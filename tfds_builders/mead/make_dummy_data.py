@@ -18,8 +18,8 @@ import shutil
 import av
 import numpy as np
 
-from vaflax.data import video_io
 from tfds_builders.omg_emotion.make_dummy_data import face_frames, tone
+from vaflax.data import video_io
 
 OUT = os.path.join(os.path.dirname(__file__), 'dummy_data')
 SR = 16000

@@ -17,9 +17,9 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vaflax.data import video_io
 from vaflax import circumplex, detect
 from vaflax.data import builder_utils as bu
+from vaflax.data import video_io
 
 CROP_SIZE = 256
 FPS = 30  # MEAD is commonly 30 fps (datasets.md section 7, unverified): the frame grid rate

@@ -16,8 +16,8 @@ import shutil
 
 import numpy as np
 
-from vaflax.data import video_io
 from vaflax.data import synthetic_faces as sf
+from vaflax.data import video_io
 
 OUT = os.path.join(os.path.dirname(__file__), 'dummy_data')
 SR = 16000

@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from vaflax.data import video_io
 from vaflax import detect
 from vaflax.data import builder_utils as bu
+from vaflax.data import video_io
 
 CROP_SIZE = 256
 FPS = 25  # frames are resampled to this rate; YouTube sources mix 24/25/30 fps

@@ -22,8 +22,8 @@ import wave
 
 import numpy as np
 
-from vaflax.data import video_io
 from vaflax.data import synthetic_faces as sf
+from vaflax.data import video_io
 
 OUT = os.path.join(os.path.dirname(__file__), 'dummy_data', 'avec2019')
 SR = 16000

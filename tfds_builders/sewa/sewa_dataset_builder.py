@@ -17,9 +17,9 @@ import av
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vaflax.data import video_io
 from vaflax import faces
 from vaflax.data import builder_utils as bu
+from vaflax.data import video_io
 
 CROP_SIZE = 256
 FPS = 10  # the AVEC CES label rate (0.1 s hop, AVEC2019 CES_data.py)

@@ -5,10 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from vaflax.data import video_io
 from tfds_builders.sewa import sewa_dataset_builder as sewa
 from vaflax import faces
-from vaflax.data import build
+from vaflax.data import build, video_io
 
 DUMMY = os.path.join(os.path.dirname(__file__), 'dummy_data', 'avec2019')
 
