@@ -14,8 +14,9 @@ same architecture for 3 epochs each, with the loss
 prediction is the mean of the students' expectations. Adam lr 1e-4 (beta1 0.5, authors' code),
 x0.1 every 3 epochs; Aff-Wild2 (x0.2 in the mixture) + AFEW-VA; 112x112 crops; ResNet-50 with a
 128-unit head (arch=cnn) or the frozen binned CNN + bi-GRU(64) over 32-frame windows (arch=cnn_rnn,
-init_from a binned CNN workdir, which initialises teacher and students alike). Students share one
-jitted step (stacked on a leading axis), so they differ by initialisation, not by data order.
+init_from a binned CNN workdir, which initialises teacher and students alike). Students train
+together in one jitted step (a list of modules called in one trace: one compile for all), so
+they see the same batches and differ by initialisation.
 
 Stages (each resumable, skipped once finished): workdir/teacher, workdir/students_init (the
 teacher's weights exported for the next stage), workdir/students, then the

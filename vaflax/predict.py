@@ -366,6 +366,11 @@ class VideoStream:
       if i <= 0:
         raise InputError(f'{self.path}: cannot decode ({type(e).__name__}: {e})') from None
       self.error = f'decoding stopped after frame {i} ({type(e).__name__}: {e}); earlier frames kept'
+      return
+    if self.num_frames and self.decoded < self.num_frames:
+      # The index is intact but the data ends early (a download cut short): FFmpeg just stops.
+      self.error = (f'decoded {self.decoded} of the {self.num_frames} frames the container '
+                    'declares: the file is probably truncated; the decoded frames are kept')
 
   def close(self):
     self._c.close()
