@@ -38,7 +38,8 @@ def _bn(c, *, rngs, dtype, zero=False):
 # --- Stem max pool (3x3, stride 2, padding 1) with a cheap backward pass ---------------------------
 # JAX differentiates a max reduce_window through a variadic reduce_window over (value, index)
 # pairs; on XLA:CPU that made the pool's backward ~6x slower than this VJP and ~10 % of a ResNet-18
-# train step (benchmarks/RESULTS.md). Same forward; the gradient of each output goes to the first
+# train step (measured while writing it; the CPU comparison is in benchmarks/RESULTS.md). Same
+# forward; the gradient of each output goes to the first
 # maximum of its window in row-major order, as in JAX's own rule and torch's max_pool2d.
 _POOL_K, _POOL_S, _POOL_P = 3, 2, 1
 
