@@ -1,0 +1,107 @@
+"""The launch/ scripts: the environment and command they give every process.
+
+SLURM and Cloud TPU are replaced by fakes on PATH (`scontrol`, `srun`, `gcloud`) and the Python
+interpreter by a script that records its environment and argv, so the tests check what each
+process would run. The local multi-process launcher runs for real: 2 processes x 2 CPU devices
+train a tiny config for 2 steps.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECORD_PY = """#!{python}
+import json, os, sys
+keys = ('JAX_PROCESS_ID', 'JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_LOCAL_DEVICE_IDS')
+rec = {{'argv': sys.argv[1:], **{{k: os.environ.get(k) for k in keys}}}}
+with open(os.path.join({out!r}, 'rank%s.json' % os.environ['JAX_PROCESS_ID']), 'w') as f:
+  json.dump(rec, f)
+"""
+
+
+def _exe(path, text):
+  path.write_text(text)
+  path.chmod(0o755)
+  return str(path)
+
+
+@pytest.mark.parametrize('per_gpu', [False, True])
+def test_slurm_script_gives_each_task_its_rank_and_the_first_node(tmp_path, per_gpu):
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  _exe(bin_dir / 'scontrol', '#!/bin/bash\necho gpu-node-07\necho gpu-node-08\n')
+  # Fake srun: its options, then the command, run once per task with SLURM's per-task variables.
+  _exe(bin_dir / 'srun', '#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\n'
+       'for i in 0 1 2; do SLURM_PROCID=$i SLURM_LOCALID=$((i % 2)) "$@" || exit $?; done\n')
+  py = _exe(bin_dir / 'recpy', RECORD_PY.format(python=sys.executable, out=str(tmp_path)))
+  env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}', SLURM_NTASKS='3',
+             SLURM_JOB_NODELIST='gpu-node-[07-08]', PYTHON=py)
+  env.pop('VAFLAX_PER_GPU', None)
+  if per_gpu:
+    env['VAFLAX_PER_GPU'] = '1'
+  args = ['--config=configs/resnet_va.py:variant=50,dataset=afew_va', '--workdir=/shared/my run',
+          "--config.input.dataset=affwild2_va:0.2,afew_va:1"]
+  r = subprocess.run(['bash', os.path.join(REPO, 'launch/slurm_gpu.sbatch'), *args], env=env,
+                     capture_output=True, text=True, timeout=60)
+  assert r.returncode == 0, r.stderr
+  for rank in range(3):
+    rec = json.loads((tmp_path / f'rank{rank}.json').read_text())
+    assert rec['argv'] == ['-m', 'vaflax.main', *args]  # every argument intact, spaces included
+    assert rec['JAX_PROCESS_ID'] == str(rank)
+    assert rec['JAX_NUM_PROCESSES'] == '3'
+    assert rec['JAX_COORDINATOR_ADDRESS'] == 'gpu-node-07:12355'
+    assert rec['JAX_LOCAL_DEVICE_IDS'] == (str(rank % 2) if per_gpu else None)
+
+
+def test_slurm_script_without_arguments_says_how_to_call_it(tmp_path):
+  r = subprocess.run(['bash', os.path.join(REPO, 'launch/slurm_gpu.sbatch')],
+                     capture_output=True, text=True, timeout=60)
+  assert r.returncode == 2 and 'usage: sbatch' in r.stderr
+
+
+def test_tpu_script_runs_the_same_command_on_all_workers(tmp_path):
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  _exe(bin_dir / 'gcloud', f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/gcloud_args\n')
+  env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}', VAFLAX_DIR='/home/me/vaflax')
+  args = ['--config=configs/mae_va.py', '--workdir=gs://bucket/runs/mae va',
+          '--config.batch_size=1024']
+  r = subprocess.run(['bash', os.path.join(REPO, 'launch/tpu_pod.sh'), 'my-tpu', 'us-central2-b',
+                      *args], env=env, capture_output=True, text=True, timeout=60)
+  assert r.returncode == 0, r.stderr
+  got = (tmp_path / 'gcloud_args').read_text().splitlines()
+  assert got[:5] == ['compute', 'tpus', 'tpu-vm', 'ssh', 'my-tpu']
+  assert '--worker=all' in got and got[got.index('--zone') + 1] == 'us-central2-b'
+  command = next(a for a in got if a.startswith('--command='))[len('--command='):]
+  assert 'cd /home/me/vaflax' in command and 'VAFLAX_DISTRIBUTED=auto' in command
+  # What the workers' shell will run: the arguments survive its word splitting unchanged.
+  main = command.split('VAFLAX_DISTRIBUTED=auto ', 1)[1].split(' 2>&1')[0]
+  assert shlex.split(main) == ['python3', '-m', 'vaflax.main', *args]
+
+
+def test_local_multiprocess_script_trains_two_processes(tmp_path, synthetic_data_dir):
+  wd = tmp_path / 'w'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHON=sys.executable, VAFLAX_LOCAL_CPU_DEVICES='2',
+             PYTHONPATH=REPO)
+  env.pop('XLA_FLAGS', None)  # the test session's 8 fake devices are not the launcher's business
+  cmd = [os.path.join(REPO, 'launch/local_multiprocess.sh'), '2',
+         '--config=configs/resnet_va.py:runlocal', f'--workdir={wd}',
+         f'--config.input.data_dir={synthetic_data_dir}', '--config.model.width=8',
+         '--config.model.head_hidden=8', '--config.image_size=32', '--config.batch_size=8',
+         '--config.total_steps=2', '--config.eval_every_steps=2', '--config.log_every_steps=1',
+         '--config.checkpoint_every_steps=2', '--config.input.eval_split=test',
+         '--config.tensorboard=False']
+  r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  logs = {i: (wd / 'logs' / f'process_{i}.log').read_text() for i in range(2)}
+  assert r.returncode == 0, logs[0][-2000:] + logs[1][-2000:]
+  for i in range(2):
+    assert f'process {i} of 2, 2 local / 4 global devices' in logs[i]
+  assert sorted(os.listdir(wd / 'checkpoints')) == ['2']
+  recs = [json.loads(x) for x in (wd / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in recs if 'train/loss' in r] == [1, 2]  # written once, by process 0
+  assert any('val/ccc_valence' in r for r in recs)
