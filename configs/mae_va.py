@@ -23,7 +23,8 @@ The ViT trunk is defined once in `config.vit` and `config.image_size` (every sta
 Plain config: ViT-B/16 at 224 px; MAE on the face corpora (configs/mae_pretrain.py), VA on
 Aff-Wild2 (`affwild2_va`, built with audio) with windows of 100 frames in the fusion stage.
 runlocal: the same code path on synthetic_va (faces + voice) at 48 px with a 4-block ViT of
-patch 6 and windows of 8 frames (clips have 24), a few hundred steps per stage.
+patch 6 and windows of 8 frames (clips have 24): MAE 300 steps, fine-tuning 3000, each fusion
+stage 300 (about 9 minutes on a 2-core CPU).
 
 Arguments: variant (ViT name/patch), dataset (VA data of finetune and fusion), pretrain_dataset
 (faces for the MAE; mixture parts joined by '+'), runlocal.
@@ -102,6 +103,9 @@ def _fusion(a) -> ml_collections.ConfigDict:
   c.model.num_heads = 4
   c.model.max_len = 100  # longest window
   c.model.drop_path = 0.1
+  # Modality dropout (ours, not in the paper): zero a training window's visual features with
+  # this probability so that the fused model keeps using the audio (fusion stage only).
+  c.model.visual_dropout = 0.0
   c.input.dataset = a.dataset
   c.input.window = 100  # frames per window (Zhang et al. 2023)
   c.input.window_stride = 50  # overlapping training windows; evaluation tiles each video
@@ -149,21 +153,29 @@ def get_config(arg=None):
     c.finetune.input.dataset = c.fusion.input.dataset = 'synthetic_va'
     c.finetune.batch_size = 32
     c.finetune.total_epochs = 0.0
-    c.finetune.total_steps = 600
+    # The small ViT needs many epochs (3000 x 32 frames = 25 passes over the 3840 training
+    # frames) to generalise to the validation identities: val CCC -0.19 / 0.31 after a
+    # 600-step run; 0.12 / 0.69 at step 1000 and 0.50 / 0.67 at step 3000 of this one
+    # (measured, docs/mae_va.md).
+    c.finetune.total_steps = 3000
     c.finetune.optimizer.lr = 1e-3
     c.finetune.optimizer.layer_decay = 0.9  # 4 blocks: embeddings get 0.9 ** 5 = 0.59 x lr
     c.finetune.model.drop_path = 0.0
     c.finetune.schedule.warmup_epochs = 0.0
     c.finetune.schedule.warmup_steps = 30
-    c.finetune.log_every_steps = 50
-    c.finetune.eval_every_steps = 200
-    c.finetune.checkpoint_every_steps = 200
+    c.finetune.log_every_steps = 100
+    c.finetune.eval_every_steps = 1000
+    c.finetune.checkpoint_every_steps = 500
 
     c.fusion.model.audio.update(RUNLOCAL_AUDIO)
     c.fusion.model.width = 64
     c.fusion.model.num_layers = 2
     c.fusion.model.max_len = 8
     c.fusion.model.drop_path = 0.0
+    # The small ViT's features fit the 40 training identities better than they generalise;
+    # without this the fused model leans on them (val valence CCC 0.71 instead of the audio's
+    # 0.9, measured, docs/mae_va.md).
+    c.fusion.model.visual_dropout = 0.5
     c.fusion.input.window = 8  # synthetic clips have 24 frames
     c.fusion.input.window_stride = 4
     c.fusion.batch_size = 8

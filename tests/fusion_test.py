@@ -56,6 +56,31 @@ def test_audio_changes_output_only_with_audio():
     av(no_audio)
 
 
+def test_visual_dropout_drops_whole_windows_in_training_only():
+  """In training, a dropped window's output does not depend on its frames (its visual features
+  are zero); a kept one's does. In evaluation every window depends on its frames."""
+  rng = np.random.default_rng(3)
+  n = 8
+  batch = {'frames': jnp.asarray(rng.uniform(-1, 1, (n, 3, 16, 16, 3)), jnp.float32),
+           'audio': jnp.asarray(0.1 * rng.normal(size=(n, 3, S)), jnp.float32)}
+  other = dict(batch, frames=jnp.asarray(rng.uniform(-1, 1, (n, 3, 16, 16, 3)), jnp.float32))
+  m = _model(visual_dropout=0.5)
+  m.train()
+  graphdef, state = nnx.split(m)
+
+  def run(b):  # the same dropout draw for both batches: a fresh copy of the rng state
+    mm = nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+    return np.asarray(_apply(mm, b)['va'])
+
+  changed = np.abs(run(batch) - run(other)).max(axis=(1, 2)) > 1e-6
+  assert 0 < changed.sum() < n, changed  # some windows dropped, some kept (seeded draw)
+  m.eval()
+  changed_eval = np.abs(np.asarray(_apply(m, batch)['va'] - _apply(m, other)['va'])).max(axis=(1, 2))
+  assert np.all(changed_eval > 1e-6)
+  with pytest.raises(ValueError, match='visual_dropout'):
+    _model(visual_dropout=1.0)
+
+
 def test_frames_change_output():
   av = _model()
   batch = _batch()

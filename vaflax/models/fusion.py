@@ -41,13 +41,17 @@ class Model(nnx.Module):
       mlp_dim: int | None = None,
       max_len: int = 256,
       drop_path: float = 0.0,
+      visual_dropout: float = 0.0,
       dtype: Any = None,
       param_dtype: Any = jnp.float32,
       attention_impl: str | None = None,
       rngs: nnx.Rngs,
   ):
     """`visual`: vit.Encoder kwargs (variant, image_size, pool_type, remat, ...);
-    `audio`: audio.AudioEncoder kwargs; the rest configure the temporal Transformer."""
+    `audio`: audio.AudioEncoder kwargs; the rest configure the temporal Transformer.
+    `visual_dropout` (with audio only): in training, the visual features of a whole window are
+    zeroed with this probability (modality dropout), so the model cannot ignore the audio
+    when the visual features fit the training identities better than they generalise."""
     dtype, param_dtype = vit.as_dtype(dtype), vit.as_dtype(param_dtype)
     visual = dict(visual or {})
     visual.setdefault('dtype', dtype)
@@ -63,6 +67,11 @@ class Model(nnx.Module):
       audio.setdefault('param_dtype', param_dtype)
       self.audio = audio_lib.AudioEncoder(rngs=rngs, **audio)
       in_dim += self.audio.width
+    if not 0.0 <= visual_dropout < 1.0:
+      raise ValueError(f'fusion.Model: visual_dropout must be in [0, 1), got {visual_dropout}')
+    # Dropout of whole windows: the mask broadcasts over frames and channels.
+    self.visual_dropout = (nnx.Dropout(visual_dropout, broadcast_dims=(1, 2), rngs=rngs)
+                           if self.use_audio and visual_dropout > 0 else None)
     self.max_len = max_len
     self.proj = nnx.Linear(
         in_dim, width, dtype=dtype, param_dtype=param_dtype,
@@ -98,6 +107,8 @@ class Model(nnx.Module):
     if t > self.max_len:
       raise ValueError(f'fusion.Model: window of {t} frames exceeds max_len={self.max_len}')
     feats = [self.visual_features(frames)]
+    if self.visual_dropout is not None:
+      feats[0] = self.visual_dropout(feats[0])
     if self.use_audio:
       if 'audio' not in batch:
         raise KeyError("fusion.Model(use_audio=True) needs batch['audio'] (B, T, S); got "
