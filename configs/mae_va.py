@@ -24,7 +24,7 @@ Plain config: ViT-B/16 at 224 px; MAE on the face corpora (configs/mae_pretrain.
 Aff-Wild2 (`affwild2_va`, built with audio) with windows of 100 frames in the fusion stage.
 runlocal: the same code path on synthetic_va (faces + voice) at 48 px with a 4-block ViT of
 patch 6 and windows of 8 frames (clips have 24): MAE 300 steps, fine-tuning 3000, each fusion
-stage 300 (about 9 minutes on a 2-core CPU).
+stage 300 (10 min 20 s on an idle 2-core CPU, measured).
 
 Arguments: variant (ViT name/patch), dataset (VA data of finetune and fusion), pretrain_dataset
 (faces for the MAE; mixture parts joined by '+'), runlocal.
