@@ -18,6 +18,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -305,6 +306,22 @@ class _SigtermFlag:
   def __exit__(self, *exc):
     if self._prev is not None:
       signal.signal(signal.SIGTERM, self._prev)
+
+
+def restore_workdir(config, workdir: str):
+  """(Setup, state) of the latest checkpoint in `workdir`, built from `config` (the config that
+  wrote it). The state is restored into the abstract one: no initialisation is computed."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.total_steps = 1  # the schedule does not shape the state; skip the epoch arithmetic
+  setup = make_setup(c, int(c.batch_size), init=False)
+  mngr = ckpt_lib.manager(os.path.join(workdir, 'checkpoints'))
+  try:
+    if mngr.latest_step() is None:
+      raise FileNotFoundError(f'{workdir}/checkpoints: no checkpoint found')
+    state, _ = ckpt_lib.restore(mngr, setup.state)
+  finally:
+    mngr.close()
+  return setup, state
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

@@ -128,14 +128,7 @@ def workdir_weights(src_workdir: str) -> dict:
     raise FileNotFoundError(f'{src_workdir}: no config.json (init_from must be a vaflax workdir)')
   with open(path) as f:
     src_config = ml_collections.ConfigDict(json.load(f))
-  setup = train.make_setup(src_config, int(src_config.batch_size))
-  mngr = ckpt_lib.manager(os.path.join(src_workdir, 'checkpoints'))
-  try:
-    if mngr.latest_step() is None:
-      raise FileNotFoundError(f'{src_workdir}/checkpoints: no checkpoint found')
-    state, _ = ckpt_lib.restore(mngr, setup.state)
-  finally:
-    mngr.close()
+  setup, state = train.restore_workdir(src_config, src_workdir)
   model, _ = nnx.merge(setup.graphdef, state)
   flat = nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
   return {p: np.asarray(jax.device_get(v.get_value())) for p, v in flat}
@@ -285,7 +278,7 @@ def run(config, workdir: str) -> dict:
   train.prepare_workdir(workdir, config)
   pidx, pcount = jax.process_index(), jax.process_count()
   _, num_train = pipeline.make_train_dataset(sc, pidx, pcount)
-  setup = train.make_setup(sc, num_train)
+  setup = train.make_setup(sc, num_train, init=False)  # restored below: no initialisation
   with ckpt_lib.manager(os.path.join(students_dir, 'checkpoints')) as mngr:
     state, _ = ckpt_lib.restore(mngr, setup.state)
   eval_data = pipeline.EvalData(sc, sc.input.eval_split, process_index=pidx, process_count=pcount)

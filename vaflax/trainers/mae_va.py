@@ -55,17 +55,7 @@ def stage_configs(config, workdir: str) -> dict[str, ml_collections.ConfigDict]:
 
 def restore_stage(stage_config, stage_workdir: str):
   """(Setup, state) of a stage's latest checkpoint, built from its config."""
-  sc = ml_collections.ConfigDict(stage_config.to_dict())
-  sc.total_steps = 1  # the schedule does not shape the state; skip the epoch arithmetic
-  setup = train.make_setup(sc, int(sc.batch_size))
-  mngr = ckpt_lib.manager(os.path.join(stage_workdir, 'checkpoints'))
-  try:
-    if mngr.latest_step() is None:
-      raise FileNotFoundError(f'{stage_workdir}/checkpoints: no checkpoint found')
-    state, _ = ckpt_lib.restore(mngr, setup.state)
-  finally:
-    mngr.close()
-  return setup, state
+  return train.restore_workdir(stage_config, stage_workdir)
 
 
 def export_encoder(src_workdir: str, dst: str, name: str, src_config=None) -> None:
