@@ -28,6 +28,17 @@ def synthetic_data_dir(tmp_path_factory):
   return str(d)
 
 
+def set_fields(c, **overrides):
+  """Sets dotted config fields in place ('model.width': 8) and returns the config."""
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
 def tiny_config(data_dir, **overrides):
   """The runlocal ResNet config shrunk to seconds: 8-wide ResNet-18 at 32 px on 1 device."""
   from configs import resnet_va  # noqa: PLC0415
@@ -46,10 +57,4 @@ def tiny_config(data_dir, **overrides):
   c.mesh.num_devices = 1
   c.tensorboard = False
   c.input.eval_split = 'test'
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return set_fields(c, **overrides)

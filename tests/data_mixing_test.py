@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import set_fields
 
 import tfds_builders
 from configs import mae_pretrain, resnet_va
@@ -45,13 +46,7 @@ def _tiny(c, data_dir, **overrides):
   c.schedule.warmup_steps = 0
   c.mesh.num_devices = 1
   c.tensorboard = False
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return set_fields(c, **overrides)
 
 
 def _resnet(arg, data_dir, **overrides):

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import set_fields
 
 from configs import emofan_va
 from vaflax import train
@@ -27,13 +28,7 @@ def _tiny(data_dir, **overrides):
   c.schedule.warmup_steps = 0
   c.mesh.num_devices = 1
   c.tensorboard = False
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return set_fields(c, **overrides)
 
 
 def test_runlocal_trains_and_reports_va_and_landmark_metrics(tmp_path, synthetic_data_dir):
