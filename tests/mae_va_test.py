@@ -64,7 +64,7 @@ def _check_reconstruction_png(path, config):
 
 
 def _model_params(stage_config, stage_workdir):
-  setup, state = runner.restore_stage(stage_config, stage_workdir)
+  setup, state = train.restore_workdir(stage_config, stage_workdir)
   model, _ = nnx.merge(setup.graphdef, state)
   return model
 

@@ -53,11 +53,6 @@ def stage_configs(config, workdir: str) -> dict[str, ml_collections.ConfigDict]:
   return out
 
 
-def restore_stage(stage_config, stage_workdir: str):
-  """(Setup, state) of a stage's latest checkpoint, built from its config."""
-  return train.restore_workdir(stage_config, stage_workdir)
-
-
 def export_encoder(src_workdir: str, dst: str, name: str, src_config=None) -> None:
   """Writes the ViT encoder of the run in `src_workdir` (a vit.Model, mae.Model or any model
   with `.encoder`) as a model-only checkpoint in `dst`, its parameters under `name`
@@ -73,7 +68,7 @@ def export_encoder(src_workdir: str, dst: str, name: str, src_config=None) -> No
         raise FileNotFoundError(f'init_from={src_workdir}: no config.json (not a vaflax workdir)')
       with open(path) as f:
         src_config = ml_collections.ConfigDict(json.load(f))
-    setup, state = restore_stage(src_config, src_workdir)
+    setup, state = train.restore_workdir(src_config, src_workdir)
     model, _ = nnx.merge(setup.graphdef, state)
     if not hasattr(model, 'encoder'):
       raise ValueError(f'{src_workdir}: its {type(model).__name__} has no ViT `encoder` to export')
@@ -103,7 +98,7 @@ def evaluate_checkpoint(stage_config, stage_workdir: str, split: str, prefix: st
   """Metrics of a stage's final checkpoint on `split` (e.g. the test split after training)."""
   data = pipeline.EvalData(stage_config, split, process_index=jax.process_index(),
                            process_count=jax.process_count())
-  setup, state = restore_stage(stage_config, stage_workdir)
+  setup, state = train.restore_workdir(stage_config, stage_workdir)
   metrics, _ = train.evaluate(setup, state, data, prefix=prefix)
   return metrics
 
