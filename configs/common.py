@@ -45,7 +45,8 @@ FSDP_RULES = (('conv_out', 'fsdp'), ('mlp', 'fsdp'), ('heads', 'fsdp'), ('embed'
 def base_config() -> ml_collections.ConfigDict:
   """Fields every config has. Method configs override what they need."""
   c = ml_collections.ConfigDict()
-  c.task = 'supervised'  # trainer module: vaflax/trainers/<task>.py
+  c.task = 'supervised'  # registered task (vaflax/tasks.py; defined in vaflax/trainers/)
+  c.recipe = ''  # '' = one training run; else a multi-stage recipe (vaflax/stages.py)
   c.model_name = 'resnet'  # model module: vaflax/models/<model_name>.py
   c.model = ml_collections.ConfigDict()  # keyword arguments of Model(...)
   c.seed = 0  # parameter init, data order, augmentation and per-step rngs all derive from it
@@ -83,6 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.b1 = 0.9  # Adam beta1
   c.optimizer.b2 = 0.999  # Adam beta2
   c.optimizer.weight_decay = 0.0  # AdamW decoupled weight decay
+  c.optimizer.momentum = 0.9  # SGD momentum (0: plain SGD)
+  c.optimizer.layer_decay = 0.0  # ViT layer-wise lr decay (BEiT/MAE fine-tuning; 0: off)
   c.optimizer.grad_clip_norm = 0.0  # global-norm clipping (0: off)
 
   c.schedule = ml_collections.ConfigDict()
@@ -90,13 +93,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.decay_every_epochs = 3.0  # step schedule period in epochs
   c.schedule.decay_every_steps = 0  # step schedule period in steps (overrides epochs when > 0)
   c.schedule.factor = 0.1  # step schedule multiplier
-  c.schedule.warmup_steps = 0  # linear warmup from 0
+  c.schedule.alpha = 0.0  # cosine schedule: final lr = alpha x peak
+  c.schedule.warmup_steps = 0  # linear warmup from 0, in steps
+  c.schedule.warmup_epochs = 0.0  # linear warmup in epochs (used when warmup_steps == 0)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.ccc_weight = 1.0  # (1 - CCC_v) + (1 - CCC_a)
   c.loss.binned_weight = 0.0  # cross-entropy over VA bins (needs model.num_bins > 0)
   c.loss.mse_weight = 0.0  # masked MSE
   c.loss.quadrant_weight = 0.0  # 4-way quadrant cross-entropy (needs model.quadrant_head)
+
+  # Frozen parameters: a regex matched (re.match) against '/'-joined parameter paths, e.g.
+  # 'backbone(/|$)'. Frozen: no gradient, no optimizer state, no weight decay; modules whose
+  # path matches run in eval mode (vaflax/optim.py). '' = train everything.
+  c.frozen = ''
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.flip_tta = False  # evaluate on the mean of each image (frame) and its mirror
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # data-parallel axis size (-1: all devices / fsdp)
@@ -108,7 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 500  # validation period (0: only at the end)
   c.checkpoint_every_steps = 500  # checkpoint period (and always at the end)
   c.max_to_keep = 3  # checkpoints kept
-  c.init_from = ''  # workdir or checkpoint dir to take model weights from when starting fresh
+  # Weights to start from when not resuming: 'WORKDIR' or 'WORKDIR:SRC=DST,...' (path-prefix
+  # mapping), several separated by ';' (vaflax/train.py init_from). '' = random init.
+  c.init_from = ''
   c.skip_nonfinite = False  # skip (and count) non-finite updates instead of stopping
   c.tensorboard = True  # also write TensorBoard event files
   return c

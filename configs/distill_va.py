@@ -18,10 +18,10 @@ init_from a binned CNN workdir, which initialises teacher and students alike). S
 together in one jitted step (a list of modules called in one trace: one compile for all), so
 they see the same batches and differ by initialisation.
 
-Stages (each resumable, skipped once finished): workdir/teacher, workdir/students_init (the
-teacher's weights exported for the next stage), workdir/students, then the
-evaluation of teacher, each student and the ensemble in workdir/metrics.jsonl
-(val/teacher/*, val/student{k}/*, val/student_mean/*, val/ensemble/*; val/ccc_* = ensemble).
+Stages (vaflax/stages.py; each resumable, skipped once finished): workdir/teacher, then
+workdir/students (teacher loaded from the first stage and frozen), whose evaluation scores the
+teacher, each student and the ensemble; workdir/final_metrics.json has val/teacher/*,
+val/student{k}/*, val/student_mean/* and val/ccc_* (the ensemble's).
 
 Evaluation: ABAW protocol, CCC pooled over all frames of the Aff-Wild2 validation split. Published
 result to compare with: this method won the VA track of ABAW 2020 (FG 2020; authors' README); the
@@ -48,7 +48,7 @@ def get_config(arg=None):
     raise ValueError(f'configs/distill_va.py: arch={a.arch!r}, use cnn or cnn_rnn')
   if not a.runlocal:
     c.input.dataset = a.dataset  # a mixture has commas: it cannot go through the arg string
-  c.task = 'distill'
+  c.recipe = 'distill'  # teacher, then students (vaflax/trainers/distill.py)
   c.model.num_bins = 20  # bins per dimension (Deng et al. 2020)
   c.loss.ccc_weight = 1.0  # (1 - CCC) on the expectation, per dimension
   c.loss.binned_weight = 1.0  # CE over the bins, per dimension

@@ -19,7 +19,7 @@ Stages (`stage=`): EmoNet keeps a FAN pretrained for face alignment fixed and tr
 head only. Here the FAN is trained on the dataset's own 68 landmarks:
   joint      (default) everything at once: VA + emotions + heatmaps, one run.
   landmarks  the FAN alone: heatmap loss only (VA/emotion weights 0; VA metrics still logged).
-  frozen     the paper's second stage: the FAN frozen (model.freeze_fan: no update, running BN
+  frozen     the paper's second stage: the FAN frozen (config.frozen: no update, running BN
              statistics) and initialised from `init=` (a `landmarks` workdir, via init_from);
              VA + emotions train the head.
 
@@ -74,7 +74,7 @@ def get_config(arg=None):
   c.model.num_emotions = 8  # AffectNet: neutral, happy, sad, surprise, fear, disgust, anger, contempt
   c.model.head_width = 256  # emotion head channels (EmoNet)
   c.model.head_blocks = 4  # emotion head blocks, each halving the map: 64 -> 4 (EmoNet)
-  c.model.freeze_fan = a.stage == 'frozen'  # FAN fixed: no update, running BN statistics
+  c.frozen = 'fan(/|$)' if a.stage == 'frozen' else ''  # FAN fixed: no update, running BN statistics
   c.model.detach_heatmaps = True  # only the landmark loss shapes the heatmaps (the attention)
   c.model.dtype = 'float32'  # compute dtype (bfloat16 on GPU/TPU; params stay float32)
   c.init_from = a.init  # model weights from another run (stage=frozen: the landmarks run)

@@ -74,7 +74,7 @@ def _finetune(a) -> ml_collections.ConfigDict:
   c.optimizer.lr = 5e-4 * c.batch_size / 256
   c.optimizer.b2 = 0.999
   c.optimizer.weight_decay = 0.05
-  c.optimizer.layer_decay = 0.65  # lr x 0.65 ** (depth + 1 - layer id), vaflax/models/vit.py
+  c.optimizer.layer_decay = 0.65  # lr x 0.65 ** (depth + 1 - layer id), vaflax/optim.py
   c.schedule.name = 'cosine'
   c.schedule.warmup_epochs = 0.5
   c.log_every_steps = 100
@@ -89,7 +89,7 @@ def _fusion(a) -> ml_collections.ConfigDict:
   c.model_name = 'fusion'
   c.model.visual = ml_collections.ConfigDict()  # vit.Encoder kwargs; linked to config.vit below
   c.model.visual.pool_type = 'gap'
-  c.model.freeze_visual = True  # features of the fine-tuned ViT, as extracted features
+  c.frozen = 'visual(/|$)'  # features of the fine-tuned ViT, as extracted features
   c.model.use_audio = True
   c.model.audio = ml_collections.ConfigDict(dict(
       sample_rate=16_000,  # all builders store 16 kHz mono
@@ -131,7 +131,7 @@ def get_config(arg=None):
   a = common.parse_arg(arg, variant='B/16', dataset='affwild2_va',
                        pretrain_dataset=mae_pretrain.FACE_MIXTURE, runlocal=False)
   c = ml_collections.ConfigDict()
-  c.task = 'mae_va'  # the multi-stage runner vaflax/trainers/mae_va.py
+  c.recipe = 'mae_va'  # the stages of vaflax/trainers/mae_va.py, run by vaflax/stages.py
   c.init_from = ''  # an MAE (or ViT) run to fine-tune from; '' = pretrain one in workdir/pretrain
   c.data_dir = common.DEFAULT_DATA_DIR  # TFDS data dir of every stage
   c.image_size = 224  # input side of every stage (the ViT's position grid follows it)

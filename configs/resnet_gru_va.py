@@ -39,7 +39,8 @@ def get_config(arg=None):
   c.model.head_hidden = 128  # CNN head hidden units = GRU input size (Deng et al. 2020)
   c.model.gru_hidden = 64  # GRU units per direction (authors' code: hidden_size // 2)
   c.model.num_bins = 20  # bins per dimension on [-1, 1] (Deng et al. 2020)
-  c.model.freeze_cnn = a.freeze  # CNN fixed: no gradient, BatchNorm on running averages
+  # The CNN (ResNet + its frame embedding) fixed: no gradient, BatchNorm on running averages.
+  c.frozen = '(backbone|head)(/|$)' if a.freeze else ''
   c.model.dropout = 0.0  # dropout on the 128-d frame features
   c.model.dtype = 'float32'  # CNN compute dtype (bfloat16 on GPU/TPU)
   c.model.zero_init_residual = False  # zero-init the last BN of each block
@@ -66,7 +67,7 @@ def get_config(arg=None):
     c.model.width = 16
     c.model.head_hidden = 64
     c.model.gru_hidden = 32
-    c.model.freeze_cnn = False
+    c.frozen = ''
     c.input.window = 8
     c.input.window_stride = 4  # overlapping windows: 5 per 24-frame training clip
     c.image_size = 64

@@ -45,7 +45,7 @@ def _main(*args):
     (['--config=configs/resnet_va.py:runlocal', '--config.batchsize=8'],
      ["--config.batchsize: the config has no field 'batchsize'", "did you mean 'batch_size'"]),
     (['--config=configs/resnet_va.py:runlocal', '--config.optimizer.learning_rate=1'],
-     ["config.optimizer has no field 'learning_rate'", 'Its fields: b1, b2, grad_clip_norm, lr']),
+     ["config.optimizer has no field 'learning_rate'", 'Its fields: b1, b2, grad_clip_norm, layer_decay, lr, momentum']),
     (['--config=configs/resnet_va.py:runlocal', '--config.batch_size=abc'],
      ['--config.batch_size=abc: config.batch_size has type int', "config's value: 32"]),
     (['--config=configs/resnet_va.py:runlocal,foo=1'],

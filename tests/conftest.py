@@ -58,3 +58,16 @@ def tiny_config(data_dir, **overrides):
   c.tensorboard = False
   c.input.eval_split = 'test'
   return set_fields(c, **overrides)
+
+
+def raw_checkpoint(workdir, step=None):
+  """(step, {'model': pure dict, 'optimizer': pure dict or absent}) of a run's checkpoint, read
+  without a target (what a file holds, independent of vaflax's restore code)."""
+  import orbax.checkpoint as ocp  # noqa: PLC0415
+
+  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as m:
+    step = m.latest_step() if step is None else step
+    items = ['model'] + (['optimizer'] if 'optimizer' in m.item_metadata(step) else [])
+    r = m.restore(step, args=ocp.args.Composite(
+        **{k: ocp.args.StandardRestore() for k in items}))
+  return step, {k: r[k] for k in items}

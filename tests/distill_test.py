@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from conftest import raw_checkpoint
 from flax import nnx
 
 from vaflax.models import resnet
@@ -126,11 +126,8 @@ def test_students_stacked_ensemble_and_isolated_gradients():
 
 def _weights(stage_dir, sub=None):
   """{path: array} of the float leaves (parameters, BatchNorm statistics) of a stage's model."""
-  with ocp.CheckpointManager(os.path.join(stage_dir, 'checkpoints')) as mngr:
-    st = mngr.restore(mngr.latest_step(),
-                      args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
-  model = st['0'] if '0' in st else st[0]
-  model = model[sub] if sub else model
+  _, st = raw_checkpoint(stage_dir)
+  model = st['model'][sub] if sub else st['model']
   return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree.leaves_with_path(model)
           if jnp.issubdtype(x.dtype, jnp.floating)}
 

@@ -1,5 +1,6 @@
 """Preemption (SIGTERM, SIGKILL) with bit-identical resume, and the non-finite guard."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -10,20 +11,17 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import tiny_config
+from conftest import raw_checkpoint, tiny_config
 
-from vaflax import train
+from vaflax import tasks, train
 from vaflax.trainers import supervised
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _params(workdir, step=None):
-  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as m:
-    step = m.latest_step() if step is None else step
-    st = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  step, st = raw_checkpoint(workdir, step)
   out = []
   for x in jax.tree.leaves(st):
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -91,6 +89,11 @@ def test_killed_run_resumes_bit_identical(tmp_path, synthetic_data_dir, sig):
   assert f1['val/ccc_valence'] == f2['val/ccc_valence']
 
 
+def _patch_loss(monkeypatch, loss_fn):
+  task = tasks.get('supervised')
+  monkeypatch.setitem(tasks._TASKS, 'supervised', dataclasses.replace(task, loss_fn=loss_fn))
+
+
 def _poison(record):
   """A loss_fn that is NaN whenever record `record` is in the batch."""
   clean = supervised.loss_fn
@@ -116,7 +119,7 @@ def test_nonfinite_stops_with_step_ids_and_last_good_checkpoint(tmp_path, synthe
   c = tiny_config(synthetic_data_dir, total_steps=12, checkpoint_every_steps=100, eval_every_steps=100)
   bad = 5
   record = _record_first_drawn_at(c, bad)
-  monkeypatch.setattr(supervised, 'loss_fn', _poison(record))
+  _patch_loss(monkeypatch, _poison(record))
   with pytest.raises(train.NonFiniteError, match=f'at step {bad} ') as e:
     train.train_and_evaluate(c, str(tmp_path / 'w'))
   assert str(record) in str(e.value) and 'skip_nonfinite' in str(e.value)
@@ -131,7 +134,7 @@ def test_skip_nonfinite_counts_and_finishes(tmp_path, synthetic_data_dir, monkey
   c = tiny_config(synthetic_data_dir, total_steps=12, checkpoint_every_steps=100, eval_every_steps=100,
                   log_every_steps=12, skip_nonfinite=True)
   record = _record_first_drawn_at(c, 4)
-  monkeypatch.setattr(supervised, 'loss_fn', _poison(record))
+  _patch_loss(monkeypatch, _poison(record))
   train.train_and_evaluate(c, str(tmp_path / 'w'))
   recs = [json.loads(x) for x in open(tmp_path / 'w' / 'metrics.jsonl')]
   assert [r['train/skipped_nonfinite'] for r in recs if 'train/skipped_nonfinite' in r] == [1]

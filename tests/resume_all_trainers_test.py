@@ -22,9 +22,8 @@ import shutil
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import tiny_config
+from conftest import raw_checkpoint, tiny_config
 from jax.experimental.compilation_cache import compilation_cache
 
 from vaflax import train
@@ -227,9 +226,7 @@ def _checkpoint_dirs(workdir):
 
 
 def _latest(run_dir):
-  with ocp.CheckpointManager(os.path.join(run_dir, 'checkpoints')) as m:
-    step = m.latest_step()
-    st = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  step, st = raw_checkpoint(run_dir)
   flat = jax.tree_util.tree_leaves_with_path(st)
   out = {}
   for path, x in flat:

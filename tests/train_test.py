@@ -5,9 +5,8 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import tiny_config
+from conftest import raw_checkpoint, tiny_config
 
 from vaflax import sharding, train
 from vaflax.data import pipeline
@@ -16,9 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _final_params(workdir):
-  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as m:
-    step = m.latest_step()
-    st = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  step, st = raw_checkpoint(workdir)
   return step, [_np(x) for x in jax.tree.leaves(st)]
 
 

@@ -13,125 +13,15 @@ finished last; pass --workdir=W/<stage> to choose another. See docs/evaluate.md.
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import json
 import math
 import os
 import sys
 
-import ml_collections
 import numpy as np
 
-CHECKPOINTS = 'checkpoints'
-
-
-# --- Run loading (shared with predict) ----------------------------------------------------------
-
-
-def resolve_workdir(workdir: str) -> str:
-  """`workdir`, or for a multi-stage workdir the stage sub-workdir that finished last."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'--workdir={workdir}: no such directory')
-  if os.path.isfile(os.path.join(workdir, 'config.json')):
-    return workdir
-  stages = [os.path.join(workdir, d) for d in sorted(os.listdir(workdir))
-            if os.path.isfile(os.path.join(workdir, d, 'config.json'))
-            and os.path.isdir(os.path.join(workdir, d, CHECKPOINTS))]
-  if not stages:
-    raise FileNotFoundError(f'--workdir={workdir}: no config.json here nor in a stage sub-folder '
-                            '(not a vaflax workdir, or its training never started)')
-
-  def finished(d):
-    f = os.path.join(d, 'final_metrics.json')
-    return (os.path.exists(f), os.path.getmtime(f if os.path.exists(f) else os.path.join(d, CHECKPOINTS)))
-
-  chosen = max(stages, key=finished)
-  print(f'{workdir} is a multi-stage workdir (stages: {", ".join(os.path.basename(s) for s in stages)});'
-        f' using {os.path.basename(chosen)}, the stage that finished last. Pass '
-        f'--workdir={chosen} or another stage to choose.', file=sys.stderr)
-  return chosen
-
-
-def _parse_value(text: str, current):
-  if isinstance(current, bool):
-    if text.lower() in ('1', 'true', 'yes'):
-      return True
-    if text.lower() in ('0', 'false', 'no'):
-      return False
-    raise ValueError(f'expected a boolean, got {text!r}')
-  if isinstance(current, int):
-    return int(text)
-  if isinstance(current, float):
-    return float(text)
-  if isinstance(current, str):
-    return text
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
-  """Applies 'a.b=value' strings in place; the value takes the type of the current field."""
-  for item in overrides:
-    key, eq, text = item.partition('=')
-    if not eq:
-      raise ValueError(f'--config.{item}: expected --config.<field>=<value>')
-    node = config
-    *path, last = key.split('.')
-    try:
-      for p in path:
-        node = node[p]
-      current = node[last]
-    except (KeyError, AttributeError, TypeError):
-      raise ValueError(f'--config.{key}: the run config has no field {key!r}') from None
-    try:
-      node[last] = _parse_value(text, current)
-    except (ValueError, TypeError) as e:
-      raise ValueError(f'--config.{key}={text}: {e}') from None
-
-
-def load_config(workdir: str, overrides=(), data_dir: str | None = None) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  try:
-    with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{path}: not valid JSON ({e})') from None
-  for key in ('task', 'model_name', 'model', 'input'):
-    if key not in config:
-      raise ValueError(f'{path}: no {key!r} field; is this the config.json of a vaflax run?')
-  apply_overrides(config, overrides)
-  if data_dir:
-    config.input.data_dir = data_dir
-  return config
-
-
-def restore(config, workdir: str, step: int | None = None, *, predict_fn=None, mesh=None):
-  """(setup, state, step): the run's model and optimizer restored from its checkpoint."""
-  from vaflax import checkpoint as ckpt_lib  # noqa: PLC0415 -- jax after flag parsing
-  from vaflax import train  # noqa: PLC0415
-
-  ckpt_dir = os.path.join(workdir, CHECKPOINTS)
-  if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f'{ckpt_dir}: no checkpoints (has the run trained a step?)')
-  # Only the model and optimizer structure matter here; a large example count keeps the
-  # schedule's step count positive for epoch-based configs.
-  setup = train.make_setup(config, 10**9, mesh=mesh, predict_fn=predict_fn, init=False)
-  mngr = ckpt_lib.manager(ckpt_dir, async_save=False)
-  steps = mngr.all_steps()
-  if not steps:
-    raise FileNotFoundError(f'{ckpt_dir}: no complete checkpoint')
-  if step is None:
-    step = max(steps)
-  elif step not in steps:
-    raise ValueError(f'--checkpoint_step={step}: {ckpt_dir} has steps {sorted(steps)}')
-  state, _ = ckpt_lib.restore(mngr, setup.state, step=step,
-                              expected_meta={'model_name': config.model_name, 'task': config.task})
-  mngr.close()
-  return setup, state, int(step)
+# --- Test-time augmentation ----------------------------------------------------------------
 
 
 def flip_tta(predict_fn):
@@ -237,21 +127,22 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
                  flip: bool = False, checkpoint_step: int | None = None, output: str | None = None,
                  overrides=(), data_dir: str | None = None) -> dict:
   """Evaluates a run and writes its outputs; returns the JSON record (with 'files')."""
-  from vaflax import circumplex, plots, train  # noqa: PLC0415
+  from vaflax import circumplex, plots, runs, tasks, train  # noqa: PLC0415
   from vaflax.data import pipeline  # noqa: PLC0415
 
-  workdir = resolve_workdir(workdir)
-  config = load_config(workdir, overrides, data_dir)
-  trainer = train.trainer_module(config)
+  if data_dir:
+    overrides = [*overrides, f'input.data_dir={data_dir}']
+  run = runs.load_run(workdir, checkpoint_step, overrides=overrides)
+  workdir, config, step = run.workdir, run.config, run.step
   predict_fn = None
   if flip:
-    if config.get('eval') is not None and config.eval.get('flip_tta', False):
-      print('config.eval.flip_tta is already on: the trainer mirrors itself', file=sys.stderr)
+    if config.eval.flip_tta:
+      print('config.eval.flip_tta is already on: the task mirrors itself', file=sys.stderr)
     else:
-      predict_fn = flip_tta(trainer.predict_fn)
+      predict_fn = flip_tta(tasks.get(config.task).predict_fn)
   eval_data = pipeline.EvalData(config, split, dataset=dataset)
-  setup, state, step = restore(config, workdir, checkpoint_step, predict_fn=predict_fn)
-  results, arrays = train.evaluate(setup, state, eval_data, prefix='')
+  eval_step = train.make_eval_step(config, run.graphdef, run.state_sharding, run.mesh, predict_fn)
+  results, arrays = train.evaluate(eval_step, run.mesh, run.state, eval_data, prefix='')
 
   name = eval_data.name
   out_dir = os.path.abspath(output or os.path.join(workdir, 'eval'))

@@ -74,7 +74,7 @@ def parse_flags(argv):
   """absl flag parsing whose config errors are one line naming the key, not a traceback."""
   try:
     args = flags.FLAGS(argv)
-    getattr(_CONFIG.value, 'task', None)  # a config file that failed to load raises only when read
+    getattr(_CONFIG.value, 'recipe', None)  # a config file that failed to load raises only when read
     return args
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
     print(f'error: {_config_error(argv, e)}', file=sys.stderr)
@@ -118,13 +118,12 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # library INFO chatter off; -v 0 brings it back
   maybe_initialize_distributed()
-  from vaflax import train  # noqa: PLC0415
+  from vaflax import stages, train  # noqa: PLC0415
 
   config = _CONFIG.value
-  trainer = train.trainer_module(config)
   try:
-    if hasattr(trainer, 'run'):  # multi-stage recipes (distillation, MAE -> VA -> fusion)
-      trainer.run(config, _WORKDIR.value)
+    if config.recipe:  # several stages (distillation, MAE -> VA -> fusion): vaflax/stages.py
+      stages.run(config, _WORKDIR.value)
     else:
       train.train_and_evaluate(config, _WORKDIR.value)
   except train.Preempted:

@@ -85,15 +85,17 @@ class Predictor:
     import jax  # noqa: PLC0415 -- after flag parsing
     from flax import nnx  # noqa: PLC0415
 
-    from vaflax import evaluate  # noqa: PLC0415
+    from vaflax import evaluate, runs, tasks  # noqa: PLC0415
     from vaflax.data import ops as ops_lib  # noqa: PLC0415
 
-    self.workdir = evaluate.resolve_workdir(workdir)
-    config = evaluate.load_config(self.workdir, overrides, data_dir)
+    if data_dir:
+      overrides = [*overrides, f'input.data_dir={data_dir}']
     # One device: a stream of small batches gains nothing from a mesh.
-    config.mesh.num_devices, config.mesh.fsdp, config.mesh.data = 1, 1, -1
+    overrides = [*overrides, 'mesh.num_devices=1', 'mesh.fsdp=1', 'mesh.data=-1']
+    run = runs.load_run(workdir, checkpoint_step, overrides=overrides)
+    self.workdir, config, self.step = run.workdir, run.config, run.step
     self.config = config
-    self.window = int(config.input.get('window', 0) or 0)
+    self.window = int(config.input.window)
     pp = config.input.pp_eval
     self.uses_audio = any(n == 'standardize' and (kw.get('audio') or (a and a[0]))
                           for n, a, kw in ops_lib.parse(pp, image_size=config.image_size))
@@ -102,10 +104,8 @@ class Predictor:
     self.batch_size = max(1, batch_size // self.window) if self.window else max(1, batch_size)
     self.crop_margin = float(crop_margin)
     self.crop_size, self.sample_rate, self.audio_samples = self._data_spec(crop_size)
-    setup, state, self.step = evaluate.restore(config, self.workdir, checkpoint_step)
-    model, _ = nnx.merge(setup.graphdef, state)
-    model_def, model_state = nnx.split(model)
-    predict_fn = setup.trainer.predict_fn
+    model_def, model_state = run.graphdef, run.state
+    predict_fn = tasks.get(config.task).predict_fn
     if flip:
       predict_fn = evaluate.flip_tta(predict_fn)
     self.flip = flip

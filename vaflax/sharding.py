@@ -19,11 +19,11 @@ BATCH_AXES = ('data', 'fsdp')
 
 def make_mesh(mesh_config) -> jax.sharding.Mesh:
   devices = jax.devices()
-  if int(mesh_config.get('num_devices', 0)) > 0:
+  if int(mesh_config.num_devices) > 0:
     devices = devices[: int(mesh_config.num_devices)]
   n = len(devices)
-  fsdp = int(mesh_config.get('fsdp', 1))
-  data = int(mesh_config.get('data', -1))
+  fsdp = int(mesh_config.fsdp)
+  data = int(mesh_config.data)
   if data == -1:
     if n % fsdp:
       raise ValueError(f'config.mesh.fsdp={fsdp} does not divide the {n} devices')

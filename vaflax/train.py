@@ -1,31 +1,29 @@
 """The one generic train/evaluate loop of vaflax.
 
-A task (vaflax/trainers/<config.task>.py) supplies `loss_fn(model, batch, rng, config)` and
-`predict_fn(model, batch, config)`; a model module (vaflax/models/<config.model_name>.py) supplies
-`Model(**config.model, rngs=...)`. Everything else is here: mesh, input, optimizer, a jitted step
-with explicit shardings and donated state, evaluation, checkpoints, preemption and logging.
+A task (vaflax/tasks.py, registered by a module of vaflax/trainers/) supplies the loss and the
+predictions; a model module (vaflax/models/<config.model_name>.py) supplies `Model(...)`; the
+optimizer, schedule and frozen parameters come from vaflax/optim.py; runs load through
+vaflax/runs.py. Everything else is here: mesh, input, a jitted step with explicit shardings and
+donated state, evaluation, checkpoints, preemption and logging.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
-import json
 import os
 import signal
 import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from absl import logging
 from flax import nnx
 
 from vaflax import checkpoint as ckpt_lib
-from vaflax import circumplex, sharding, writers
+from vaflax import circumplex, optim, runs, sharding, tasks, writers
 from vaflax import metrics as metrics_lib
 from vaflax.data import pipeline
 
@@ -63,52 +61,6 @@ def prepare_workdir(workdir: str, config) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-# --- Optimizer ----------------------------------------------------------------------------------
-
-
-def make_schedule(config, steps_per_epoch: int, total_steps: int):
-  sc, lr = config.schedule, float(config.optimizer.lr)
-  warmup = int(sc.get('warmup_steps', 0)) or int(round(sc.get('warmup_epochs', 0.0)
-                                                         * steps_per_epoch))
-  name = sc.get('name', 'constant')
-  if name == 'constant':
-    main = optax.constant_schedule(lr)
-  elif name == 'step':
-    every = int(sc.get('decay_every_steps', 0)) or int(round(sc.decay_every_epochs * steps_per_epoch))
-    main = optax.exponential_decay(lr, transition_steps=max(1, every), decay_rate=sc.factor,
-                                   staircase=True)
-  elif name == 'cosine':
-    main = optax.cosine_decay_schedule(lr, max(1, total_steps - warmup), alpha=sc.get('alpha', 0.0))
-  else:
-    raise ValueError(f'config.schedule.name={name!r}: use constant, step or cosine')
-  if warmup:
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
-  return main
-
-
-def make_optimizer(config, schedule):
-  oc = config.optimizer
-  name = oc.get('name', 'adam')
-  if name == 'adam':
-    tx = optax.adam(schedule, b1=oc.get('b1', 0.9), b2=oc.get('b2', 0.999))
-  elif name == 'adamw':
-    # No decay on biases, norms and embeddings' 1-D params (the usual MAE/ViT recipe).
-    tx = optax.adamw(schedule, b1=oc.get('b1', 0.9), b2=oc.get('b2', 0.999),
-                     weight_decay=oc.get('weight_decay', 0.0),
-                     mask=lambda params: jax.tree.map(lambda x: x.ndim >= 2, params))
-  elif name == 'sgd':
-    tx = optax.sgd(schedule, momentum=oc.get('momentum', 0.9) or None)
-  else:
-    raise ValueError(f'config.optimizer.name={name!r}: use adam, adamw or sgd')
-  if oc.get('layer_decay', 0.0):  # layer-wise lr decay for ViT fine-tuning (BEiT/MAE recipe)
-    from vaflax.models import vit  # noqa: PLC0415
-
-    tx = optax.chain(tx, vit.scale_by_layerwise_lr_decay(oc.layer_decay))
-  if oc.get('grad_clip_norm', 0.0):
-    tx = optax.chain(optax.clip_by_global_norm(oc.grad_clip_norm), tx)
-  return tx
-
-
 # --- Model and state ----------------------------------------------------------------------------
 
 # XLA:CPU runs convolutions faster through Eigen than through its default YNNPACK fusions (a
@@ -133,14 +85,15 @@ def compiler_options(platform: str) -> dict | None:
 
 @dataclasses.dataclass
 class Setup:
-  """Everything a loop (or a benchmark, or evaluate) needs, built once from a config."""
+  """Everything a loop (or a benchmark) needs, built once from a config. `state` is the
+  nnx.State of (model, optimizer): state[0] the model's, state[1] the optimizer's."""
 
   config: object
   mesh: object
   graphdef: object
   state: object
   state_sharding: object
-  trainer: object
+  task: tasks.Task
   schedule: object
   steps_per_epoch: int
   total_steps: int
@@ -148,56 +101,50 @@ class Setup:
   eval_step: object
 
 
-def model_module(config):
-  try:
-    return importlib.import_module(f'vaflax.models.{config.model_name}')
-  except ModuleNotFoundError as e:
-    raise ValueError(f'config.model_name={config.model_name!r}: no module vaflax/models/'
-                     f'{config.model_name}.py') from e
-
-
-def trainer_module(config):
-  try:
-    return importlib.import_module(f'vaflax.trainers.{config.task}')
-  except ModuleNotFoundError as e:
-    raise ValueError(f'config.task={config.task!r}: no module vaflax/trainers/{config.task}.py') from e
-
-
-def make_setup(config, num_train_examples: int, mesh=None, predict_fn=None,
-               init: bool = True) -> Setup:
-  """`predict_fn` replaces the trainer's in `eval_step` (e.g. evaluate.flip_tta(...)). With
-  init=False the state is abstract (ShapeDtypeStructs with shardings): a restore target that
-  skips compiling the initialisation (evaluate, predict)."""
-  mesh = mesh or sharding.make_mesh(config.mesh)
-  trainer = trainer_module(config)
-  model_cls = model_module(config).Model
-  steps_per_epoch = max(1, num_train_examples // config.batch_size)
-  total_steps = int(config.total_steps) or int(round(config.get('total_epochs', 0) * steps_per_epoch))
-  if total_steps <= 0:
+def total_steps(config, steps_per_epoch: int) -> int:
+  total = int(config.total_steps) or int(round(config.total_epochs * steps_per_epoch))
+  if total <= 0:
     raise ValueError('set config.total_steps (or config.total_epochs) to a positive number')
-  schedule = make_schedule(config, steps_per_epoch, total_steps)
-  tx = (trainer.make_optimizer(config, schedule) if hasattr(trainer, 'make_optimizer')
-        else make_optimizer(config, schedule))
+  return total
 
-  def create():
-    if hasattr(trainer, 'make_model'):  # a task that wraps the model (distill: teacher + students)
-      model = trainer.make_model(config, model_cls, nnx.Rngs(config.seed))
-    else:
-      model = model_cls(**config.model.to_dict(), rngs=nnx.Rngs(config.seed))
-    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
-  graphdef, abs_state = nnx.split(nnx.eval_shape(create))
-  state_sh = sharding.state_shardings(abs_state, mesh, config.sharding_rules)
-  if init:
-    state = jax.jit(lambda: nnx.split(create())[1], out_shardings=state_sh)()
-  else:
-    def abstract(v, sh):
-      if not hasattr(v, 'shape'):  # e.g. optax.masked's MaskedNode (AdamW): no array to restore
-        return v
-      return v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh))
+def make_eval_step(config, graphdef, model_sharding, mesh, predict_fn=None):
+  """jit of (model state, batch) -> the arrays `evaluate` pools; `predict_fn` replaces the task's
+  (e.g. vaflax.evaluate's flip TTA)."""
+  predict_fn = predict_fn or tasks.get(config.task).predict_fn
 
-    state = jax.tree.map(abstract, abs_state, state_sh,
-                         is_leaf=lambda x: isinstance(x, nnx.Variable))
+  def eval_step(model_state, batch):
+    model = nnx.merge(graphdef, model_state)
+    model.eval()
+    out = predict_fn(model, batch, config)
+    res = {'eval_mask': batch['eval_mask']}
+    if 'va' in out:
+      em = jnp.reshape(batch['eval_mask'], batch['eval_mask'].shape + (1,) * (batch['va_mask'].ndim - 1))
+      res.update(pred=out['va'], va=batch['va'], mask=batch['va_mask'] * em,
+                 video=batch['video'], index=batch['index'])
+      # Further VA predictions scored on their own (distillation: teacher, each student).
+      res.update({f'member/{k}': v for k, v in out.get('va_members', {}).items()})
+    # Per-example scalars named eval_<x> (e.g. the MAE reconstruction loss) become val/<x>.
+    res.update({k: v for k, v in out.items() if k.startswith('eval_') or k == 'quadrant_logits'})
+    return res
+
+  return jax.jit(eval_step, in_shardings=(model_sharding, sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh),
+                 compiler_options=compiler_options(mesh.devices.flat[0].platform))
+
+
+def make_setup(config, num_train_examples: int, mesh=None, init: bool = True) -> Setup:
+  """With init=False the state is abstract (ShapeDtypeStructs with shardings): a restore target
+  that skips compiling the initialisation (a resuming run)."""
+  mesh = mesh or sharding.make_mesh(config.mesh)
+  task = tasks.get(config.task)
+  steps_per_epoch = max(1, num_train_examples // config.batch_size)
+  total = total_steps(config, steps_per_epoch)
+  schedule = optim.make_schedule(config, steps_per_epoch, total)
+  tx = optim.make_optimizer(config, schedule)
+  graphdef, state, state_sh = runs.build_state(config, mesh, tx, init=init)
+  optim.check_frozen(config, state[0])
+  diff = nnx.DiffState(0, optim.trainable(config))
   base_key = jax.random.key(config.seed)
   rep = sharding.replicated(mesh)
 
@@ -205,12 +152,13 @@ def make_setup(config, num_train_examples: int, mesh=None, predict_fn=None,
     old_leaves = jax.tree.leaves(state)
     model, opt = nnx.merge(graphdef, state)
     model.train()
+    optim.set_frozen_modules_to_eval(model, config)
     rng = jax.random.fold_in(base_key, step)
 
     def lf(m):
-      return trainer.loss_fn(m, batch, rng, config)
+      return task.loss_fn(m, batch, rng, config)
 
-    (loss, metrics), grads = nnx.value_and_grad(lf, has_aux=True)(model)
+    (loss, metrics), grads = nnx.value_and_grad(lf, argnums=diff, has_aux=True)(model)
     gnorm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
     opt.update(model, grads)
@@ -221,42 +169,29 @@ def make_setup(config, num_train_examples: int, mesh=None, predict_fn=None,
     metrics = dict(metrics, loss=loss, grad_norm=gnorm, lr=schedule(step))
     return jax.tree.unflatten(treedef, new_leaves), metrics, ok
 
-  def eval_step(state, batch):
-    model, _ = nnx.merge(graphdef, state)
-    model.eval()
-    out = (predict_fn or trainer.predict_fn)(model, batch, config)
-    res = {'eval_mask': batch['eval_mask']}
-    if 'va' in out:
-      em = jnp.reshape(batch['eval_mask'], batch['eval_mask'].shape + (1,) * (batch['va_mask'].ndim - 1))
-      res.update(pred=out['va'], va=batch['va'], mask=batch['va_mask'] * em,
-                 video=batch['video'], index=batch['index'])
-    # Per-example scalars named eval_<x> (e.g. the MAE reconstruction loss) become val/<x>.
-    res.update({k: v for k, v in out.items() if k.startswith('eval_') or k == 'quadrant_logits'})
-    return res
-
-  bsh = sharding.batch_sharding(mesh)
   copts = compiler_options(mesh.devices.flat[0].platform)
-  train_step = jax.jit(train_step, in_shardings=(state_sh, bsh, rep),
+  train_step = jax.jit(train_step, in_shardings=(state_sh, sharding.batch_sharding(mesh), rep),
                        out_shardings=(state_sh, rep, rep), donate_argnums=0,
                        compiler_options=copts)
-  eval_step = jax.jit(eval_step, in_shardings=(state_sh, bsh), out_shardings=rep,
-                      compiler_options=copts)
-  return Setup(config, mesh, graphdef, state, state_sh, trainer, schedule, steps_per_epoch,
-               total_steps, train_step, eval_step)
+  model_graphdef = nnx.graphdef(nnx.merge(graphdef, state)[0])
+  eval_step = make_eval_step(config, model_graphdef, state_sh[0], mesh)
+  return Setup(config, mesh, graphdef, state, state_sh, task, schedule, steps_per_epoch,
+               total, train_step, eval_step)
 
 
 # --- Evaluation ---------------------------------------------------------------------------------
 
 
-def evaluate(setup: Setup, state, eval_data, prefix: str = 'val/') -> tuple[dict, dict]:
-  """Metrics over the whole split and the raw per-frame arrays.
+def evaluate(eval_step, mesh, model_state, eval_data, prefix: str = 'val/') -> tuple[dict, dict]:
+  """Metrics over the whole split and the raw per-frame arrays (`eval_step`: make_eval_step's).
 
   VA metrics are pooled over all valid frames (ABAW protocol; windows are flattened to frames);
+  a task's further VA predictions (`va_members`) are scored the same way under their name;
   eval_<x> per-example outputs are averaged over the real (unpadded) examples.
   """
   cols: dict[str, list] = {}
   for batch in eval_data:
-    out = jax.device_get(setup.eval_step(state, sharding.to_global(batch, setup.mesh)))
+    out = jax.device_get(eval_step(model_state, sharding.to_global(batch, mesh)))
     for k, v in out.items():
       cols.setdefault(k, []).append(np.asarray(v))
   cat = {k: np.concatenate(v) for k, v in cols.items()}
@@ -277,6 +212,10 @@ def evaluate(setup: Setup, state, eval_data, prefix: str = 'val/') -> tuple[dict
       results.update({k.replace('quadrant_', 'quadrant_head_'): v
                       for k, v in circumplex.quadrant_metrics(q_true, q_pred).items()})
       arrays['quadrant_pred'] = q_pred
+    for k in (k for k in cat if k.startswith('member/')):
+      pred = cat[k].reshape(-1, 2)[keep]
+      results.update({f'{k[len("member/"):]}/{m}': v for m, v in metrics_lib.va_metrics(
+          pred, arrays['va'][keep], arrays['mask'][keep], video_ids=arrays['video'][keep]).items()})
   em = cat['eval_mask']
   for k, v in cat.items():
     if k.startswith('eval_') and k != 'eval_mask':
@@ -308,20 +247,20 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._prev)
 
 
-def restore_workdir(config, workdir: str):
-  """(Setup, state) of the latest checkpoint in `workdir`, built from `config` (the config that
-  wrote it). The state is restored into the abstract one: no initialisation is computed."""
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.total_steps = 1  # the schedule does not shape the state; skip the epoch arithmetic
-  setup = make_setup(c, int(c.batch_size), init=False)
-  mngr = ckpt_lib.manager(os.path.join(workdir, 'checkpoints'))
-  try:
-    if mngr.latest_step() is None:
-      raise FileNotFoundError(f'{workdir}/checkpoints: no checkpoint found')
-    state, _ = ckpt_lib.restore(mngr, setup.state)
-  finally:
-    mngr.close()
-  return setup, state
+def init_from(config, model_state) -> None:
+  """Loads config.init_from into `model_state` in place, through the one weight transfer.
+
+  config.init_from is one or more sources separated by ';', each a workdir of any vaflax run
+  (vaflax/runs.py finds its stage) with an optional mapping after ':' of SOURCE=TARGET path
+  prefixes (checkpoint.parse_mapping): 'W/mae:encoder=encoder', 'W/teacher:=teacher'. Target
+  weights no source fills keep their initialisation; both lists are printed.
+  """
+  for source in filter(None, (s.strip() for s in config.init_from.split(';'))):
+    path, _, mapping = source.partition(':')
+    run = runs.load_run(path)
+    report = ckpt_lib.transfer_weights(run.weights(), model_state, ckpt_lib.parse_mapping(mapping),
+                                       source_name=f'init_from {run.workdir} step {run.step}')
+    print(report.summary(), flush=True)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -334,12 +273,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_ds, num_train = pipeline.make_train_dataset(config, pidx, pcount)
   eval_data = (pipeline.EvalData(config, config.input.eval_split, process_index=pidx,
                                  process_count=pcount)
-               if config.input.get('eval_split') else None)
+               if config.input.eval_split else None)
 
   # Model, optimizer, jitted steps. A run that resumes restores into an abstract state: no
   # throwaway initialisation (its compile, its device memory) before the restore.
-  mngr = ckpt_lib.manager(os.path.join(workdir, 'checkpoints'),
-                          max_to_keep=int(config.get('max_to_keep', 3)))
+  mngr = ckpt_lib.manager(os.path.join(workdir, 'checkpoints'), max_to_keep=config.max_to_keep)
   resuming = mngr.latest_step() is not None
   setup = make_setup(config, num_train, init=not resuming)
   state = setup.state
@@ -347,27 +285,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Resume: workdir > init_from > scratch
   meta = {'model_name': config.model_name, 'task': config.task,
-          'num_workers': int(config.input.get('num_workers', 0)), 'process_count': pcount}
+          'num_workers': config.input.num_workers, 'process_count': pcount}
   start_step = 0
   saved: dict = {}
   if resuming:
-    state, saved = ckpt_lib.restore(mngr, state, train_iter, expected_meta=meta)
+    run = runs.load_run(workdir, config=config, with_optimizer=True, mesh=setup.mesh,
+                        data_iter=train_iter, expected_meta=meta)
+    # The restored halves have the structure of state[0] and state[1]: put them back together.
+    state = jax.tree.unflatten(jax.tree.structure(state),
+                               jax.tree.leaves(run.state) + jax.tree.leaves(run.opt_state))
+    saved = run.meta
     start_step = int(saved['step'])
     logging.info('resumed from %s step %d', workdir, start_step)
     print(f'Resuming from checkpoint at step {start_step} in {workdir}/checkpoints', flush=True)
-  elif config.get('init_from'):
-    model, opt = nnx.merge(setup.graphdef, state)
-    ckpt_lib.load_model_weights(config.init_from, nnx.state(model))
-    state = nnx.state((model, opt))
-    print(f'Initialised the model from {config.init_from}', flush=True)
+  elif config.init_from:
+    init_from(config, state[0])
 
-  writer = writers.MetricWriter(workdir, tensorboard=bool(config.get('tensorboard', True)))
+  writer = writers.MetricWriter(workdir, tensorboard=config.tensorboard)
   total = setup.total_steps
   progress = writers.Progress(total, start_step)
-  log_every = int(config.get('log_every_steps', 50))
-  eval_every = int(config.get('eval_every_steps', 0)) or total
-  ckpt_every = int(config.get('checkpoint_every_steps', 0)) or total
-  skip_nonfinite = bool(config.get('skip_nonfinite', False))
+  log_every = config.log_every_steps
+  eval_every = config.eval_every_steps or total
+  ckpt_every = config.checkpoint_every_steps or total
+  skip_nonfinite = config.skip_nonfinite
   # Metrics of steps not logged yet and the skip count travel in the checkpoint, so a resumed
   # run logs the same numbers as an uninterrupted one.
   num_skipped = int(saved.get('num_skipped', 0))
@@ -376,7 +316,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   def save(step, force=False):
     pending = [{k: float(v) for k, v in h.items()} for h in jax.device_get(history)]
-    ckpt_lib.save(mngr, step, state, train_iter,
+    ckpt_lib.save(mngr, step, state[0], state[1], train_iter,
                   dict(meta, num_skipped=num_skipped, pending_metrics=pending), force=force)
 
   def check(prev, steps_done):
@@ -427,9 +367,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write(step, means)
       if step % eval_every == 0 or step == total:
         if eval_data is not None:
-          final_metrics, _ = evaluate(setup, state, eval_data)
-          if hasattr(setup.trainer, 'on_eval'):  # e.g. MAE reconstruction PNGs
-            final_metrics.update(setup.trainer.on_eval(setup, state, eval_data, workdir, step) or {})
+          final_metrics, _ = evaluate(setup.eval_step, setup.mesh, state[0], eval_data)
+          if setup.task.on_eval is not None:  # e.g. MAE reconstruction PNGs
+            final_metrics.update(setup.task.on_eval(setup, state, eval_data, workdir, step) or {})
           writer.write(step, final_metrics)
           shown = ', '.join(f'{k}={v:.4f}' for k, v in final_metrics.items()
                             if k.endswith(('ccc_valence', 'ccc_arousal', 'ccc_mean', '/loss', '/nme'))
@@ -455,7 +395,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mngr.wait_until_finished()
   mngr.close()
   writer.close()
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-      json.dump({'step': total, 'train_seconds': time.time() - t_start, **final_metrics}, f, indent=2)
+  writers.write_final_metrics(workdir, total, dict(final_metrics,
+                                                    train_seconds=time.time() - t_start))
   return final_metrics

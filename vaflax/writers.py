@@ -59,6 +59,31 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+FINAL_METRICS = 'final_metrics.json'
+
+
+def write_final_metrics(workdir: str, step: int, metrics: dict) -> dict:
+  """workdir/final_metrics.json (written atomically by process 0): the record a finished run or
+  stage leaves; vaflax/stages.py reads it to decide that a stage is finished."""
+  rec = {'step': int(step)}
+  for k, v in metrics.items():
+    rec[k] = v if isinstance(v, str) or v is None else _clean(v)
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, FINAL_METRICS)
+    with open(path + '.tmp', 'w') as f:
+      json.dump(rec, f, indent=2)
+    os.replace(path + '.tmp', path)
+  return rec
+
+
+def read_final_metrics(workdir: str) -> dict | None:
+  path = os.path.join(workdir, FINAL_METRICS)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 class Progress:
   """A console line per report: step, steps/s over the last interval, ETA, and a few metrics."""
 

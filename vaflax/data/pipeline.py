@@ -176,9 +176,9 @@ def _finalize(window: int, source: int | None = None):
 
 def _one_source(name, split, config, *, train: bool):
   src, videos, info = load_source(name, split, config.input.data_dir)
-  T = int(config.input.get('window', 0) or 0)
+  T = int(config.input.window)
   if T:
-    stride = int(config.input.get('window_stride', 0) or T) if train else T
+    stride = int(config.input.window_stride or T) if train else T
     wins = make_windows(videos, len(src), T, stride, cover_tail=not train)
     return WindowSource(IndexedSource(src, videos), wins, T), info
   return IndexedSource(src, videos), info
@@ -193,14 +193,14 @@ def host_batch_size(global_batch: int, process_count: int) -> int:
 
 def balance_options(config) -> dict | None:
   """config.input.balance* -> keyword arguments of balance.record_weights, or None when off."""
-  mode = config.input.get('balance', '') or ''
+  mode = config.input.balance
   if mode not in balance_lib.MODES:
     raise ValueError(f'config.input.balance={mode!r}: use one of {balance_lib.MODES}')
   if not mode:
     return None
-  return dict(grid=int(config.input.get('balance_grid', 20)),
-              power=float(config.input.get('balance_power', 1.0)),
-              floor=float(config.input.get('balance_floor', 0.0)))
+  return dict(grid=int(config.input.balance_grid),
+              power=float(config.input.balance_power),
+              floor=float(config.input.balance_floor))
 
 
 def source_weights(name: str, split: str, config, src, options: dict) -> np.ndarray:
@@ -251,7 +251,7 @@ def make_train_dataset(config, process_index: int = 0, process_count: int = 1):
   """The train IterDataset of host-local batches (iterate it; its iterator is checkpointable)."""
   mix = parse_mixture(config.input.dataset)
   seed = int(config.seed)
-  window = int(config.input.get('window', 0) or 0)
+  window = int(config.input.window)
   fn = ops_lib.build(config.input.pp_train, image_size=config.image_size)
   options = balance_options(config)
   parts, weights = [], []
@@ -275,10 +275,10 @@ def make_train_dataset(config, process_index: int = 0, process_count: int = 1):
   if len(parts) > 1:
     _same_structure(parts, [n for n, _ in mix])
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(config.input.get('num_threads', 2)),
-                                            prefetch_buffer_size=int(config.input.get('prefetch', 8))))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(config.input.num_threads),
+                                            prefetch_buffer_size=int(config.input.prefetch)))
   it = it.batch(host_batch_size(config.batch_size, process_count), drop_remainder=True)
-  workers = int(config.input.get('num_workers', 0))
+  workers = int(config.input.num_workers)
   if workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return it, num_examples
@@ -301,7 +301,7 @@ class EvalData:
     self.host_batch = host_batch_size(config.batch_size, process_count)
     self.num_batches = -(-per_host // self.host_batch)  # the same on every host
     self._fn = ops_lib.build(pp or config.input.pp_eval, image_size=config.image_size)
-    self._final = _finalize(int(config.input.get('window', 0) or 0))
+    self._final = _finalize(int(config.input.window))
     self._template = None
 
   def __len__(self):

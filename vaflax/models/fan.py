@@ -253,8 +253,8 @@ class Model(nnx.Module):
 
   Returns `va` (B,2) tanh-bounded, `heatmaps` (B,H/4,W/4,L) of the last stack, `heatmaps_all`
   (S,B,H/4,W/4,L) of every stack, and `emotion_logits` (B,E) when `num_emotions > 0`.
-  `freeze_fan` is the second training stage of EmoNet: the FAN is a fixed landmark extractor (no
-  gradient reaches it and its BatchNorms use their running statistics in train mode too).
+  EmoNet's second training stage freezes the FAN (config.frozen = 'fan(/|$)', vaflax/optim.py):
+  a fixed landmark extractor, no gradient, running BatchNorm statistics.
   `detach_heatmaps` (default) lets only the landmark loss shape the heatmaps: the emotion head
   reads them (attention and input) without passing gradients back; the FAN features still get
   the emotion head's gradients unless the FAN is frozen.
@@ -262,14 +262,13 @@ class Model(nnx.Module):
 
   def __init__(self, *, num_stacks: int = 2, hourglass_depth: int = 4, width: int = 256,
                num_landmarks: int = 68, num_emotions: int = 0, head_width: int = 256,
-               head_blocks: int = 4, freeze_fan: bool = False, detach_heatmaps: bool = True,
+               head_blocks: int = 4, detach_heatmaps: bool = True,
                dtype: str = 'float32', rngs: nnx.Rngs):
     if num_stacks < 1 or hourglass_depth < 1:
       raise ValueError(f'num_stacks and hourglass_depth must be >= 1, got {num_stacks}, '
                        f'{hourglass_depth}')
     dt = jnp.dtype(dtype)
     self.dtype = dt
-    self.freeze_fan = freeze_fan
     self.detach_heatmaps = detach_heatmaps
     self.num_emotions = num_emotions
     self.fan = FAN(num_stacks=num_stacks, depth=hourglass_depth, width=width,
@@ -290,9 +289,7 @@ class Model(nnx.Module):
     img = batch['image']
     if img.ndim != 4 or img.shape[-1] != 3:
       raise ValueError(f'fan.Model: batch["image"] must be (B,H,W,3), got {img.shape}')
-    stem, feats, heatmaps = self.fan(img, True if self.freeze_fan else None)
-    if self.freeze_fan:
-      stem, feats, heatmaps = jax.lax.stop_gradient((stem, feats, heatmaps))
+    stem, feats, heatmaps = self.fan(img)
     hm_BxhxwxL = heatmaps[-1]
     if self.detach_heatmaps:
       # EmoNet's FAN is frozen, so its attention is always the landmark heatmaps. Trained jointly,

@@ -1,7 +1,7 @@
 """Audio-visual temporal fusion, the last stage of Zhang et al. 2023 (ABAW5).
 
-Per video frame: ViT features of the face crop (the encoder of a VA-fine-tuned `vit.Model`,
-frozen by default) and, with `use_audio`, audio-encoder features of the waveform of that frame.
+Per video frame: ViT features of the face crop (the encoder of a VA-fine-tuned `vit.Model`;
+configs/mae_va.py freezes it with config.frozen) and, with `use_audio`, audio-encoder features of the waveform of that frame.
 They are concatenated, projected to `width`, given a learned temporal position embedding and
 passed through a Transformer encoder over the window; a per-frame head gives VA.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 import einops
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -34,7 +33,6 @@ class Model(nnx.Module):
       visual: dict | None = None,
       audio: dict | None = None,
       use_audio: bool = True,
-      freeze_visual: bool = True,
       width: int = 128,
       num_layers: int = 4,
       num_heads: int = 4,
@@ -59,7 +57,6 @@ class Model(nnx.Module):
     visual.setdefault('attention_impl', attention_impl)
     self.visual = vit.Encoder(rngs=rngs, **visual)
     self.use_audio = bool(use_audio)
-    self.freeze_visual = bool(freeze_visual)
     in_dim = self.visual.width
     if self.use_audio:
       audio = dict(audio or {})
@@ -92,9 +89,6 @@ class Model(nnx.Module):
     images = einops.rearrange(frames_BxTxHxWxC, 'b t h w c -> (b t) h w c')
     _, pooled = self.visual(images)
     feats_BxTxD = einops.rearrange(pooled, '(b t) d -> b t d', b=b)
-    if self.freeze_visual:
-      # Frozen encoder: no gradient reaches it (XLA then skips its backward pass entirely).
-      feats_BxTxD = jax.lax.stop_gradient(feats_BxTxD)
     return feats_BxTxD
 
   def __call__(self, batch: dict) -> dict:
@@ -123,15 +117,3 @@ class Model(nnx.Module):
     h_BxTxW = self.temporal(x_BxTxW).astype(jnp.float32)
     return {'va': jnp.tanh(self.head(h_BxTxW)), 'features': h_BxTxW}
 
-
-def load_visual_from_vit(model: Model, vit_model_or_state) -> None:
-  """Copies the encoder of a fine-tuned VA `vit.Model` (module or its nnx.State, e.g. restored
-  from a checkpoint) into `model.visual`, in place."""
-  vit.copy_encoder(vit_model_or_state, model.visual)
-
-
-def is_visual_param(path) -> bool:
-  """True for parameters of the visual encoder: exclude them from weight decay (optax.masked)
-  or from the optimizer when `freeze_visual`, since decoupled weight decay would still move
-  them although their gradient is zero."""
-  return bool(vit._path_names(path)) and vit._path_names(path)[0] == 'visual'

@@ -8,13 +8,13 @@ bi-GRU(128 -> 64) -> ReLU -> Linear) the GRU reads the head's hidden features, n
 pooled backbone features.
 
 Parameter paths `backbone/...` and `head/hidden/...` equal those of `resnet.Model`, so
-`config.init_from=<CNN workdir>` loads the trained CNN; `freeze_cnn=True` then keeps it fixed
-(no gradient, BatchNorm on its running averages, head dropout off), as the paper's `--frozen`.
+`config.init_from=<CNN workdir>` loads the trained CNN; configs/resnet_gru_va.py then freezes
+it with config.frozen (no gradient, BatchNorm on its running averages, head dropout off), as the
+paper's `--frozen`.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
@@ -69,11 +69,10 @@ class Model(nnx.Module):
   """frames (B, T, H, W, 3) -> va (B, T, 2) [+ va_logits (B, T, 2, K)]."""
 
   def __init__(self, *, depth: int = 50, width: int = 64, head_hidden: int = 128,
-               gru_hidden: int = 64, num_bins: int = losses.NUM_VA_BINS, freeze_cnn: bool = False,
+               gru_hidden: int = 64, num_bins: int = losses.NUM_VA_BINS,
                dropout: float = 0.0, dtype: str = 'float32', zero_init_residual: bool = False,
                remat: bool = False, rngs: nnx.Rngs):
     self.num_bins = num_bins
-    self.freeze_cnn = freeze_cnn
     self.backbone = resnet.ResNet(depth, width=width, dtype=jnp.dtype(dtype),
                                   zero_init_residual=zero_init_residual, remat=remat, rngs=rngs)
     self.head = FrameEmbedding(self.backbone.num_features, head_hidden, dropout=dropout, rngs=rngs)
@@ -83,13 +82,7 @@ class Model(nnx.Module):
   def embed_frames(self, frames_BxTxHxWx3):
     B = frames_BxTxHxWx3.shape[0]
     x_NxHxWx3 = rearrange(frames_BxTxHxWx3, 'b t h w c -> (b t) h w c')
-    if self.freeze_cnn:
-      # A view in eval mode: BatchNorm reads (and does not update) its running averages.
-      backbone = nnx.view(self.backbone, use_running_average=True, raise_if_not_found=False)
-      head = nnx.view(self.head, deterministic=True, raise_if_not_found=False)
-      e_NxE = jax.lax.stop_gradient(head(backbone(x_NxHxWx3)))
-    else:
-      e_NxE = self.head(self.backbone(x_NxHxWx3))
+    e_NxE = self.head(self.backbone(x_NxHxWx3))
     return rearrange(e_NxE, '(b t) e -> b t e', b=B)
 
   def __call__(self, batch):

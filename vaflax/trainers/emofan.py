@@ -13,13 +13,13 @@ Config fields read here (configs/emofan_va.py):
                                only, the first stage of the two-stage recipe).
   config.loss.landmark_weight  weight of the heatmap MSE (0: VA/emotion only). The per-pixel MSE
                                is small (~pi sigma^2 / (h w) at start), so useful weights are
-                               ~10-100; with model.freeze_fan it trains nothing (reported only).
+                               ~10-100; with the FAN frozen it trains nothing (reported only).
   config.loss.emotion_weight   weight of the emotion cross-entropy (needs model.num_emotions > 0
                                and an `emotion` batch key, -1 = no label).
   config.loss.heatmap_sigma    gaussian std of the heatmap targets, in heatmap pixels (FAN: 1 at
                                64x64).
   config.eval.flip_tta         evaluate on the mean of the image and its mirror.
-  config.model.freeze_fan      (read by make_optimizer) leave the FAN parameters untouched.
+The paper's second stage freezes the FAN with config.frozen = 'fan(/|$)' (vaflax/optim.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vaflax import losses
+from vaflax import losses, tasks
 from vaflax.models import fan
 
 
@@ -71,12 +71,12 @@ def emofan_loss(out, batch, coefficients_2x3, lc):
   metrics = {}
   va_mask = batch['va_mask']
   l_va, (l_v, l_a) = va_shake_shake_loss(out['va'], batch['va'], va_mask, coefficients_2x3)
-  loss = lc.get('va_weight', 1.0) * l_va
+  loss = lc.va_weight * l_va
   metrics['loss_valence'], metrics['loss_arousal'] = l_v, l_a
   c = losses.va_ccc_per_dim(out['va'], batch['va'], va_mask)
   metrics['ccc_valence'], metrics['ccc_arousal'] = c[0], c[1]
 
-  if lc.get('emotion_weight', 0.0):
+  if lc.emotion_weight:
     if 'emotion_logits' not in out:
       raise ValueError('config.loss.emotion_weight > 0 needs model.num_emotions > 0')
     if 'emotion' not in batch:
@@ -94,13 +94,13 @@ def emofan_loss(out, batch, coefficients_2x3, lc):
   if 'landmarks' in batch:
     lm_mask = batch.get('landmarks_mask', jnp.ones(batch['landmarks'].shape[:1], jnp.float32))
     l_h = heatmap_loss(out['heatmaps_all'], batch['landmarks'], lm_mask,
-                       lc.get('heatmap_sigma', 1.0))
-    if lc.get('landmark_weight', 0.0):
+                       lc.heatmap_sigma)
+    if lc.landmark_weight:
       loss = loss + lc.landmark_weight * l_h
     metrics['loss_heatmap'] = l_h
     pred_lm = fan.heatmaps_to_landmarks(jax.lax.stop_gradient(out['heatmaps']))
     metrics['nme'] = fan.normalised_mean_error(pred_lm, batch['landmarks'], lm_mask)
-  elif lc.get('landmark_weight', 0.0):
+  elif lc.landmark_weight:
     raise KeyError('config.loss.landmark_weight > 0 but the batch has no "landmarks" key')
   return loss, metrics
 
@@ -109,22 +109,6 @@ def loss_fn(model, batch, rng, config):
   # Two coefficient sets (valence, arousal) per step: the shake-shake draw of Toisoul et al.
   coefficients_2x3 = losses.shake_shake_coefficients(rng, (2,))
   return emofan_loss(model(batch), batch, coefficients_2x3, config.loss)
-
-
-def _fan_labels(params):
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: 'frozen' if getattr(path[0], 'key', None) == 'fan' else 'train', params)
-
-
-def make_optimizer(config, schedule):
-  """The loop's optimizer; with config.model.freeze_fan the FAN parameters get no update at all
-  (not even AdamW's weight decay, which a zero gradient would not stop) and no Adam moments."""
-  from vaflax import train  # lazy: vaflax.train imports the whole data stack
-
-  tx = train.make_optimizer(config, schedule)
-  if not config.model.get('freeze_fan', False):
-    return tx
-  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, _fan_labels)
 
 
 def _with_flip(model, batch):
@@ -148,8 +132,7 @@ def predict_fn(model, batch, config):
   NME over the examples with landmarks times their share: exact when every example has them
   (synthetic_va; AffectNet but for malformed rows), else divide by val/landmarks_frac.
   """
-  ec = config.get('eval', None)
-  if ec is not None and ec.get('flip_tta', False):
+  if config.eval.flip_tta:
     out, out_flip = _with_flip(model, batch)
     res = {'va': 0.5 * (out['va'] + out_flip['va'])}
     hm = out['heatmaps']
@@ -171,3 +154,6 @@ def predict_fn(model, batch, config):
     res['eval_nme'] = jnp.where(lm_mask > 0, nme_B, 0.0)
     res['eval_landmarks_frac'] = (lm_mask > 0).astype(jnp.float32)
   return res
+
+
+TASK = tasks.register(tasks.Task('emofan', loss_fn, predict_fn))

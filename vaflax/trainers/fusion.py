@@ -6,12 +6,9 @@ every window in the batch (`va_mask` = 1), as in the paper's fine-tuning stages.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
-import optax
 
-from vaflax import losses
-from vaflax.models import fusion as fusion_model
+from vaflax import losses, tasks
 
 
 def _va_mask(batch: dict):
@@ -44,18 +41,4 @@ def predict_fn(model, batch: dict, config=None) -> dict:
   return {'va': model(batch)['va']}
 
 
-def make_optimizer(config, schedule) -> optax.GradientTransformation:
-  """The loop's optimizer (vaflax.train.make_optimizer) for the trainable parameters; with
-  `config.model.freeze_visual` (default True) the visual encoder gets `set_to_zero`: no Adam
-  moments are allocated for it and decoupled weight decay cannot move it."""
-  from vaflax import train  # noqa: PLC0415 (train imports trainers lazily; avoid a cycle)
-
-  tx = train.make_optimizer(config, schedule)
-  if not config.model.get('freeze_visual', True):
-    return tx
-
-  def labels(params):
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: 'frozen' if fusion_model.is_visual_param(path) else 'train', params)
-
-  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
+TASK = tasks.register(tasks.Task('fusion', loss_fn, predict_fn))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vaflax import sharding
+from vaflax import sharding, tasks
 from vaflax.models import mae, vit
 
 _MASK_STREAM = 0x4D41  # fold_in tag: keeps the masking key independent of other uses of `rng`
@@ -60,7 +60,7 @@ def _reconstruct_fn(setup):
     graphdef = setup.graphdef
 
     def fn(state, batch):
-      model, _ = nnx.merge(graphdef, state)
+      model, _ = nnx.merge(graphdef, state)  # the training state: (model, optimizer)
       model.eval()
       # Rows spread over the batch (consecutive records are often frames of one clip).
       stride = max(1, batch['image'].shape[0] // RECON_ROWS)
@@ -72,8 +72,7 @@ def _reconstruct_fn(setup):
     jitted = jax.jit(fn, in_shardings=(setup.state_sharding, sharding.batch_sharding(setup.mesh)),
                      out_shardings=sharding.replicated(setup.mesh))
     mc = setup.config.model
-    patch_size = vit.decode_variant(mc.get('variant', 'B/16'),
-                                    patch_size=mc.get('patch_size'))['patch_size']
+    patch_size = vit.decode_variant(mc.variant, patch_size=mc.get('patch_size'))['patch_size']
     _RECON_FNS.clear()
     _RECON_FNS[key] = (setup, jitted, patch_size)
   return _RECON_FNS[key][1:]
@@ -94,3 +93,6 @@ def on_eval(setup, state, eval_data, workdir: str, step: int) -> dict:
     mae.save_reconstruction_grid(os.path.join(folder, f'step_{step}.png'), out['image'][:rows],
                                  out['mask'][:rows], out['reconstruction'][:rows], patch_size)
   return {}
+
+
+TASK = tasks.register(tasks.Task('mae', loss_fn, predict_fn, on_eval=on_eval))

@@ -1,105 +1,46 @@
 """The multi-stage recipe of Zhang et al. 2023 (ABAW5): MAE -> VA fine-tuning -> fusion.
 
-`run(config, workdir)` trains the stages of configs/mae_va.py in order, each with the generic
-loop (`train.train_and_evaluate`) on its own sub-workdir, each initialised from the previous:
+`config.recipe = 'mae_va'` (configs/mae_va.py); vaflax/stages.py trains the stages in order,
+each with the generic loop on its own sub-workdir, each initialised from an earlier one through
+init_from's path mapping:
 
   pretrain           MAE on face images                 (skipped when config.init_from is set)
-  finetune           vit.Model from the MAE encoder     (decoder dropped, new head)
-  fusion_video_only  fusion.Model, use_audio=False      (visual encoder = the fine-tuned ViT)
-  fusion             fusion.Model with the audio branch (visual encoder = the fine-tuned ViT)
+  finetune           vit.Model, `encoder` from the MAE's (or config.init_from's) `encoder`
+  fusion_video_only  fusion.Model, use_audio=False      (`visual` = the fine-tuned `encoder`)
+  fusion             fusion.Model with the audio branch (`visual` = the fine-tuned `encoder`)
 
-Between stages the ViT encoder of the finished stage is exported as a model-only checkpoint
-under the name the next model uses (`encoder` for vit.Model, `visual` for fusion.Model):
-workdir/finetune_init and workdir/fusion_init; the next stage's `init_from` points there.
-
-then evaluates (the fusion and video-only checkpoints on `config.test_split` when set) and
-writes one record with the final numbers of every stage to workdir/metrics.jsonl and
-workdir/final_metrics.json.
-
-Resuming: a stage whose final_metrics.json records its last step is finished and skipped;
-otherwise the loop resumes it from its own checkpoints (or starts it). So re-running the same
-command after a crash or preemption (exit code 75) continues the current stage.
+then evaluates the fusion and video-only checkpoints on `config.test_split` when set, and writes
+one record with the final numbers of every stage (workdir/final_metrics.json).
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
-import ml_collections
-from flax import nnx
 
-from vaflax import checkpoint as ckpt_lib
-from vaflax import train, writers
+from vaflax import runs, stages, train, writers
 from vaflax.data import pipeline
 
 STAGES = ('pretrain', 'finetune', 'fusion_video_only', 'fusion')
-FINAL = 'final_metrics.json'  # written by train_and_evaluate when a stage reaches its last step
 
 
-def stage_configs(config, workdir: str) -> dict[str, ml_collections.ConfigDict]:
-  """Stage name -> a standalone copy of its sub-config with `init_from` wired to the export of
-  the stage before. Copies: to_dict resolves the references that tie the stages to config.vit
-  and config.image_size, so each stage's config.json records plain values."""
-  out = {}
-  for name in STAGES:
-    if name == 'pretrain' and config.get('init_from'):
-      continue
-    sc = ml_collections.ConfigDict(config[name].to_dict())
-    sc.init_from = {'pretrain': '', 'finetune': os.path.join(workdir, 'finetune_init')}.get(
-        name, os.path.join(workdir, 'fusion_init'))
-    out[name] = sc
-  return out
+def recipe_stages(config, workdir: str) -> list[stages.Stage]:
+  encoder_source = config.init_from.split(':')[0] or os.path.join(workdir, 'pretrain')
+  finetuned = os.path.join(workdir, 'finetune')
+  init = {'pretrain': '', 'finetune': f'{encoder_source}:encoder=encoder',
+          'fusion_video_only': f'{finetuned}:encoder=visual', 'fusion': f'{finetuned}:encoder=visual'}
+  return [stages.Stage(name, stages.stage_config(config[name], init_from=init[name]))
+          for name in STAGES if not (name == 'pretrain' and config.init_from)]
 
 
-def export_encoder(src_workdir: str, dst: str, name: str, src_config=None) -> None:
-  """Writes the ViT encoder of the run in `src_workdir` (a vit.Model, mae.Model or any model
-  with `.encoder`) as a model-only checkpoint in `dst`, its parameters under `name`
-  ('encoder' for vit.Model, 'visual' for fusion.Model), for the next stage's `init_from`.
-  The source's config is `src_config` or its workdir/config.json. Done once (kept on re-runs)."""
-  mngr = ckpt_lib.manager(os.path.join(dst, 'checkpoints'), async_save=False)
-  try:
-    if mngr.latest_step() is not None:
-      return
-    if src_config is None:
-      path = os.path.join(src_workdir, 'config.json')
-      if not os.path.exists(path):
-        raise FileNotFoundError(f'init_from={src_workdir}: no config.json (not a vaflax workdir)')
-      with open(path) as f:
-        src_config = ml_collections.ConfigDict(json.load(f))
-    setup, state = train.restore_workdir(src_config, src_workdir)
-    model, _ = nnx.merge(setup.graphdef, state)
-    if not hasattr(model, 'encoder'):
-      raise ValueError(f'{src_workdir}: its {type(model).__name__} has no ViT `encoder` to export')
-    params = nnx.to_pure_dict(nnx.state(model.encoder, nnx.Param))
-    # A pure dict (no Variable wrappers) in the layout of a training state: {'0': model}.
-    ckpt_lib.save(mngr, 0, {'0': {name: params}}, None,
-                  {'exported_from': src_workdir, 'model_name': 'vit_encoder'}, force=True)
-    mngr.wait_until_finished()
-  finally:
-    mngr.close()
-
-
-def finished_metrics(stage_config, stage_workdir: str) -> dict | None:
-  """The stage's final metrics if it finished (its last step is recorded), else None."""
-  path = os.path.join(stage_workdir, FINAL)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    rec = json.load(f)
-  want = int(stage_config.total_steps)
-  if want and int(rec.get('step', 0)) < want:  # total_steps was raised since: train on
-    return None
-  return rec
-
-
-def evaluate_checkpoint(stage_config, stage_workdir: str, split: str, prefix: str) -> dict:
+def evaluate_checkpoint(stage_workdir: str, split: str, prefix: str) -> dict:
   """Metrics of a stage's final checkpoint on `split` (e.g. the test split after training)."""
-  data = pipeline.EvalData(stage_config, split, process_index=jax.process_index(),
+  run = runs.load_run(stage_workdir)
+  data = pipeline.EvalData(run.config, split, process_index=jax.process_index(),
                            process_count=jax.process_count())
-  setup, state = train.restore_workdir(stage_config, stage_workdir)
-  metrics, _ = train.evaluate(setup, state, data, prefix=prefix)
+  eval_step = train.make_eval_step(run.config, run.graphdef, run.state_sharding, run.mesh)
+  metrics, _ = train.evaluate(eval_step, run.mesh, run.state, data, prefix=prefix)
   return metrics
 
 
@@ -108,8 +49,15 @@ def _curve_ends(stage_workdir: str, key: str) -> tuple[float | None, float | Non
   return (vals[0], vals[-1]) if vals else (None, None)
 
 
-def summarize(results: dict[str, dict], workdir: str) -> dict:
-  """One flat record: the fusion stage's val/* unprefixed, the other stages prefixed."""
+def summarize(config, workdir: str, results: dict[str, dict]) -> dict:
+  """One flat record: the fusion stage's val/* unprefixed, the other stages prefixed; with
+  config.test_split, fusion and video-only scored on it too."""
+  results = {k: dict(v) for k, v in results.items()}
+  if config.test_split:
+    for name in ('fusion_video_only', 'fusion'):
+      print(f'[mae_va] evaluating {name} on the {config.test_split!r} split', flush=True)
+      results[name].update(evaluate_checkpoint(os.path.join(workdir, name), config.test_split,
+                                               prefix=f'{config.test_split}/'))
   rec = {}
   prefixes = {'pretrain': 'pretrain/', 'finetune': 'finetune/',
               'fusion_video_only': 'video_only/', 'fusion': ''}
@@ -126,57 +74,11 @@ def summarize(results: dict[str, dict], workdir: str) -> dict:
             'test/ccc_arousal', 'test/ccc_mean'):
     if k in rec and 'video_only/' + k in rec:  # what the audio branch adds
       rec['audio_gain/' + k] = rec[k] - rec['video_only/' + k]
-  return rec
-
-
-def run(config, workdir: str) -> dict:
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  train.prepare_workdir(workdir, config)
-  stages = stage_configs(config, workdir)
-  results, trained = {}, False
-  for name, sc in stages.items():
-    swd = os.path.join(workdir, name)
-    if name == 'finetune':  # the MAE encoder (this run's or config.init_from's) -> vit.Model
-      src = config.init_from or os.path.join(workdir, 'pretrain')
-      export_encoder(src, sc.init_from, 'encoder',
-                     None if config.init_from else stages['pretrain'])
-    elif name.startswith('fusion'):  # the fine-tuned ViT encoder -> fusion.Model.visual
-      export_encoder(os.path.join(workdir, 'finetune'), sc.init_from, 'visual',
-                     stages['finetune'])
-    done = finished_metrics(sc, swd)
-    if done is not None:
-      print(f'[mae_va] stage {name}: finished earlier, skipped ({swd})', flush=True)
-      results[name] = done
-      continue
-    print(f'[mae_va] stage {name}: training in {swd}'
-          + (f' (init from {sc.init_from})' if sc.init_from else ''), flush=True)
-    train.train_and_evaluate(sc, swd)
-    trained = True
-    results[name] = finished_metrics(sc, swd) or {}
-
-  final_path = os.path.join(workdir, FINAL)
-  if not trained and os.path.exists(final_path):
-    with open(final_path) as f:
-      rec = json.load(f)
-    print(f'[mae_va] all stages finished earlier; final metrics in {final_path}', flush=True)
-    return rec
-
-  split = config.get('test_split', '')
-  if split:
-    for name in ('fusion_video_only', 'fusion'):
-      print(f'[mae_va] evaluating {name} on the {split!r} split', flush=True)
-      results[name] = dict(results[name], **evaluate_checkpoint(
-          stages[name], os.path.join(workdir, name), split, prefix=f'{split}/'))
-  rec = summarize(results, workdir)
-  step = int(results['fusion'].get('step', 0))
-  writer = writers.MetricWriter(workdir, tensorboard=False)
-  writer.write(step, rec)
-  writer.close()
-  if jax.process_index() == 0:
-    with open(final_path, 'w') as f:
-      json.dump({'step': step, **rec}, f, indent=2)
   print('[mae_va] final: ' + ', '.join(
       f'{k}={v:.4f}' for k, v in rec.items()
       if v is not None and 'per_video' not in k
       and k.endswith(('ccc_valence', 'ccc_arousal', '/loss'))), flush=True)
   return rec
+
+
+RECIPE = stages.register(stages.Recipe('mae_va', recipe_stages, summarize))

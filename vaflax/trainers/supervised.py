@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
-from vaflax import losses
+from vaflax import losses, tasks
 
 
 def target_quadrant(va):
@@ -29,22 +29,22 @@ def supervised_loss(out, batch, lc):
   loss = 0.0
   c = losses.va_ccc_per_dim(out['va'], va_t, mask)
   metrics['ccc_valence'], metrics['ccc_arousal'] = c[0], c[1]
-  if lc.get('ccc_weight', 1.0):
+  if lc.ccc_weight:
     l_ccc = jnp.sum(1.0 - c)
-    loss += lc.get('ccc_weight', 1.0) * l_ccc
+    loss += lc.ccc_weight * l_ccc
     metrics['loss_ccc'] = l_ccc
-  if lc.get('binned_weight', 0.0):
+  if lc.binned_weight:
     if 'va_logits' not in out:
       raise ValueError('config.loss.binned_weight > 0 needs a model with num_bins > 0')
     ce = sum(losses.binned_cross_entropy(out['va_logits'][..., d, :], va_t[..., d], mask[..., d])
              for d in range(2))
     loss += lc.binned_weight * ce
     metrics['loss_binned_ce'] = ce
-  if lc.get('mse_weight', 0.0):
+  if lc.mse_weight:
     mse = losses.masked_mean((out['va'] - va_t) ** 2, mask)
     loss += lc.mse_weight * mse
     metrics['loss_mse'] = mse
-  if lc.get('quadrant_weight', 0.0):
+  if lc.quadrant_weight:
     if 'quadrant_logits' not in out:
       raise ValueError('config.loss.quadrant_weight > 0 needs a model with quadrant_head=True')
     q = target_quadrant(va_t)
@@ -69,3 +69,6 @@ def predict_fn(model, batch, config):
   if 'quadrant_logits' in out:
     res['quadrant_logits'] = out['quadrant_logits']
   return res
+
+
+TASK = tasks.register(tasks.Task('supervised', loss_fn, predict_fn))
