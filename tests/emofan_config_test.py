@@ -55,11 +55,11 @@ def test_paper_recipe_fields():
   c = emofan_va.get_config()
   assert (c.image_size, c.model.num_stacks, c.model.num_emotions) == (256, 2, 8)
   assert c.eval.flip_tta and c.input.dataset == 'affectnet'
-  assert c.loss.emotion_weight > 0 and c.loss.landmark_weight > 0 and not c.model.freeze_fan
+  assert c.loss.emotion_weight > 0 and c.loss.landmark_weight > 0 and not c.frozen
   # The heatmaps (image_size / 4) must be divisible by the hourglass poolings.
   assert (c.image_size // 4) % 2**c.model.hourglass_depth == 0
   f = emofan_va.get_config('stage=frozen,init=/some/run')
-  assert f.model.freeze_fan and f.init_from == '/some/run' and f.loss.landmark_weight == 0
+  assert f.frozen == 'fan(/|$)' and f.init_from == '/some/run' and f.loss.landmark_weight == 0
   lm = emofan_va.get_config('stage=landmarks')
   assert lm.loss.va_weight == 0 and lm.loss.emotion_weight == 0 and lm.loss.landmark_weight > 0
   r = emofan_va.get_config('runlocal')

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config
 from PIL import Image
 
-from vaflax import evaluate, metrics
+from vaflax import evaluate, metrics, runs
 
 
 def tiny_run(tmp_path_factory, data_dir):
@@ -112,13 +112,13 @@ def test_config_overrides_and_bad_input(tmp_path, capsys):
   import ml_collections  # noqa: PLC0415
 
   c = ml_collections.ConfigDict({'a': 1, 'b': {'c': 0.5, 'd': 'x', 'e': False, 'f': [1, 2]}})
-  evaluate.apply_overrides(c, ['a=3', 'b.c=2', 'b.d=hello', 'b.e=true', 'b.f=(3, 4)'])
+  runs.apply_overrides(c, ['a=3', 'b.c=2', 'b.d=hello', 'b.e=true', 'b.f=(3, 4)'])
   assert (c.a, c.b.c, c.b.d, c.b.e, tuple(c.b.f)) == (3, 2.0, 'hello', True, (3, 4))
   assert isinstance(c.a, int) and isinstance(c.b.c, float)
   with pytest.raises(ValueError, match="no field 'b.zz'"):
-    evaluate.apply_overrides(c, ['b.zz=1'])
+    runs.apply_overrides(c, ['b.zz=1'])
   with pytest.raises(ValueError, match='b.e=maybe'):
-    evaluate.apply_overrides(c, ['b.e=maybe'])
+    runs.apply_overrides(c, ['b.e=maybe'])
 
   assert evaluate.main([f'--workdir={tmp_path}/missing']) == 2
   assert 'no such directory' in capsys.readouterr().err
@@ -140,8 +140,8 @@ def test_multi_stage_workdir_uses_the_stage_that_finished_last(tmp_path):
     if stage != 'fusion':  # fusion has started but not finished
       (d / 'final_metrics.json').write_text('{}')
       os.utime(d / 'final_metrics.json', (time.time() + 10 * i,) * 2)
-  assert evaluate.resolve_workdir(str(tmp_path)) == str(tmp_path / 'vit_va')
+  assert runs.resolve_workdir(str(tmp_path)) == str(tmp_path / 'vit_va')
   (tmp_path / 'fusion' / 'final_metrics.json').write_text('{}')
   os.utime(tmp_path / 'fusion' / 'final_metrics.json', (time.time() + 100,) * 2)
-  assert evaluate.resolve_workdir(str(tmp_path)) == str(tmp_path / 'fusion')
-  assert evaluate.resolve_workdir(str(tmp_path / 'mae')) == str(tmp_path / 'mae')
+  assert runs.resolve_workdir(str(tmp_path)) == str(tmp_path / 'fusion')
+  assert runs.resolve_workdir(str(tmp_path / 'mae')) == str(tmp_path / 'mae')

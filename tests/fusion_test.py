@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vaflax import losses
+from vaflax import checkpoint, losses
 from vaflax.models import fusion, vit
 from vaflax.trainers import fusion as fusion_task
 
@@ -88,49 +88,18 @@ def test_frames_change_output():
   assert not np.allclose(_apply(av, other)['va'], _apply(av, batch)['va'])
 
 
-def test_freeze_visual_stops_gradient_and_optimizer():
-  import ml_collections
-  import optax
-
-  batch = _batch()
-  for freeze in (False, True):
-    model = _model(freeze_visual=freeze, dtype='float32')  # config strings work as dtypes
-    grads = nnx.jit(nnx.grad(lambda m: fusion_task.loss_fn(m, batch, None)[0]))(model)
-    g_vis = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads['visual']))
-    assert float(jnp.abs(grads['proj']['kernel'][...]).sum()) > 0
-    assert (g_vis == 0.0) if freeze else (g_vis > 0.0)
-  paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]]
-  n_visual = sum(fusion.is_visual_param(p) for p in paths)
-  assert n_visual == len(jax.tree.leaves(nnx.state(model.visual, nnx.Param)))
-  # The trainer's optimizer leaves the frozen encoder alone, even under decoupled weight decay.
-  config = ml_collections.ConfigDict({
-      'model': {'freeze_visual': True},
-      'optimizer': {'name': 'adamw', 'lr': 1e-2, 'weight_decay': 0.5},
-  })
-  tx = fusion_task.make_optimizer(config, optax.constant_schedule(1e-2))
-  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  n_all = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  n_vis = sum(x.size for x in jax.tree.leaves(nnx.state(model.visual, nnx.Param)))
-  n_moments = sum(x.size for x in jax.tree.leaves(opt.opt_state) if x.ndim > 0)
-  assert n_moments == 2 * (n_all - n_vis)  # Adam mu and nu for the trainable part only
-  vis0 = np.asarray(model.visual.patch_embed.kernel[...])
-  proj0 = np.asarray(model.proj.kernel[...])
-  opt.update(model, grads)
-  np.testing.assert_array_equal(model.visual.patch_embed.kernel[...], vis0)
-  assert not np.allclose(model.proj.kernel[...], proj0)
-
-
 def test_load_visual_from_fine_tuned_vit():
   va_vit = vit.Model(**VISUAL, rngs=nnx.Rngs(42))
   model = _model()
-  fusion.load_visual_from_vit(model, va_vit)
+  checkpoint.transfer_weights(checkpoint.flat_weights(va_vit), model, [('encoder', 'visual')])
   frames = _batch()['frames']
   feats = model.visual_features(frames)
   ref = va_vit({'image': frames.reshape(B * T, 16, 16, 3)})['features'].reshape(B, T, -1)
   np.testing.assert_allclose(feats, ref, rtol=1e-5, atol=1e-6)
-  with pytest.raises(ValueError, match='does not match'):
-    fusion.load_visual_from_vit(model, vit.Model(variant='mu/4', image_size=16,
-                                                 rngs=nnx.Rngs(0)))
+  with pytest.raises(checkpoint.CheckpointMismatchError, match='visual/patch_embed/kernel'):
+    checkpoint.transfer_weights(
+        checkpoint.flat_weights(vit.Model(variant='mu/4', image_size=16, rngs=nnx.Rngs(0))),
+        model, [('encoder', 'visual')])
 
 
 def test_loss_fn_is_masked_ccc():

@@ -138,11 +138,12 @@ def test_adam_reduces_loss_and_trainer():
 
 
 def test_mae_encoder_loads_into_vit_model():
+  from vaflax import checkpoint
   from vaflax.models import vit
 
   pre = mae.Model(**TINY, rngs=nnx.Rngs(0))
   va = vit.Model(variant='mu/8', image_size=32, rngs=nnx.Rngs(1))
-  vit.copy_encoder(pre, va.encoder)
+  checkpoint.transfer_weights(checkpoint.flat_weights(pre), va, [('encoder', 'encoder')])
   x = _images(2)
   enc = nnx.jit(lambda m, x: m.encoder(x)[1])
   np.testing.assert_array_equal(enc(va, x), enc(pre, x))

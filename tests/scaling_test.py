@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from configs import common, resnet_va
-from vaflax import losses, sharding, train
+from vaflax import losses, runs, sharding, train
 from vaflax.models import fan, resnet
 
 B = 8
@@ -96,7 +96,7 @@ def test_bf16_train_step_close_to_fp32_vit():
 
 
 def _loss_and_grads(model_name, kwargs, batch):
-  model = train.model_module(ml_collections.ConfigDict({'model_name': model_name})).Model(
+  model = runs.model_class(ml_collections.ConfigDict({'model_name': model_name}))(
       **kwargs, rngs=nnx.Rngs(0))
   if model_name == 'fusion':  # its head starts at zero: no gradient would reach the trunk
     k = model.head.kernel
@@ -117,7 +117,7 @@ def _loss_and_grads(model_name, kwargs, batch):
 
 RESNET = dict(depth=18, width=8, head_hidden=16)
 FAN = dict(num_stacks=1, hourglass_depth=1, width=16, head_width=16, head_blocks=1)
-FUSION = dict(visual=dict(variant='mu/8', image_size=16), freeze_visual=False, width=16, num_layers=1, num_heads=2,
+FUSION = dict(visual=dict(variant='mu/8', image_size=16), width=16, num_layers=1, num_heads=2,
               max_len=4, audio=dict(n_mels=8, n_fft=128, frames_per_video_frame=2, width=16,
                                     num_layers=1))
 

@@ -102,21 +102,3 @@ def _loop_step(graphdef, batch):
   return step
 
 
-def test_frozen_cnn_in_a_jitted_merge_step():
-  """The GRU runs inside the loop's jitted step (no rng counter to mutate); a frozen CNN gets no
-  gradient and keeps its BatchNorm statistics, a trained one gets both."""
-  batch = {'frames': jnp.asarray(_frames()), 'va': jnp.zeros((2, 5, 2)),
-           'frame_mask': jnp.ones((2, 5))}
-  for freeze in (False, True):
-    graphdef, state = nnx.split(_tiny(freeze_cnn=freeze))
-    loss, grads, new_state = _loop_step(graphdef, batch)(state)
-    assert np.isfinite(float(loss))
-    gnorm = {k: sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grads[k]))
-             for k in ('backbone', 'head', 'gru', 'out')}
-    bn_moved = not np.array_equal(np.asarray(state['backbone']['stem_bn']['mean'][...]),
-                                  np.asarray(new_state['backbone']['stem_bn']['mean'][...]))
-    assert gnorm['gru'] > 0 and gnorm['out'] > 0
-    if freeze:
-      assert gnorm['backbone'] == 0 and gnorm['head'] == 0 and not bn_moved
-    else:
-      assert gnorm['backbone'] > 0 and gnorm['head'] > 0 and bn_moved

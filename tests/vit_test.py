@@ -8,6 +8,7 @@ import pytest
 import scipy.special
 from flax import nnx
 
+from vaflax import checkpoint, optim
 from vaflax.models import vit
 
 TINY = dict(variant='mu/8', image_size=32)
@@ -152,7 +153,7 @@ def test_remat_and_bfloat16():
 def test_layerwise_lr_decay():
   model = vit.Model(**TINY, rngs=nnx.Rngs(0))  # depth 2: ids 0 (embed), 1, 2 (blocks), 3 (head)
   params = nnx.state(model, nnx.Param)
-  mult = vit.layerwise_lr_decay_multipliers(params, 0.5)
+  mult = optim.layerwise_lr_decay_multipliers(params, 0.5)
   at = lambda *path: jax.tree.leaves(_get(mult, path))[0]  # the float inside the Variable
   assert at('encoder', 'patch_embed', 'kernel') == 0.125
   assert at('encoder', 'cls_token') == 0.125
@@ -162,7 +163,7 @@ def test_layerwise_lr_decay():
   assert at('head', 'kernel') == 1.0
   # Through nnx.Optimizer: SGD(lr=1) updates are -grad * multiplier.
   before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
-  opt = nnx.Optimizer(model, optax.chain(optax.sgd(1.0), vit.scale_by_layerwise_lr_decay(0.5)),
+  opt = nnx.Optimizer(model, optax.chain(optax.sgd(1.0), optim.scale_by_layerwise_lr_decay(0.5)),
                       wrt=nnx.Param)
   x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1, maxval=1)
   grads = nnx.jit(nnx.grad(
@@ -183,18 +184,21 @@ def _get(state, path):
   return state
 
 
-def test_copy_encoder():
+def test_encoder_transfer_between_models():
+  """The one weight copier moves a ViT encoder by path prefix, reports what it did and names a
+  mis-shaped parameter."""
   src = vit.Model(**TINY, rngs=nnx.Rngs(1))
   dst = vit.Model(**TINY, rngs=nnx.Rngs(2))
   x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1, maxval=1)
   feats = lambda m: _apply(m, {'image': x})['features']
   assert not np.allclose(feats(src), feats(dst))
-  vit.copy_encoder(nnx.state(src), dst.encoder)  # from a State, as after a checkpoint restore
+  head0 = np.asarray(dst.head.kernel[...])
+  report = checkpoint.transfer_weights(checkpoint.flat_weights(src), dst, [('encoder', 'encoder')])
   np.testing.assert_array_equal(feats(src), feats(dst))
-  again = vit.Model(**TINY, drop_path=0.1, rngs=nnx.Rngs(3))  # has extra rng state: ignored
-  vit.copy_encoder(nnx.to_pure_dict(nnx.state(src)), again.encoder)  # from a pure dict
-  again.eval()
-  np.testing.assert_array_equal(feats(src), feats(again))
+  np.testing.assert_array_equal(dst.head.kernel[...], head0)  # outside the mapping: untouched
+  n_enc = len(jax.tree.leaves(nnx.state(dst.encoder, nnx.Param)))
+  assert len(report.loaded) == n_enc and not report.missing
+  assert sorted(report.unexpected) == ['head/bias', 'head/kernel']
   other = vit.Model(variant='mu/8', width=64, image_size=32, rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match='does not match'):
-    vit.copy_encoder(other, dst.encoder)
+  with pytest.raises(checkpoint.CheckpointMismatchError, match='encoder/cls_token has shape'):
+    checkpoint.transfer_weights(checkpoint.flat_weights(other), dst, [('encoder', 'encoder')])

@@ -80,12 +80,14 @@ def resolve_workdir(workdir: str) -> str:
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'{workdir}: no such directory')
-  if os.path.isfile(os.path.join(workdir, CONFIG)) and os.path.isdir(
-      os.path.join(workdir, CHECKPOINTS)):
+  has_config = os.path.isfile(os.path.join(workdir, CONFIG))
+  if has_config and os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
     return workdir
   stages = [os.path.join(workdir, d) for d in sorted(os.listdir(workdir))
             if os.path.isfile(os.path.join(workdir, d, CONFIG))
             and os.path.isdir(os.path.join(workdir, d, CHECKPOINTS))]
+  if has_config and not stages:
+    return workdir  # a run that has not checkpointed yet: load_run says so
   if not stages:
     raise FileNotFoundError(f'{workdir}: no config.json and checkpoints here nor in a stage '
                             'sub-folder (not a vaflax workdir, or its training never started)')
