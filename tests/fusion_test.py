@@ -20,7 +20,7 @@ def _model(**kw):
   args.update(kw)
   m = fusion.Model(**args, rngs=nnx.Rngs(0))
   # Non-zero head so that the output depends on its inputs (the default head starts at 0).
-  m.head.kernel[...] = jnp.asarray(np.random.default_rng(9).normal(size=(16, 2)), jnp.float32)
+  m.head.out.kernel[...] = jnp.asarray(np.random.default_rng(9).normal(size=(16, 2)), jnp.float32)
   m.eval()  # the audio BatchNorm uses running statistics: outputs are per-example functions
   return m
 
@@ -123,14 +123,13 @@ def test_freeze_visual_stops_gradient_and_optimizer():
 def test_load_visual_from_fine_tuned_vit():
   va_vit = vit.Model(**VISUAL, rngs=nnx.Rngs(42))
   model = _model()
-  fusion.load_visual_from_vit(model, va_vit)
+  vit.copy_encoder(va_vit, model.visual)
   frames = _batch()['frames']
   feats = model.visual_features(frames)
   ref = va_vit({'image': frames.reshape(B * T, 16, 16, 3)})['features'].reshape(B, T, -1)
   np.testing.assert_allclose(feats, ref, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='does not match'):
-    fusion.load_visual_from_vit(model, vit.Model(variant='mu/4', image_size=16,
-                                                 rngs=nnx.Rngs(0)))
+    vit.copy_encoder(vit.Model(variant='mu/4', image_size=16, rngs=nnx.Rngs(0)), model.visual)
 
 
 def test_loss_fn_is_masked_ccc():

@@ -1,4 +1,5 @@
-"""Audio front end (log-mel in jnp) and a small per-video-frame audio encoder.
+"""Audio front end (log-mel in jnp) and a small per-video-frame audio encoder (the audio branch
+of models/fusion.py).
 
 Alignment with video: the input is `audio` (B, T, S), the waveform cut into the S = sample_rate /
 fps samples that belong to each of the T video frames. The front end treats it as one contiguous
@@ -181,17 +182,3 @@ class AudioEncoder(nnx.Module):
       x_BxTxD = x_BxTxD + jax.nn.gelu(y)
     return self.out_norm(x_BxTxD)
 
-
-class Model(nnx.Module):
-  """Audio-only VA baseline: `{'audio': (B,T,S)} -> {'va': (B,T,2), 'features': (B,T,D)}`."""
-
-  def __init__(self, *, rngs: nnx.Rngs, **encoder_kwargs):
-    self.encoder = AudioEncoder(rngs=rngs, **encoder_kwargs)
-    self.head = nnx.Linear(self.encoder.width, 2, kernel_init=nnx.initializers.zeros_init(),
-                           rngs=rngs)
-
-  def __call__(self, batch: dict) -> dict:
-    if 'audio' not in batch:
-      raise KeyError(f"audio.Model needs batch['audio'] (B, T, S); got keys {sorted(batch)}")
-    features_BxTxD = self.encoder(batch['audio']).astype(jnp.float32)
-    return {'va': jnp.tanh(self.head(features_BxTxD)), 'features': features_BxTxD}

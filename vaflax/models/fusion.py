@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vaflax.models import audio as audio_lib
+from vaflax.models import heads
 from vaflax.models import vit
 
 
@@ -83,8 +84,8 @@ class Model(nnx.Module):
     self.temporal = vit.Transformer(width, num_layers, num_heads, mlp_dim or 4 * width,
                                     drop_path=drop_path, dtype=dtype, param_dtype=param_dtype,
                                     attention_impl=attention_impl, rngs=rngs)
-    self.head = nnx.Linear(width, 2, param_dtype=param_dtype,
-                           kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+    self.head = heads.VAHead(width, out_init=nnx.initializers.zeros_init(),
+                             param_dtype=param_dtype, rngs=rngs)
 
   def visual_features(self, frames_BxTxHxWxC):
     """Pooled ViT features per frame: (B, T, D)."""
@@ -121,7 +122,7 @@ class Model(nnx.Module):
     x_BxTxW = self.proj(x_BxTxC)
     x_BxTxW = x_BxTxW + self.temporal_pos_embed[:, :t].astype(x_BxTxW.dtype)
     h_BxTxW = self.temporal(x_BxTxW).astype(jnp.float32)
-    return {'va': jnp.tanh(self.head(h_BxTxW)), 'features': h_BxTxW}
+    return dict(self.head(h_BxTxW), features=h_BxTxW)
 
 
 def load_visual_from_vit(model: Model, vit_model_or_state) -> None:

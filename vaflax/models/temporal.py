@@ -20,20 +20,8 @@ from einops import rearrange
 from flax import nnx
 
 from vaflax import losses
-from vaflax.models import resnet
+from vaflax.models import heads, resnet
 
-_dense_init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ('embed', 'mlp'))
-
-
-class FrameEmbedding(nnx.Module):
-  """The hidden layer of `heads.VAHead` (same parameter path), without its output layer."""
-
-  def __init__(self, in_features: int, hidden: int, *, dropout: float, rngs: nnx.Rngs):
-    self.hidden = nnx.Linear(in_features, hidden, kernel_init=_dense_init, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs)
-
-  def __call__(self, feats_xD):
-    return self.dropout(nnx.relu(self.hidden(feats_xD.astype(jnp.float32))))
 
 
 class BiGRU(nnx.Module):
@@ -72,13 +60,14 @@ class Model(nnx.Module):
                gru_hidden: int = 64, num_bins: int = losses.NUM_VA_BINS, freeze_cnn: bool = False,
                dropout: float = 0.0, dtype: str = 'float32', zero_init_residual: bool = False,
                remat: bool = False, rngs: nnx.Rngs):
-    self.num_bins = num_bins
     self.freeze_cnn = freeze_cnn
     self.backbone = resnet.ResNet(depth, width=width, dtype=jnp.dtype(dtype),
                                   zero_init_residual=zero_init_residual, remat=remat, rngs=rngs)
-    self.head = FrameEmbedding(self.backbone.num_features, head_hidden, dropout=dropout, rngs=rngs)
+    # The CNN's head without its readout: the frame embedding (parameter path head/hidden).
+    self.head = heads.VAHead(self.backbone.num_features, head_hidden, readout=False,
+                             dropout=dropout, rngs=rngs)
     self.gru = BiGRU(head_hidden, gru_hidden, rngs=rngs)
-    self.out = nnx.Linear(2 * gru_hidden, 2 * num_bins if num_bins else 2, rngs=rngs)
+    self.out = heads.VAHead(2 * gru_hidden, num_bins=num_bins, rngs=rngs)
 
   def embed_frames(self, frames_BxTxHxWx3):
     B = frames_BxTxHxWx3.shape[0]
@@ -87,9 +76,9 @@ class Model(nnx.Module):
       # A view in eval mode: BatchNorm reads (and does not update) its running averages.
       backbone = nnx.view(self.backbone, use_running_average=True, raise_if_not_found=False)
       head = nnx.view(self.head, deterministic=True, raise_if_not_found=False)
-      e_NxE = jax.lax.stop_gradient(head(backbone(x_NxHxWx3)))
+      e_NxE = jax.lax.stop_gradient(head.embed(backbone(x_NxHxWx3)))
     else:
-      e_NxE = self.head(self.backbone(x_NxHxWx3))
+      e_NxE = self.head.embed(self.backbone(x_NxHxWx3))
     return rearrange(e_NxE, '(b t) e -> b t e', b=B)
 
   def __call__(self, batch):
@@ -100,12 +89,4 @@ class Model(nnx.Module):
     e_BxTxE = self.embed_frames(frames)
     lengths_B = window_lengths(batch['frame_mask']) if 'frame_mask' in batch else None
     h_BxTx2H = nnx.relu(self.gru(e_BxTxE, lengths_B))
-    y = self.out(h_BxTx2H)
-    out = {'features': e_BxTxE}
-    if self.num_bins:
-      logits_BxTx2xK = y.reshape(y.shape[:-1] + (2, self.num_bins))
-      out['va_logits'] = logits_BxTx2xK
-      out['va'] = losses.binned_expectation(logits_BxTx2xK)
-    else:
-      out['va'] = jnp.tanh(y)
-    return out
+    return dict(self.out(h_BxTx2H), features=e_BxTxE)

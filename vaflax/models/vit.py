@@ -25,7 +25,6 @@ or for building an `optax.multi_transform`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 import einops
@@ -34,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx, traverse_util
+
+from vaflax.models import heads
 
 # name -> (width, depth, num_heads, mlp_dim); Dosovitskiy et al. 2021 Table 1, Ti/S from
 # Touvron et al. 2021 (DeiT); 'mu' is a tiny model for tests and runlocal.
@@ -384,21 +385,22 @@ class Model(nnx.Module):
 
   def __init__(self, *, head_zero_init: bool = True, rngs: nnx.Rngs, **encoder_kwargs):
     self.encoder = Encoder(rngs=rngs, **encoder_kwargs)
-    d = self.encoder.width
     # Zero-initialised head (big_vision default): predictions start at 0, the VA mean prior.
     kinit = nnx.initializers.zeros_init() if head_zero_init else nnx.initializers.xavier_uniform()
-    param_dtype = as_dtype(encoder_kwargs.get('param_dtype', 'float32'))
-    self.head = nnx.Linear(d, 2, param_dtype=param_dtype,
-                           kernel_init=nnx.with_partitioning(kinit, ('embed', None)),
-                           bias_init=_zeros((None,)), rngs=rngs)
+    self.head = heads.VAHead(self.encoder.width, out_init=kinit, rngs=rngs,
+                             param_dtype=as_dtype(encoder_kwargs.get('param_dtype', 'float32')))
 
-  def __call__(self, batch: dict) -> dict:
+  def features(self, batch: dict):
+    """The pooled encoder output (B, D) that the head reads, after the final LayerNorm and with
+    no patch masked: the CLS token with pool_type='cls', the mean patch token with 'gap'."""
     if 'image' not in batch:
       raise KeyError(f"vit.Model needs batch['image'] (B, H, W, 3); got keys {sorted(batch)}")
     _, features_BxD = self.encoder(batch['image'])
-    features_BxD = features_BxD.astype(jnp.float32)
-    va_Bx2 = jnp.tanh(self.head(features_BxD))
-    return {'va': va_Bx2, 'features': features_BxD}
+    return features_BxD.astype(jnp.float32)
+
+  def __call__(self, batch: dict) -> dict:
+    features_BxD = self.features(batch)
+    return dict(self.head(features_BxD), features=features_BxD)
 
 
 # --- Transfer of encoder weights --------------------------------------------------------------
@@ -511,9 +513,3 @@ def scale_by_layerwise_lr_decay(decay: float, depth: int | None = None
 
   return optax.GradientTransformation(init_fn, update_fn)
 
-
-def count_params(module_or_state, filter_: Callable | type = nnx.Param) -> int:
-  """Number of scalars in the `filter_` variables (works on `nnx.eval_shape` results)."""
-  state = nnx.state(module_or_state, filter_) if isinstance(module_or_state, nnx.Module) \
-      else module_or_state
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
