@@ -23,8 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vaflax.models import audio as audio_lib
-from vaflax.models import heads
-from vaflax.models import vit
+from vaflax.models import heads, vit
 
 
 class Model(nnx.Module):

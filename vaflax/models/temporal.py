@@ -23,7 +23,6 @@ from vaflax import losses
 from vaflax.models import heads, resnet
 
 
-
 class BiGRU(nnx.Module):
   """Bidirectional GRU over (B, T, D) -> (B, T, 2H) (forward and backward states concatenated).
 
