@@ -23,6 +23,8 @@ import sys
 import ml_collections
 import numpy as np
 
+from vaflax.tta import flip_tta  # also the name predict.py uses (evaluate.flip_tta)
+
 CHECKPOINTS = 'checkpoints'
 
 
@@ -132,28 +134,6 @@ def restore(config, workdir: str, step: int | None = None, *, predict_fn=None, m
                               expected_meta={'model_name': config.model_name, 'task': config.task})
   mngr.close()
   return setup, state, int(step)
-
-
-def flip_tta(predict_fn):
-  """A predict_fn that averages the outputs on the images (or frames) and their mirror images.
-
-  Valence and arousal do not change under a horizontal mirror, so the mean of the two is a
-  test-time augmentation; quadrant logits are averaged too. Works for `image` (B,H,W,3) and
-  `frames` (B,T,H,W,3) batches (the width axis is -2 in both).
-  """
-  def fn(model, batch, config):
-    keys = [k for k in ('image', 'frames') if k in batch]
-    if not keys:
-      raise KeyError(f'flip_tta needs batch["image"] or batch["frames"]; got {sorted(batch)}')
-    out = predict_fn(model, batch, config)
-    mirrored = dict(batch, **{k: batch[k][..., ::-1, :] for k in keys})
-    out_m = predict_fn(model, mirrored, config)
-    res = dict(out)
-    for k in ('va', 'quadrant_logits'):
-      if k in out:
-        res[k] = 0.5 * (out[k] + out_m[k])
-    return res
-  return fn
 
 
 # --- Outputs ------------------------------------------------------------------------------------
