@@ -124,12 +124,6 @@ class Model(nnx.Module):
     return dict(self.head(h_BxTxW), features=h_BxTxW)
 
 
-def load_visual_from_vit(model: Model, vit_model_or_state) -> None:
-  """Copies the encoder of a fine-tuned VA `vit.Model` (module or its nnx.State, e.g. restored
-  from a checkpoint) into `model.visual`, in place."""
-  vit.copy_encoder(vit_model_or_state, model.visual)
-
-
 def is_visual_param(path) -> bool:
   """True for parameters of the visual encoder: exclude them from weight decay (optax.masked)
   or from the optimizer when `freeze_visual`, since decoupled weight decay would still move

@@ -103,15 +103,6 @@ def sincos_2d_posemb(grid_h: int, grid_w: int, width: int, temperature: float = 
   return emb.astype(np.float32)
 
 
-def sincos_1d_posemb(length: int, width: int, temperature: float = 10_000.0):
-  """Fixed 1-D sin-cos embedding (Vaswani et al. 2017): (length, width)."""
-  if width % 2:
-    raise ValueError(f'sincos1d position embedding needs an even width, got {width}')
-  omega = 1.0 / temperature ** (np.arange(width // 2, dtype=np.float64) / (width // 2))
-  ang = np.arange(length, dtype=np.float64)[:, None] * omega[None]
-  return np.concatenate([np.sin(ang), np.cos(ang)], axis=1).astype(np.float32)
-
-
 def as_dtype(dtype):
   """None stays None (= infer from inputs); strings from configs ('bfloat16') become dtypes."""
   return None if dtype is None else jnp.dtype(dtype)
