@@ -250,9 +250,6 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
   }
   if arrays:
     keep = arrays['mask'].max(-1) > 0
-    if 'quadrant_accuracy' not in results:  # a train.evaluate that scores VA only
-      results.update(circumplex.va_quadrant_metrics(arrays['pred'][keep], arrays['va'][keep],
-                                                    arrays['mask'][keep]))
     record['num_frames'] = int(keep.sum())
     q_true = circumplex.va_to_quadrant(arrays['va'][keep])
     q_true = np.where(arrays['mask'][keep].min(-1) > 0, q_true, circumplex.NO_LABEL)
