@@ -33,7 +33,7 @@ NO_LABEL = -1
 # Russell & Mehrabian (1977), "Evidence for a three-factor theory of emotions", J. Research in
 # Personality 11:273-294: pleasure (valence) and arousal means and standard deviations, already
 # on [-1, 1], as reproduced in public code that cites the paper (the original table was not
-# checked; see /work/shared/datasets.md section 9). Neutral is the origin by definition.
+# checked against these values). Neutral is the origin by definition.
 EMOTION_VA = {
     'neutral': (0.00, 0.00),
     'happy': (0.81, 0.61),

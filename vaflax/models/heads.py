@@ -5,9 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from vaflax import losses
-
-NUM_QUADRANTS = 4  # vaflax.circumplex quadrant ids 0..3 (without its neutral class)
+from vaflax import circumplex, losses
 
 
 class VAHead(nnx.Module):
@@ -19,7 +17,7 @@ class VAHead(nnx.Module):
   (`quadrant_head`), `num_emotions` emotion logits. With `num_bins == 0` `va` is tanh-bounded
   regression; with `num_bins > 0` (Deng et al. 2020: 20) `va_logits` are logits over equal-width
   bins on [-1, 1] per dimension and `va` is their softmax expectation over the bin centres.
-  Quadrants: pleasant-activated, unpleasant-activated, unpleasant-calm, pleasant-calm.
+  Quadrant logits follow vaflax.circumplex's ids 0-3.
 
   `readout=False` builds the hidden layer only: the frame embedding of a CNN-RNN (models/
   temporal.py), whose parameter path `head/hidden` then equals that of the CNN it starts from.
@@ -34,7 +32,7 @@ class VAHead(nnx.Module):
     if not readout and not hidden:
       raise ValueError('VAHead(readout=False) needs a hidden layer (hidden > 0)')
     self.num_bins = num_bins
-    self.num_quadrants = NUM_QUADRANTS if quadrant_head else 0
+    self.num_quadrants = circumplex.NUM_QUADRANTS if quadrant_head else 0
     self.num_emotions = num_emotions
     if hidden:
       self.hidden = nnx.Linear(in_features, hidden, param_dtype=param_dtype,

@@ -28,7 +28,9 @@ class BiGRU(nnx.Module):
 
   The carries start at zero and the RNNs hold no rng stream (`rngs=False`): an NNX RNN that
   draws its initial carry from an rng stream cannot run inside a plain `jax.jit` over
-  `nnx.merge` (shard-probe section 5), and a zero start is what PyTorch's nn.GRU does.
+  `nnx.merge` (flax raises TraceContextError: cannot mutate RngCount from a different trace
+  level; tests/temporal_test.py runs that loop pattern), and a zero start is what PyTorch's
+  nn.GRU does.
   """
 
   def __init__(self, in_features: int, hidden: int, *, rngs: nnx.Rngs):
