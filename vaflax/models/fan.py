@@ -75,23 +75,23 @@ def heatmaps_to_landmarks(heatmaps_BxhxwxL, *, refine: bool = True, radius: int 
   soft-argmax that recovers sub-pixel positions that the plain argmax rounds off)."""
   hm = jnp.asarray(heatmaps_BxhxwxL, jnp.float32)
   h, w = hm.shape[-3], hm.shape[-2]
-  flat_BxLxN = einops.rearrange(hm, '... h w l -> ... l (h w)')
-  idx_BxL = jnp.argmax(flat_BxLxN, axis=-1)
+  flat_BxLxhw = einops.rearrange(hm, '... h w l -> ... l (h w)')
+  idx_BxL = jnp.argmax(flat_BxLxhw, axis=-1)
   iy = (idx_BxL // w).astype(jnp.float32)
   ix = (idx_BxL % w).astype(jnp.float32)
   if refine and radius > 0:
     offs = jnp.arange(-radius, radius + 1)
-    yy_BxLxKx1 = (idx_BxL // w)[..., None, None] + offs[:, None]
-    xx_BxLx1xK = (idx_BxL % w)[..., None, None] + offs[None, :]
+    yy_BxLxJx1 = (idx_BxL // w)[..., None, None] + offs[:, None]
+    xx_BxLx1xJ = (idx_BxL % w)[..., None, None] + offs[None, :]
     # A window cut by the border would pull the estimate inwards: shrink it per axis to the
     # largest one centred on the argmax that fits (on the border itself: the argmax alone).
     rad_y = jnp.minimum(idx_BxL // w, h - 1 - idx_BxL // w)[..., None, None]
     rad_x = jnp.minimum(idx_BxL % w, w - 1 - idx_BxL % w)[..., None, None]
     inside = (jnp.abs(offs)[:, None] <= rad_y) & (jnp.abs(offs)[None, :] <= rad_x)
-    yy, xx = jnp.broadcast_arrays(jnp.clip(yy_BxLxKx1, 0, h - 1), jnp.clip(xx_BxLx1xK, 0, w - 1))
+    yy, xx = jnp.broadcast_arrays(jnp.clip(yy_BxLxJx1, 0, h - 1), jnp.clip(xx_BxLx1xJ, 0, w - 1))
     k = 2 * radius + 1
     gather = (yy * w + xx).reshape(idx_BxL.shape + (k * k,))
-    vals = jnp.take_along_axis(flat_BxLxN, gather, axis=-1)
+    vals = jnp.take_along_axis(flat_BxLxhw, gather, axis=-1)
     wts = jnp.where(inside.reshape(gather.shape), jnp.maximum(vals, 0.0), 0.0)
     tot = jnp.sum(wts, axis=-1)
     ok = tot > 0  # all-nonpositive window: keep the argmax

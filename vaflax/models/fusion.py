@@ -118,10 +118,10 @@ class Model(nnx.Module):
         raise ValueError(f"fusion.Model: batch['audio'] must be (B={b}, T={t}, S), got {a.shape}")
       feats.append(self.audio(a))
     x_BxTxC = jnp.concatenate(feats, axis=-1)  # promotes to the widest dtype
-    x_BxTxW = self.proj(x_BxTxC)
-    x_BxTxW = x_BxTxW + self.temporal_pos_embed[:, :t].astype(x_BxTxW.dtype)
-    h_BxTxW = self.temporal(x_BxTxW).astype(jnp.float32)
-    return dict(self.head(h_BxTxW), features=h_BxTxW)
+    x_BxTxD = self.proj(x_BxTxC)
+    x_BxTxD = x_BxTxD + self.temporal_pos_embed[:, :t].astype(x_BxTxD.dtype)
+    h_BxTxD = self.temporal(x_BxTxD).astype(jnp.float32)
+    return dict(self.head(h_BxTxD), features=h_BxTxD)
 
 
 def is_visual_param(path) -> bool:

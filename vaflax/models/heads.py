@@ -51,9 +51,9 @@ class VAHead(nnx.Module):
                            kernel_init=out_init, param_dtype=param_dtype, rngs=rngs)
                 if readout else None)
 
-  def embed(self, feats_xF):
+  def embed(self, feats_xD):
     """The hidden layer's activations (the features themselves without one), float32."""
-    h = feats_xF.astype(jnp.float32)
+    h = feats_xD.astype(jnp.float32)
     if self.hidden is None:
       return h
     h = self.hidden(h)
@@ -62,14 +62,14 @@ class VAHead(nnx.Module):
     h = nnx.relu(h)
     return h if self.dropout is None else self.dropout(h)
 
-  def readout(self, h_xF):
-    y = self.out(h_xF)
+  def readout(self, h_xD):
+    y = self.out(h_xD)
     n_va = 2 * self.num_bins if self.num_bins else 2
     out = {}
     if self.num_bins:
-      logits_xx2xK = y[..., :n_va].reshape(y.shape[:-1] + (2, self.num_bins))
-      out['va_logits'] = logits_xx2xK
-      out['va'] = losses.binned_expectation(logits_xx2xK)
+      logits_x2xK = y[..., :n_va].reshape(y.shape[:-1] + (2, self.num_bins))
+      out['va_logits'] = logits_x2xK
+      out['va'] = losses.binned_expectation(logits_x2xK)
     else:
       out['va'] = jnp.tanh(y[..., :n_va])
     if self.num_quadrants:
@@ -78,5 +78,5 @@ class VAHead(nnx.Module):
       out['emotion_logits'] = y[..., n_va + self.num_quadrants:]
     return out
 
-  def __call__(self, feats_xF):
-    return self.readout(self.embed(feats_xF))
+  def __call__(self, feats_xD):
+    return self.readout(self.embed(feats_xD))

@@ -24,7 +24,7 @@ from vaflax.models import heads, resnet
 
 
 class BiGRU(nnx.Module):
-  """Bidirectional GRU over (B, T, D) -> (B, T, 2H) (forward and backward states concatenated).
+  """Bidirectional GRU over (B, T, D) -> (B, T, 2R) (forward and backward states concatenated).
 
   The carries start at zero and the RNNs hold no rng stream (`rngs=False`): an NNX RNN that
   draws its initial carry from an rng stream cannot run inside a plain `jax.jit` over
@@ -41,8 +41,8 @@ class BiGRU(nnx.Module):
         rngs=False)
 
   def __call__(self, x_BxTxD, lengths_B=None):
-    h0_BxH = jnp.zeros((x_BxTxD.shape[0], self.hidden), jnp.float32)
-    return self.rnn(x_BxTxD.astype(jnp.float32), initial_carry=(h0_BxH, h0_BxH),
+    h0_BxR = jnp.zeros((x_BxTxD.shape[0], self.hidden), jnp.float32)
+    return self.rnn(x_BxTxD.astype(jnp.float32), initial_carry=(h0_BxR, h0_BxR),
                     seq_lengths=lengths_B)
 
 
@@ -72,22 +72,22 @@ class Model(nnx.Module):
 
   def embed_frames(self, frames_BxTxHxWx3):
     B = frames_BxTxHxWx3.shape[0]
-    x_NxHxWx3 = rearrange(frames_BxTxHxWx3, 'b t h w c -> (b t) h w c')
+    x_BTxHxWx3 = rearrange(frames_BxTxHxWx3, 'b t h w c -> (b t) h w c')
     if self.freeze_cnn:
       # A view in eval mode: BatchNorm reads (and does not update) its running averages.
       backbone = nnx.view(self.backbone, use_running_average=True, raise_if_not_found=False)
       head = nnx.view(self.head, deterministic=True, raise_if_not_found=False)
-      e_NxE = jax.lax.stop_gradient(head.embed(backbone(x_NxHxWx3)))
+      e_BTxD = jax.lax.stop_gradient(head.embed(backbone(x_BTxHxWx3)))
     else:
-      e_NxE = self.head.embed(self.backbone(x_NxHxWx3))
-    return rearrange(e_NxE, '(b t) e -> b t e', b=B)
+      e_BTxD = self.head.embed(self.backbone(x_BTxHxWx3))
+    return rearrange(e_BTxD, '(b t) e -> b t e', b=B)
 
   def __call__(self, batch):
     frames = batch['frames']
     if frames.ndim != 5:
       raise ValueError(f"temporal model needs batch['frames'] (B, T, H, W, 3), got {frames.shape}:"
                        ' set config.input.window = T > 0')
-    e_BxTxE = self.embed_frames(frames)
+    e_BxTxD = self.embed_frames(frames)
     lengths_B = window_lengths(batch['frame_mask']) if 'frame_mask' in batch else None
-    h_BxTx2H = nnx.relu(self.gru(e_BxTxE, lengths_B))
-    return dict(self.out(h_BxTx2H), features=e_BxTxE)
+    h_BxTx2R = nnx.relu(self.gru(e_BxTxD, lengths_B))
+    return dict(self.out(h_BxTx2R), features=e_BxTxD)

@@ -128,7 +128,7 @@ def layer_norm(width: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNo
 
 
 class Attention(nnx.Module):
-  """Multi-head self-attention through `jax.nn.dot_product_attention` (inputs (B, T, N, H))."""
+  """Multi-head self-attention through `jax.nn.dot_product_attention` (inputs (B, T, N, Z))."""
 
   def __init__(self, width: int, num_heads: int, *, dtype=None, param_dtype=jnp.float32,
                attention_impl: str | None = None, rngs: nnx.Rngs):
@@ -147,15 +147,15 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BxTxD, mask_BxT=None):
     split = lambda y: einops.rearrange(y, 'b t (n h) -> b t n h', n=self.num_heads)
-    q_BxTxNxH = split(self.query(x_BxTxD))
-    k_BxTxNxH = split(self.key(x_BxTxD))
-    v_BxTxNxH = split(self.value(x_BxTxD))
+    q_BxTxNxZ = split(self.query(x_BxTxD))
+    k_BxTxNxZ = split(self.key(x_BxTxD))
+    v_BxTxNxZ = split(self.value(x_BxTxD))
     # Key padding mask (1 = attend), broadcast over heads and queries: (B, 1, 1, T).
     mask = None if mask_BxT is None else mask_BxT[:, None, None, :].astype(bool)
-    y_BxTxNxH = jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, mask=mask, implementation=self.attention_impl
+    y_BxTxNxZ = jax.nn.dot_product_attention(
+        q_BxTxNxZ, k_BxTxNxZ, v_BxTxNxZ, mask=mask, implementation=self.attention_impl
     )
-    return self.out(einops.rearrange(y_BxTxNxH, 'b t n h -> b t (n h)'))
+    return self.out(einops.rearrange(y_BxTxNxZ, 'b t n h -> b t (n h)'))
 
 
 class Mlp(nnx.Module):
@@ -225,7 +225,7 @@ class Transformer(nnx.Module):
 
 
 def patchify(images_BxHxWxC, p: int):
-  """(B, H, W, C) -> (B, N, p*p*C), patches in row-major order, pixels (py, px, c) inside."""
+  """(B, H, W, C) -> (B, P, p*p*C), patches in row-major order, pixels (py, px, c) inside."""
   _, h, w, _ = images_BxHxWxC.shape
   if h % p or w % p:
     raise ValueError(f'patchify: image size {h}x{w} is not divisible by patch size {p}')
@@ -233,9 +233,9 @@ def patchify(images_BxHxWxC, p: int):
                           py=p, px=p)
 
 
-def unpatchify(patches_BxNxP, p: int, grid_hw: tuple[int, int] | None = None):
+def unpatchify(patches_BxPxY, p: int, grid_hw: tuple[int, int] | None = None):
   """Inverse of `patchify`; a square grid unless `grid_hw` is given."""
-  _, n, d = patches_BxNxP.shape
+  _, n, d = patches_BxPxY.shape
   if grid_hw is None:
     g = int(round(n ** 0.5))
     if g * g != n:
@@ -243,7 +243,7 @@ def unpatchify(patches_BxNxP, p: int, grid_hw: tuple[int, int] | None = None):
     grid_hw = (g, g)
   if grid_hw[0] * grid_hw[1] != n or d % (p * p):
     raise ValueError(f'unpatchify: {n} patches of size {d} do not fit grid {grid_hw}, p={p}')
-  return einops.rearrange(patches_BxNxP, 'b (gh gw) (py px c) -> b (gh py) (gw px) c',
+  return einops.rearrange(patches_BxPxY, 'b (gh gw) (py px c) -> b (gh py) (gw px) c',
                           gh=grid_hw[0], gw=grid_hw[1], py=p, px=p)
 
 
@@ -326,7 +326,7 @@ class Encoder(nnx.Module):
     return self.transformer.blocks
 
   def _posemb(self):
-    """(prefix posemb (1, P, D) or None, patch posemb (1, N, D))."""
+    """(CLS posemb (1, 1, D) or None, patch posemb (1, P, D))."""
     if self.posemb_type == 'learn':
       pe = self.pos_embed[...]
       return (pe[:, :self.num_prefix] if self.num_prefix else None), pe[:, self.num_prefix:]
@@ -335,27 +335,27 @@ class Encoder(nnx.Module):
     return None, pe
 
   def embed(self, images_BxHxWxC):
-    """Patch tokens with position embedding, no CLS: (B, N, D)."""
+    """Patch tokens with position embedding, no CLS: (B, P, D)."""
     if images_BxHxWxC.ndim != 4 or images_BxHxWxC.shape[1:] != (*self.image_hw, self.channels):
       raise ValueError(
           f'ViT expects images of shape (B, {self.image_hw[0]}, {self.image_hw[1]}, '
           f'{self.channels}), got {images_BxHxWxC.shape}'
       )
-    x_BxNxD = self.patch_embed(patchify(images_BxHxWxC, self.patch_size))
+    x_BxPxD = self.patch_embed(patchify(images_BxHxWxC, self.patch_size))
     _, pe_patch = self._posemb()
-    return x_BxNxD + pe_patch.astype(x_BxNxD.dtype)
+    return x_BxPxD + pe_patch.astype(x_BxPxD.dtype)
 
-  def encode_tokens(self, x_BxNxD):
-    """Prepends CLS (+ its posemb), runs the blocks and the final norm: (B, P + N, D)."""
+  def encode_tokens(self, x_BxPxD):
+    """Prepends CLS (+ its posemb), runs the blocks and the final norm: (B, T, D)."""
     if self.use_cls_token:
       pe_prefix, _ = self._posemb()
       cls_1x1xD = self.cls_token[...]
       if pe_prefix is not None:
         cls_1x1xD = cls_1x1xD + pe_prefix
-      cls_Bx1xD = jnp.broadcast_to(cls_1x1xD.astype(x_BxNxD.dtype),
-                                   (x_BxNxD.shape[0], 1, self.width))
-      x_BxNxD = jnp.concatenate([cls_Bx1xD, x_BxNxD], axis=1)
-    return self.transformer(x_BxNxD)
+      cls_Bx1xD = jnp.broadcast_to(cls_1x1xD.astype(x_BxPxD.dtype),
+                                   (x_BxPxD.shape[0], 1, self.width))
+      x_BxPxD = jnp.concatenate([cls_Bx1xD, x_BxPxD], axis=1)
+    return self.transformer(x_BxPxD)
 
   def pool(self, tokens_BxTxD):
     if self.pool_type == 'cls':
