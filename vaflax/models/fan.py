@@ -281,7 +281,8 @@ class Model(nnx.Module):
     self.head_bn = _bn(head_width, rngs=rngs, dtype=dt)
     # EmoNet's emo_fc_2: Linear -> BatchNorm1d -> ReLU -> Linear to VA and the emotion logits.
     self.head = heads.VAHead(head_width, head_width // 2, num_emotions=num_emotions,
-                             hidden_norm=True, kernel_init=_lecun, out_init=_lecun, rngs=rngs)
+                             hidden_norm=True, dropout=None, kernel_init=_lecun, out_init=_lecun,
+                             rngs=rngs)
 
   def __call__(self, batch):
     if 'image' not in batch:

@@ -25,7 +25,7 @@ class VAHead(nnx.Module):
 
   def __init__(self, in_features: int, hidden: int = 0, *, num_bins: int = 0,
                quadrant_head: bool = False, num_emotions: int = 0, readout: bool = True,
-               hidden_norm: bool = False, dropout: float = 0.0,
+               hidden_norm: bool = False, dropout: float | None = 0.0,
                kernel_init=nnx.initializers.lecun_normal(),
                out_init=nnx.initializers.lecun_normal(), param_dtype=jnp.float32,
                rngs: nnx.Rngs):
@@ -44,7 +44,11 @@ class VAHead(nnx.Module):
                           if hidden_norm else None)
     else:
       self.hidden = self.hidden_norm = None
-    self.dropout = nnx.Dropout(dropout, rngs=rngs) if hidden and dropout > 0 else None
+    # dropout=None: no Dropout layer at all (EmoNet's head has none). A Dropout layer, even of
+    # rate 0, holds an rng stream forked from `rngs`, which shifts the initialisation of the
+    # layers built after it: the CNN heads keep theirs, as before this module was shared.
+    self.dropout = (nnx.Dropout(dropout, rngs=rngs) if hidden and dropout is not None
+                    else None)
     n_va = 2 * num_bins if num_bins else 2
     # A small layer: left replicated (no partitioning names), as sharding.py leaves small heads.
     self.out = (nnx.Linear(hidden or in_features, n_va + self.num_quadrants + num_emotions,
