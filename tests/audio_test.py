@@ -89,20 +89,14 @@ def test_sine_peaks_in_its_mel_band():
   assert np.all(np.argmax(out[0, 1], axis=-1) == expected)
 
 
-def test_encoder_and_model_shapes_and_errors():
+def test_encoder_shapes_and_errors():
   enc = audio.AudioEncoder(n_mels=16, n_fft=256, frames_per_video_frame=2, width=24,
                            num_layers=2, rngs=nnx.Rngs(0))
   a = jax.random.normal(jax.random.key(0), (3, 6, 640)) * 0.1
   y = enc(a)
   assert y.shape == (3, 6, 24) and bool(jnp.all(jnp.isfinite(y)))
-  model = audio.Model(n_mels=16, n_fft=256, width=24, rngs=nnx.Rngs(0))
-  out = model({'audio': a})
-  assert out['va'].shape == (3, 6, 2)
-  model.eval()  # running statistics: a single example is normalised the same way alone
-  np.testing.assert_allclose(model({'audio': a[:1]})['features'],
-                             model({'audio': a})['features'][:1], rtol=1e-4, atol=1e-4)
-  with pytest.raises(KeyError, match="batch\\['audio'\\]"):
-    model({'frames': a})
+  enc.eval()  # running statistics: a single example is normalised the same way alone
+  np.testing.assert_allclose(enc(a[:1]), enc(a)[:1], rtol=1e-4, atol=1e-4)
   with pytest.raises(ValueError, match=r'\(B, T, S\)'):
     audio.log_mel(a[0])
   with pytest.raises(ValueError, match='fmin'):

@@ -15,7 +15,8 @@ jax.config.update('jax_num_cpu_devices', 8)
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
-flags.FLAGS.mark_as_parsed()  # Grain's mp_prefetch reads absl flags (stack-probe G1)
+# Grain's mp_prefetch reads absl flags; unparsed, it raises UnparsedFlagAccessError.
+flags.FLAGS.mark_as_parsed()
 
 
 @pytest.fixture(scope='session')

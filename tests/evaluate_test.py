@@ -82,32 +82,6 @@ def test_evaluate_outputs_and_pooled_ccc_from_saved_frames(workdir, tmp_path, ca
   assert 'ccc_mean=' in capsys.readouterr().out
 
 
-def test_flip_tta_averages_image_and_mirror():
-  def fake_predict(model, batch, config):
-    x = batch['image'] if 'image' in batch else batch['frames']
-    # Depends on the left-right layout: column 0 differs from the last column.
-    va = np.stack([x[..., 0, 0] * 2.0, x[..., -1, 1]], -1)
-    return {'va': va, 'quadrant_logits': np.concatenate([va, -va], -1), 'other': 1}
-
-  rng = np.random.default_rng(0)
-  img = rng.normal(size=(3, 4, 5, 3)).astype(np.float32)  # (B, H, W, C)
-  out = evaluate.flip_tta(fake_predict)(None, {'image': img}, None)
-  mirror = img[:, :, ::-1]
-  want = 0.5 * (np.stack([img[:, :, 0, 0] * 2, img[:, :, -1, 1]], -1)
-                + np.stack([mirror[:, :, 0, 0] * 2, mirror[:, :, -1, 1]], -1))
-  np.testing.assert_allclose(out['va'], want, rtol=1e-6)
-  np.testing.assert_allclose(out['quadrant_logits'][..., :2], want, rtol=1e-6)
-  assert out['other'] == 1
-  frames = rng.normal(size=(2, 3, 4, 5, 3)).astype(np.float32)  # (B, T, H, W, C)
-  out = evaluate.flip_tta(fake_predict)(None, {'frames': frames}, None)
-  fm = frames[..., ::-1, :]
-  want = 0.5 * (np.stack([frames[..., 0, 0] * 2, frames[..., -1, 1]], -1)
-                + np.stack([fm[..., 0, 0] * 2, fm[..., -1, 1]], -1))
-  np.testing.assert_allclose(out['va'], want, rtol=1e-6)
-  with pytest.raises(KeyError, match='image'):
-    evaluate.flip_tta(fake_predict)(None, {'audio': img}, None)
-
-
 def test_config_overrides_and_bad_input(tmp_path, capsys):
   import ml_collections  # noqa: PLC0415
 

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from vaflax import faces
-from vaflax.models import fan
+from vaflax.models import count_params, fan
 
 TINY = dict(num_stacks=2, hourglass_depth=1, width=16, head_width=16, head_blocks=1)
 
@@ -151,4 +151,4 @@ def test_paper_fan4_param_count():
   remap = (256 * 256 + 256) + (68 * 256 + 256)
   f = nnx.eval_shape(lambda: fan.FAN(num_stacks=4, depth=4, width=256, num_landmarks=68,
                                      rngs=nnx.Rngs(0), dtype=jnp.float32))
-  assert fan.count_params(f) == stem + 4 * stack + 3 * remap == 23_820_176
+  assert count_params(f) == stem + 4 * stack + 3 * remap == 23_820_176

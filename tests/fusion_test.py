@@ -20,7 +20,7 @@ def _model(**kw):
   args.update(kw)
   m = fusion.Model(**args, rngs=nnx.Rngs(0))
   # Non-zero head so that the output depends on its inputs (the default head starts at 0).
-  m.head.kernel[...] = jnp.asarray(np.random.default_rng(9).normal(size=(16, 2)), jnp.float32)
+  m.head.out.kernel[...] = jnp.asarray(np.random.default_rng(9).normal(size=(16, 2)), jnp.float32)
   m.eval()  # the audio BatchNorm uses running statistics: outputs are per-example functions
   return m
 

@@ -4,8 +4,8 @@ Each worker process (this file run as a script) joins a local coordinator, reads
 the training data (`pipeline.make_train_dataset(config, process_index, 2)`), and runs a few steps
 of the real sharded train step on a (data 4, fsdp 2) mesh spanning both processes. The test then
 feeds the same global batches to one process with 8 devices and compares losses and parameters.
-Workers are subprocesses with their own timeout: a peer that never joins aborts its process
-(research/shard-probe.md, section 3) instead of raising.
+Workers are subprocesses with their own timeout: a peer that never joins makes jax.distributed
+abort its process (SIGABRT after initialization_timeout) instead of raising.
 """
 
 import os
@@ -30,7 +30,7 @@ def _config(data_dir):
   c.model.width, c.model.head_hidden = 8, 16
   c.image_size, c.batch_size = 32, 16  # global batch: 8 per process, 2 per device
   c.total_steps = 10
-  c.optimizer.name, c.optimizer.lr = 'sgd', 0.01  # SGD: fp32 noise stays small (shard-probe)
+  c.optimizer.name, c.optimizer.lr = 'sgd', 0.01  # SGD: fp32 noise stays small; Adam amplifies it
   c.schedule.name, c.schedule.warmup_steps = 'constant', 0
   c.mesh.data, c.mesh.fsdp, c.mesh.num_devices = -1, 2, 0
   return c

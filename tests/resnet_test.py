@@ -1,22 +1,17 @@
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from vaflax import losses
-from vaflax.models import resnet
-
-
-def _num_params(module):
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+from vaflax.models import count_params, resnet
 
 
 @pytest.mark.parametrize('depth,expected', [(18, 11_176_512), (50, 23_508_032)])
 def test_backbone_parameter_count_equals_torchvision(depth, expected):
   # torchvision resnet18/50 without the fc layer: conv weights + BatchNorm scale and bias.
   backbone = nnx.eval_shape(lambda: resnet.ResNet(depth, rngs=nnx.Rngs(0)))
-  assert _num_params(backbone) == expected
+  assert count_params(backbone) == expected
   assert backbone.num_features == (512 if depth == 18 else 2048)
 
 

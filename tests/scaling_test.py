@@ -99,7 +99,7 @@ def _loss_and_grads(model_name, kwargs, batch):
   model = runs.model_class(ml_collections.ConfigDict({'model_name': model_name}))(
       **kwargs, rngs=nnx.Rngs(0))
   if model_name == 'fusion':  # its head starts at zero: no gradient would reach the trunk
-    k = model.head.kernel
+    k = model.head.out.kernel
     k[...] = 0.3 * jax.random.normal(jax.random.key(5), k[...].shape)
   model.train()
 

@@ -103,7 +103,7 @@ def test_train_step_on_8_devices_equals_1_device(synthetic_data_dir):
   if jax.device_count() < 8:
     pytest.skip('needs 8 (fake) devices')
   c = tiny_config(synthetic_data_dir, batch_size=16)
-  c.optimizer.name = 'sgd'  # Adam amplifies fp32 noise on near-zero gradients (shard-probe)
+  c.optimizer.name = 'sgd'  # Adam divides by sqrt(nu): fp32 noise on near-zero grads blows up
   c.optimizer.lr = 0.01
   ds, _ = pipeline.make_train_dataset(c)
   it = iter(ds)

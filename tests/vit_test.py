@@ -9,7 +9,7 @@ import scipy.special
 from flax import nnx
 
 from vaflax import checkpoint, optim
-from vaflax.models import vit
+from vaflax.models import count_params, vit
 
 TINY = dict(variant='mu/8', image_size=32)
 
@@ -50,10 +50,10 @@ def test_vit_b16_param_count_matches_timm():
   # learned posemb 197*768 + 12 blocks * 7,087,872 + final LN 1,536. Ours, with a learned
   # posemb over CLS + 196 patches, has exactly these tensors (patch conv as patchify + Linear).
   enc = nnx.eval_shape(lambda: vit.Encoder(variant='B/16', posemb='learn', rngs=nnx.Rngs(0)))
-  assert vit.count_params(enc) == 85_798_656
+  assert count_params(enc) == 85_798_656
   # MAE's fixed sin-cos embedding is not a parameter: 197 * 768 fewer.
   enc = nnx.eval_shape(lambda: vit.Encoder(variant='B/16', posemb='sincos2d', rngs=nnx.Rngs(0)))
-  assert vit.count_params(enc) == 85_798_656 - 197 * 768
+  assert count_params(enc) == 85_798_656 - 197 * 768
 
 
 def test_decode_variant():
@@ -113,8 +113,8 @@ def test_model_outputs_and_pooling():
     assert tokens.shape == (3, 1 + 16, 32)
     ref = tokens[:, 0] if pool == 'cls' else tokens[:, 1:].mean(1)
     np.testing.assert_allclose(pooled, ref, rtol=1e-6)
-    np.testing.assert_allclose(out['va'], np.tanh(np.asarray(pooled) @ _np(model.head.kernel)
-                                                  + _np(model.head.bias)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out['va'], np.tanh(np.asarray(pooled) @ _np(model.head.out.kernel)
+                                                  + _np(model.head.out.bias)), rtol=1e-5, atol=1e-6)
   with pytest.raises(KeyError, match="batch\\['image'\\]"):
     model({'frames': x})
   with pytest.raises(ValueError, match='expects images of shape'):
@@ -160,17 +160,17 @@ def test_layerwise_lr_decay():
   assert at('encoder', 'transformer', 'blocks', 0, 'attn', 'query', 'kernel') == 0.25
   assert at('encoder', 'transformer', 'blocks', 1, 'mlp', 'fc2', 'bias') == 0.5
   assert at('encoder', 'transformer', 'norm', 'scale') == 1.0
-  assert at('head', 'kernel') == 1.0
+  assert at('head', 'out', 'kernel') == 1.0
   # Through nnx.Optimizer: SGD(lr=1) updates are -grad * multiplier.
   before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
   opt = nnx.Optimizer(model, optax.chain(optax.sgd(1.0), optim.scale_by_layerwise_lr_decay(0.5)),
                       wrt=nnx.Param)
   x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1, maxval=1)
   grads = nnx.jit(nnx.grad(
-      lambda m: jnp.sum(m({'image': x})['features']) + jnp.sum(m.head.kernel[...])))(model)
+      lambda m: jnp.sum(m({'image': x})['features']) + jnp.sum(m.head.out.kernel[...])))(model)
   opt.update(model, grads)
   after = nnx.state(model, nnx.Param)
-  for path in (('encoder', 'patch_embed', 'kernel'), ('head', 'kernel'),
+  for path in (('encoder', 'patch_embed', 'kernel'), ('head', 'out', 'kernel'),
                ('encoder', 'transformer', 'blocks', 0, 'mlp', 'fc1', 'kernel')):
     m = at(*path)
     np.testing.assert_allclose(

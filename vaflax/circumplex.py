@@ -13,6 +13,8 @@ the negative arousal half-axis to 3. A non-finite point gets -1 ("no label").
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from vaflax import metrics
@@ -31,7 +33,7 @@ NO_LABEL = -1
 # Russell & Mehrabian (1977), "Evidence for a three-factor theory of emotions", J. Research in
 # Personality 11:273-294: pleasure (valence) and arousal means and standard deviations, already
 # on [-1, 1], as reproduced in public code that cites the paper (the original table was not
-# checked; see /work/shared/datasets.md section 9). Neutral is the origin by definition.
+# checked against these values). Neutral is the origin by definition.
 EMOTION_VA = {
     'neutral': (0.00, 0.00),
     'happy': (0.81, 0.61),
@@ -70,18 +72,27 @@ AFFECTNET_EMOTIONS = (
 )
 
 
-def va_to_quadrant(va, neutral_radius: float = 0.0) -> np.ndarray:
-  """Quadrant id (int32) of each VA point `(..., 2) -> (...)`, with the module's tie rule."""
-  va = np.asarray(va, np.float64)
+def va_to_quadrant(va, neutral_radius: float = 0.0):
+  """Quadrant id (int32) of each VA point `(..., 2) -> (...)`, with the module's tie rule.
+
+  A jax.Array (also a tracer under jit, e.g. a training target) gives a jax.Array; anything
+  else is read as NumPy float64 and gives a NumPy array.
+  """
+  # The TFDS builders import this module without jax: a jax.Array exists only once jax is loaded.
+  jax = sys.modules.get('jax')
+  if jax is not None and isinstance(va, jax.Array):
+    xp = jax.numpy
+  else:
+    xp, va = np, np.asarray(va, np.float64)
   if va.ndim < 1 or va.shape[-1] != 2:
     raise ValueError(f'va must have shape (..., 2) (valence, arousal); got {va.shape}')
   if neutral_radius < 0:
     raise ValueError(f'neutral_radius must be >= 0; got {neutral_radius}')
   v, a = va[..., 0], va[..., 1]
   pleasant, activated = v >= 0, a >= 0
-  q = np.where(activated, np.where(pleasant, 0, 1), np.where(pleasant, 3, 2))
-  q = np.where(np.hypot(v, a) < neutral_radius, NEUTRAL, q)
-  return np.where(np.isfinite(v) & np.isfinite(a), q, NO_LABEL).astype(np.int32)
+  q = xp.where(activated, xp.where(pleasant, 0, 1), xp.where(pleasant, 3, 2))
+  q = xp.where(xp.hypot(v, a) < neutral_radius, NEUTRAL, q)
+  return xp.where(xp.isfinite(v) & xp.isfinite(a), q, NO_LABEL).astype(xp.int32)
 
 
 def quadrant_name(quadrant_id: int) -> str:

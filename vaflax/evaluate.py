@@ -21,30 +21,7 @@ import sys
 
 import numpy as np
 
-# --- Test-time augmentation ----------------------------------------------------------------
-
-
-def flip_tta(predict_fn):
-  """A predict_fn that averages the outputs on the images (or frames) and their mirror images.
-
-  Valence and arousal do not change under a horizontal mirror, so the mean of the two is a
-  test-time augmentation; quadrant logits are averaged too. Works for `image` (B,H,W,3) and
-  `frames` (B,T,H,W,3) batches (the width axis is -2 in both).
-  """
-  def fn(model, batch, config):
-    keys = [k for k in ('image', 'frames') if k in batch]
-    if not keys:
-      raise KeyError(f'flip_tta needs batch["image"] or batch["frames"]; got {sorted(batch)}')
-    out = predict_fn(model, batch, config)
-    mirrored = dict(batch, **{k: batch[k][..., ::-1, :] for k in keys})
-    out_m = predict_fn(model, mirrored, config)
-    res = dict(out)
-    for k in ('va', 'quadrant_logits'):
-      if k in out:
-        res[k] = 0.5 * (out[k] + out_m[k])
-    return res
-  return fn
-
+from vaflax.tta import flip_tta  # also the name predict.py uses (evaluate.flip_tta)
 
 # --- Outputs ------------------------------------------------------------------------------------
 
@@ -161,9 +138,6 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
   }
   if arrays:
     keep = arrays['mask'].max(-1) > 0
-    if 'quadrant_accuracy' not in results:  # a train.evaluate that scores VA only
-      results.update(circumplex.va_quadrant_metrics(arrays['pred'][keep], arrays['va'][keep],
-                                                    arrays['mask'][keep]))
     record['num_frames'] = int(keep.sum())
     q_true = circumplex.va_to_quadrant(arrays['va'][keep])
     q_true = np.where(arrays['mask'][keep].min(-1) > 0, q_true, circumplex.NO_LABEL)

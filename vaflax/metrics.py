@@ -16,18 +16,10 @@ Protocol
   deviation is below 1e-5 of its mean's magnitude counts as constant (rounding of the mean
   leaves such a residue). Per-video means skip the videos whose CCC is undefined.
 - Results are flat dicts of Python floats (JSON-friendly; NaN is written as NaN by `json`).
-
-Streaming (multi-host, no dropped tail): the eval loop pads the last batch and passes a mask.
-`va_sufficient_stats` runs under `jax.jit` on the global (sharded) batch and returns per-batch
-moments, centred on the batch mean (float32 raw power sums lose the variance of a near-constant
-prediction); `merge_va_stats` combines batches in float64 on the host (Chan, Golub & LeVeque
-1979, pairwise update); `metrics_from_stats` turns the total into the same numbers as
-`va_metrics`.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 
 VA_NAMES = ('valence', 'arousal')
@@ -50,32 +42,32 @@ _CONSTANT_RTOL = 1e-5
 # --- Host (NumPy float64) metrics ------------------------------------------------------------
 
 
-def _va_arrays(pred, target, mask, xp):
+def _va_arrays(pred, target, mask):
   """(..., 2) inputs -> (N, 2) pred (clipped), target, bool valid; masked entries zeroed."""
-  pred = xp.asarray(pred)
-  target = xp.asarray(target)
+  pred = np.asarray(pred)
+  target = np.asarray(target)
   if pred.shape != target.shape or pred.ndim < 1 or pred.shape[-1] != 2:
     raise ValueError(
         f'pred and target must have the same shape (..., 2) (valence, arousal); '
         f'got pred {pred.shape} and target {target.shape}'
     )
   if mask is None:
-    valid = xp.ones(target.shape, bool)
+    valid = np.ones(target.shape, bool)
   else:
-    mask = xp.asarray(mask)
+    mask = np.asarray(mask)
     if mask.shape == target.shape[:-1]:  # one flag per frame
       mask = mask[..., None]
     try:
-      valid = xp.broadcast_to(mask > 0, target.shape)
+      valid = np.broadcast_to(mask > 0, target.shape)
     except ValueError as e:
       raise ValueError(
           f'mask of shape {mask.shape} does not fit targets of shape {target.shape}'
       ) from e
-  pred = xp.reshape(pred, (-1, 2))
-  target = xp.reshape(target, (-1, 2))
-  valid = xp.reshape(valid, (-1, 2))
-  pred = xp.where(valid, xp.clip(pred, -1.0, 1.0), 0.0)
-  target = xp.where(valid, target, 0.0)
+  pred = np.reshape(pred, (-1, 2))
+  target = np.reshape(target, (-1, 2))
+  valid = np.reshape(valid, (-1, 2))
+  pred = np.where(valid, np.clip(pred, -1.0, 1.0), 0.0)
+  target = np.where(valid, target, 0.0)
   return pred, target, valid
 
 
@@ -130,14 +122,6 @@ def _flatten(per_dim, prefix=''):
   return out
 
 
-def metrics_from_stats(stats) -> dict:
-  """CCC, PCC, RMSE and SAGR of valence, arousal and their mean from (2, 7) statistics."""
-  stats = np.asarray(stats, np.float64)
-  if stats.shape != (2, len(STAT_FIELDS)):
-    raise ValueError(f'stats must have shape (2, {len(STAT_FIELDS)}); got {stats.shape}')
-  return _flatten(_per_dim(stats))
-
-
 def va_metrics(pred, target, mask=None, video_ids=None) -> dict:
   """Pooled ABAW metrics of `pred`, `target` (N, 2) (or (..., 2)), float64 on the host.
 
@@ -145,9 +129,7 @@ def va_metrics(pred, target, mask=None, video_ids=None) -> dict:
   hashable dtype) also per_video_ccc_{valence,arousal,mean}: CCC per video averaged over the
   videos where it is defined.
   """
-  p, t, valid = _va_arrays(
-      np.asarray(pred, np.float64), np.asarray(target, np.float64), mask, np
-  )
+  p, t, valid = _va_arrays(np.asarray(pred, np.float64), np.asarray(target, np.float64), mask)
   out = _flatten(_per_dim(_np_stats(p, t, valid)))
   if video_ids is not None:
     ids = np.asarray(video_ids).reshape(-1)
@@ -162,53 +144,6 @@ def va_metrics(pred, target, mask=None, video_ids=None) -> dict:
     defined = np.isfinite(per_video)
     mean = _divide(np.where(defined, per_video, 0.0).sum(0), defined.sum(0))
     out.update(_flatten({'ccc': mean}, prefix='per_video_'))
-  return out
-
-
-# --- Streaming statistics (jnp, jit-able) ------------------------------------------------------
-
-
-def va_sufficient_stats(pred, target, mask=None):
-  """(2, 7) float32 moments of one batch (rows: valence, arousal; columns: STAT_FIELDS).
-
-  Call it inside `jax.jit` on the global batch: with sharded inputs XLA does the cross-device
-  (and cross-host) reductions and returns the same replicated array on every process.
-  """
-  p, t, valid = _va_arrays(
-      jnp.asarray(pred, jnp.float32), jnp.asarray(target, jnp.float32), mask, jnp
-  )
-  w = valid.astype(jnp.float32)
-  n = jnp.sum(w, axis=0)
-  safe = jnp.maximum(n, 1.0)
-  mp, mt = jnp.sum(w * p, 0) / safe, jnp.sum(w * t, 0) / safe
-  # Two-pass (centred) moments: exact enough in float32 even for near-constant predictions.
-  dp, dt = w * (p - mp), w * (t - mt)
-  agree = jnp.sum(w * (jnp.sign(p) == jnp.sign(t)), 0) + 0.0 * jnp.sum(w * p * t, 0)
-  cols = [n, mp, mt, jnp.sum(dp * dp, 0), jnp.sum(dt * dt, 0), jnp.sum(dp * dt, 0), agree]
-  return jnp.stack(cols, axis=-1)
-
-
-def empty_va_stats() -> np.ndarray:
-  """The statistics of no data: the start value for `merge_va_stats`."""
-  return np.zeros((2, len(STAT_FIELDS)), np.float64)
-
-
-def merge_va_stats(a, b) -> np.ndarray:
-  """Statistics of the union of two disjoint sets of frames, in float64 (Chan et al. 1979)."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  na, nb = a[:, _N], b[:, _N]
-  n = na + nb
-  frac_b = np.where(n > 0, nb / np.where(n > 0, n, 1.0), 0.0)
-  dp, dt = b[:, _MP] - a[:, _MP], b[:, _MT] - a[:, _MT]
-  cross = na * frac_b  # = na * nb / n
-  out = np.empty_like(a)
-  out[:, _N] = n
-  out[:, _MP] = a[:, _MP] + dp * frac_b
-  out[:, _MT] = a[:, _MT] + dt * frac_b
-  out[:, _M2P] = a[:, _M2P] + b[:, _M2P] + dp * dp * cross
-  out[:, _M2T] = a[:, _M2T] + b[:, _M2T] + dt * dt * cross
-  out[:, _C] = a[:, _C] + b[:, _C] + dp * dt * cross
-  out[:, _AGREE] = a[:, _AGREE] + b[:, _AGREE]
   return out
 
 

@@ -26,7 +26,7 @@ SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 MARGIN = 0.2  # crop_face margin around the Haar box (brows to chin) so the whole face is in
 
-# EmotionMaxVote codes (OMGEmotionChallenge README, /work/shared/datasets.md section 5).
+# EmotionMaxVote codes 0-6 (README of github.com/knowledgetechnologyuhh/OMGEmotionChallenge).
 EMOTION_NAMES = ['anger', 'disgust', 'fear', 'happy', 'neutral', 'sad', 'surprise']
 SPLIT_CSVS = {
     'train': ['omg_TrainVideos.csv'],

@@ -1,4 +1,5 @@
-"""Audio front end (log-mel in jnp) and a small per-video-frame audio encoder.
+"""Audio front end (log-mel in jnp) and a small per-video-frame audio encoder (the audio branch
+of models/fusion.py).
 
 Alignment with video: the input is `audio` (B, T, S), the waveform cut into the S = sample_rate /
 fps samples that belong to each of the T video frames. The front end treats it as one contiguous
@@ -96,19 +97,19 @@ def log_mel(
   if audio_BxTxS.ndim != 3:
     raise ValueError(f'log_mel expects audio (B, T, S), got shape {audio_BxTxS.shape}')
   b, t, s = audio_BxTxS.shape
-  x_BxL = jnp.reshape(audio_BxTxS.astype(jnp.float32), (b, t * s))
+  x_BxTS = jnp.reshape(audio_BxTxS.astype(jnp.float32), (b, t * s))
   half = n_fft // 2
-  x_BxL = jnp.pad(x_BxL, ((0, 0), (half, n_fft - half)))
+  x_BxTS = jnp.pad(x_BxTS, ((0, 0), (half, n_fft - half)))
   # Frame (t, f) starts at its centre in padded coordinates (centre + half - half).
-  idx_TxFxW = frame_centres(t, s, frames_per_video_frame)[..., None] + np.arange(n_fft)
-  frames_BxTxFxW = x_BxL[:, idx_TxFxW]
+  idx_TxFxJ = frame_centres(t, s, frames_per_video_frame)[..., None] + np.arange(n_fft)
+  frames_BxTxFxJ = x_BxTS[:, idx_TxFxJ]
   # Periodic Hann (scipy.signal.get_window('hann', n)): the STFT-standard window.
   window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)
-  spec = jnp.fft.rfft(frames_BxTxFxW * jnp.asarray(window, jnp.float32), axis=-1)
-  power_BxTxFxK = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
-  fb_KxM = jnp.asarray(mel_filterbank(sample_rate, n_fft, n_mels, fmin=fmin, fmax=fmax,
+  spec = jnp.fft.rfft(frames_BxTxFxJ * jnp.asarray(window, jnp.float32), axis=-1)
+  power_BxTxFxU = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
+  fb_UxM = jnp.asarray(mel_filterbank(sample_rate, n_fft, n_mels, fmin=fmin, fmax=fmax,
                                       scale=mel_scale, norm=mel_norm))
-  mel = jnp.einsum('btfk,km->btfm', power_BxTxFxK, fb_KxM,
+  mel = jnp.einsum('btfk,km->btfm', power_BxTxFxU, fb_UxM,
                    precision=jax.lax.Precision.HIGHEST)
   return jnp.log(jnp.maximum(mel, log_floor))
 
@@ -181,17 +182,3 @@ class AudioEncoder(nnx.Module):
       x_BxTxD = x_BxTxD + jax.nn.gelu(y)
     return self.out_norm(x_BxTxD)
 
-
-class Model(nnx.Module):
-  """Audio-only VA baseline: `{'audio': (B,T,S)} -> {'va': (B,T,2), 'features': (B,T,D)}`."""
-
-  def __init__(self, *, rngs: nnx.Rngs, **encoder_kwargs):
-    self.encoder = AudioEncoder(rngs=rngs, **encoder_kwargs)
-    self.head = nnx.Linear(self.encoder.width, 2, kernel_init=nnx.initializers.zeros_init(),
-                           rngs=rngs)
-
-  def __call__(self, batch: dict) -> dict:
-    if 'audio' not in batch:
-      raise KeyError(f"audio.Model needs batch['audio'] (B, T, S); got keys {sorted(batch)}")
-    features_BxTxD = self.encoder(batch['audio']).astype(jnp.float32)
-    return {'va': jnp.tanh(self.head(features_BxTxD)), 'features': features_BxTxD}

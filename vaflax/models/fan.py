@@ -26,11 +26,11 @@ from __future__ import annotations
 import einops
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 # The one iBUG-68 mirror permutation of the project (also used by the flip_lr op); re-exported.
 from vaflax.faces import IBUG68_FLIP, flip_landmarks  # noqa: F401
+from vaflax.models import heads
 
 # Outer eye corners of the iBUG-68 markup: the inter-ocular normaliser of the 300-W NME.
 LEFT_EYE_OUTER, RIGHT_EYE_OUTER = 36, 45
@@ -41,7 +41,6 @@ _he = jax.nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 _lecun = jax.nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
 _conv_init = nnx.with_partitioning(_he, (None, None, 'conv_in', 'conv_out'))
 _conv1x1_init = nnx.with_partitioning(_lecun, (None, None, 'conv_in', 'conv_out'))
-_dense_init = nnx.with_partitioning(_lecun, ('embed', 'mlp'))
 
 
 # --- Landmark utilities -------------------------------------------------------------------------
@@ -76,23 +75,23 @@ def heatmaps_to_landmarks(heatmaps_BxhxwxL, *, refine: bool = True, radius: int 
   soft-argmax that recovers sub-pixel positions that the plain argmax rounds off)."""
   hm = jnp.asarray(heatmaps_BxhxwxL, jnp.float32)
   h, w = hm.shape[-3], hm.shape[-2]
-  flat_BxLxN = einops.rearrange(hm, '... h w l -> ... l (h w)')
-  idx_BxL = jnp.argmax(flat_BxLxN, axis=-1)
+  flat_BxLxhw = einops.rearrange(hm, '... h w l -> ... l (h w)')
+  idx_BxL = jnp.argmax(flat_BxLxhw, axis=-1)
   iy = (idx_BxL // w).astype(jnp.float32)
   ix = (idx_BxL % w).astype(jnp.float32)
   if refine and radius > 0:
     offs = jnp.arange(-radius, radius + 1)
-    yy_BxLxKx1 = (idx_BxL // w)[..., None, None] + offs[:, None]
-    xx_BxLx1xK = (idx_BxL % w)[..., None, None] + offs[None, :]
+    yy_BxLxJx1 = (idx_BxL // w)[..., None, None] + offs[:, None]
+    xx_BxLx1xJ = (idx_BxL % w)[..., None, None] + offs[None, :]
     # A window cut by the border would pull the estimate inwards: shrink it per axis to the
     # largest one centred on the argmax that fits (on the border itself: the argmax alone).
     rad_y = jnp.minimum(idx_BxL // w, h - 1 - idx_BxL // w)[..., None, None]
     rad_x = jnp.minimum(idx_BxL % w, w - 1 - idx_BxL % w)[..., None, None]
     inside = (jnp.abs(offs)[:, None] <= rad_y) & (jnp.abs(offs)[None, :] <= rad_x)
-    yy, xx = jnp.broadcast_arrays(jnp.clip(yy_BxLxKx1, 0, h - 1), jnp.clip(xx_BxLx1xK, 0, w - 1))
+    yy, xx = jnp.broadcast_arrays(jnp.clip(yy_BxLxJx1, 0, h - 1), jnp.clip(xx_BxLx1xJ, 0, w - 1))
     k = 2 * radius + 1
     gather = (yy * w + xx).reshape(idx_BxL.shape + (k * k,))
-    vals = jnp.take_along_axis(flat_BxLxN, gather, axis=-1)
+    vals = jnp.take_along_axis(flat_BxLxhw, gather, axis=-1)
     wts = jnp.where(inside.reshape(gather.shape), jnp.maximum(vals, 0.0), 0.0)
     tot = jnp.sum(wts, axis=-1)
     ok = tot > 0  # all-nonpositive window: keep the argmax
@@ -270,7 +269,7 @@ class Model(nnx.Module):
     dt = jnp.dtype(dtype)
     self.dtype = dt
     self.detach_heatmaps = detach_heatmaps
-    self.num_emotions = num_emotions
+    self.num_landmarks = num_landmarks
     self.fan = FAN(num_stacks=num_stacks, depth=hourglass_depth, width=width,
                    num_landmarks=num_landmarks, rngs=rngs, dtype=dt)
     # EmoNet's head: stem features, attended last-stack features and heatmaps, then blocks that
@@ -279,9 +278,10 @@ class Model(nnx.Module):
     self.head_blocks = nnx.List([ConvBlock(head_width, head_width, rngs=rngs, dtype=dt)
                                  for _ in range(head_blocks)])
     self.head_bn = _bn(head_width, rngs=rngs, dtype=dt)
-    self.fc1 = nnx.Linear(head_width, head_width // 2, kernel_init=_dense_init, rngs=rngs)
-    self.fc1_bn = nnx.BatchNorm(head_width // 2, momentum=0.9, epsilon=1e-5, rngs=rngs)
-    self.fc2 = nnx.Linear(head_width // 2, 2 + num_emotions, kernel_init=_lecun, rngs=rngs)
+    # EmoNet's emo_fc_2: Linear -> BatchNorm1d -> ReLU -> Linear to VA and the emotion logits.
+    self.head = heads.VAHead(head_width, head_width // 2, num_emotions=num_emotions,
+                             hidden_norm=True, dropout=None, kernel_init=_lecun, out_init=_lecun,
+                             rngs=rngs)
 
   def __call__(self, batch):
     if 'image' not in batch:
@@ -304,17 +304,6 @@ class Model(nnx.Module):
       x = nnx.max_pool(blk(x), (2, 2), strides=(2, 2), padding='SAME')
     x = nnx.relu(self.head_bn(x))
     pooled_BxC = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    y = self.fc2(nnx.relu(self.fc1_bn(self.fc1(pooled_BxC))))
-    out = {
-        'va': jnp.tanh(y[:, :2]),
-        'heatmaps': hm_BxhxwxL.astype(jnp.float32),
-        'heatmaps_all': jnp.stack(heatmaps).astype(jnp.float32),
-        'features': pooled_BxC,
-    }
-    if self.num_emotions:
-      out['emotion_logits'] = y[:, 2:]
-    return out
+    return dict(self.head(pooled_BxC), heatmaps=hm_BxhxwxL.astype(jnp.float32),
+                heatmaps_all=jnp.stack(heatmaps).astype(jnp.float32), features=pooled_BxC)
 
-
-def count_params(model) -> int:
-  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

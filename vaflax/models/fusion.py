@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vaflax.models import audio as audio_lib
-from vaflax.models import vit
+from vaflax.models import heads, vit
 
 
 class Model(nnx.Module):
@@ -80,8 +80,8 @@ class Model(nnx.Module):
     self.temporal = vit.Transformer(width, num_layers, num_heads, mlp_dim or 4 * width,
                                     drop_path=drop_path, dtype=dtype, param_dtype=param_dtype,
                                     attention_impl=attention_impl, rngs=rngs)
-    self.head = nnx.Linear(width, 2, param_dtype=param_dtype,
-                           kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+    self.head = heads.VAHead(width, out_init=nnx.initializers.zeros_init(),
+                             param_dtype=param_dtype, rngs=rngs)
 
   def visual_features(self, frames_BxTxHxWxC):
     """Pooled ViT features per frame: (B, T, D)."""
@@ -112,8 +112,8 @@ class Model(nnx.Module):
         raise ValueError(f"fusion.Model: batch['audio'] must be (B={b}, T={t}, S), got {a.shape}")
       feats.append(self.audio(a))
     x_BxTxC = jnp.concatenate(feats, axis=-1)  # promotes to the widest dtype
-    x_BxTxW = self.proj(x_BxTxC)
-    x_BxTxW = x_BxTxW + self.temporal_pos_embed[:, :t].astype(x_BxTxW.dtype)
-    h_BxTxW = self.temporal(x_BxTxW).astype(jnp.float32)
-    return {'va': jnp.tanh(self.head(h_BxTxW)), 'features': h_BxTxW}
+    x_BxTxD = self.proj(x_BxTxC)
+    x_BxTxD = x_BxTxD + self.temporal_pos_embed[:, :t].astype(x_BxTxD.dtype)
+    h_BxTxD = self.temporal(x_BxTxD).astype(jnp.float32)
+    return dict(self.head(h_BxTxD), features=h_BxTxD)
 

@@ -32,7 +32,7 @@ NORM_PIX_EPS = 1e-6  # He et al. 2022 (official code): var + 1e-6 in the per-pat
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
-  """Number of visible patches: round(N * (1 - mask_ratio)), at least 1."""
+  """Number of visible patches: round(P * (1 - mask_ratio)), at least 1."""
   if not 0.0 <= mask_ratio < 1.0:
     raise ValueError(f'mask_ratio must be in [0, 1), got {mask_ratio}')
   return max(1, int(round(num_patches * (1.0 - mask_ratio))))
@@ -42,39 +42,39 @@ def random_masking(rng, batch_size: int, num_patches: int, mask_ratio: float):
   """Per-example random permutation masking.
 
   Returns
-    ids_keep_BxK: indices of the K visible patches (in the order of the permutation),
-    mask_BxN: 1 = masked, 0 = visible, in the original patch order,
-    ids_restore_BxN: inverse permutation: position of patch n in [kept..., masked...].
+    ids_keep_BxV: indices of the V visible patches (in the order of the permutation),
+    mask_BxP: 1 = masked, 0 = visible, in the original patch order,
+    ids_restore_BxP: inverse permutation: position of patch i in [kept..., masked...].
   """
   k = num_kept(num_patches, mask_ratio)
-  noise_BxN = jax.random.uniform(rng, (batch_size, num_patches))
-  ids_shuffle_BxN = jnp.argsort(noise_BxN, axis=1)
-  ids_restore_BxN = jnp.argsort(ids_shuffle_BxN, axis=1)
-  ids_keep_BxK = ids_shuffle_BxN[:, :k]
-  mask_BxN = (ids_restore_BxN >= k).astype(jnp.float32)
-  return ids_keep_BxK, mask_BxN, ids_restore_BxN
+  noise_BxP = jax.random.uniform(rng, (batch_size, num_patches))
+  ids_shuffle_BxP = jnp.argsort(noise_BxP, axis=1)
+  ids_restore_BxP = jnp.argsort(ids_shuffle_BxP, axis=1)
+  ids_keep_BxV = ids_shuffle_BxP[:, :k]
+  mask_BxP = (ids_restore_BxP >= k).astype(jnp.float32)
+  return ids_keep_BxV, mask_BxP, ids_restore_BxP
 
 
-def normalise_patches(target_BxNxP, eps: float = NORM_PIX_EPS):
+def normalise_patches(target_BxPxY, eps: float = NORM_PIX_EPS):
   """Per-patch mean/variance normalisation of the pixel targets; returns (norm, mean, std)."""
-  mean = jnp.mean(target_BxNxP, axis=-1, keepdims=True)
-  var = jnp.var(target_BxNxP, axis=-1, keepdims=True)
+  mean = jnp.mean(target_BxPxY, axis=-1, keepdims=True)
+  var = jnp.var(target_BxPxY, axis=-1, keepdims=True)
   std = jnp.sqrt(var + eps)
-  return (target_BxNxP - mean) / std, mean, std
+  return (target_BxPxY - mean) / std, mean, std
 
 
-def mae_loss(pred_BxNxP, target_BxNxP, mask_BxN):
+def mae_loss(pred_BxPxY, target_BxPxY, mask_BxP):
   """Mean over masked patches of the per-patch pixel MSE; also returns the per-example loss."""
-  per_patch_BxN = jnp.mean((pred_BxNxP.astype(jnp.float32) - target_BxNxP) ** 2, axis=-1)
-  loss = jnp.sum(per_patch_BxN * mask_BxN) / jnp.maximum(jnp.sum(mask_BxN), 1.0)
-  per_example_B = jnp.sum(per_patch_BxN * mask_BxN, axis=1) / jnp.maximum(
-      jnp.sum(mask_BxN, axis=1), 1.0)
+  per_patch_BxP = jnp.mean((pred_BxPxY.astype(jnp.float32) - target_BxPxY) ** 2, axis=-1)
+  loss = jnp.sum(per_patch_BxP * mask_BxP) / jnp.maximum(jnp.sum(mask_BxP), 1.0)
+  per_example_B = jnp.sum(per_patch_BxP * mask_BxP, axis=1) / jnp.maximum(
+      jnp.sum(mask_BxP, axis=1), 1.0)
   return loss, per_example_B
 
 
 class Model(nnx.Module):
   """MAE. `__call__({'image': (B,H,W,3), 'mask_rng': key}) -> {'loss', 'loss_per_example',
-  'pred_patches' (B,N,p*p*3), 'mask' (B,N), 'reconstruction' (B,H,W,3)}`."""
+  'pred_patches' (B,P,p*p*3), 'mask' (B,P), 'reconstruction' (B,H,W,3)}`."""
 
   def __init__(
       self,
@@ -125,29 +125,29 @@ class Model(nnx.Module):
         rngs=rngs)
 
   def forward(self, images_BxHxWxC, rng):
-    """Returns (pred_patches_BxNxP, mask_BxN) for the given masking key."""
+    """Returns (pred_patches_BxPxY, mask_BxP) for the given masking key."""
     enc = self.encoder
-    x_BxNxD = enc.embed(images_BxHxWxC)
-    b, n, d = x_BxNxD.shape
-    ids_keep_BxK, mask_BxN, ids_restore_BxN = random_masking(rng, b, n, self.mask_ratio)
-    x_BxKxD = jnp.take_along_axis(x_BxNxD, ids_keep_BxK[..., None], axis=1)
-    h_Bx1pKxD = enc.encode_tokens(x_BxKxD)  # CLS (if any) + visible tokens
+    x_BxPxD = enc.embed(images_BxHxWxC)
+    b, n, d = x_BxPxD.shape
+    ids_keep_BxV, mask_BxP, ids_restore_BxP = random_masking(rng, b, n, self.mask_ratio)
+    x_BxVxD = jnp.take_along_axis(x_BxPxD, ids_keep_BxV[..., None], axis=1)
+    h_Bx1pVxD = enc.encode_tokens(x_BxVxD)  # CLS (if any) + visible tokens
     prefix = enc.num_prefix
 
-    y_Bx1pKxE = self.decoder_embed(h_Bx1pKxD)
-    y_prefix, y_BxKxE = y_Bx1pKxE[:, :prefix], y_Bx1pKxE[:, prefix:]
-    k = y_BxKxE.shape[1]
-    mask_tokens = jnp.broadcast_to(self.mask_token[...].astype(y_BxKxE.dtype),
+    y_Bx1pVxG = self.decoder_embed(h_Bx1pVxD)
+    y_prefix, y_BxVxG = y_Bx1pVxG[:, :prefix], y_Bx1pVxG[:, prefix:]
+    k = y_BxVxG.shape[1]
+    mask_tokens = jnp.broadcast_to(self.mask_token[...].astype(y_BxVxG.dtype),
                                    (b, n - k, self.decoder_width))
     # [kept..., masked...] back to the original patch order.
-    y_BxNxE = jnp.take_along_axis(jnp.concatenate([y_BxKxE, mask_tokens], axis=1),
-                                  ids_restore_BxN[..., None], axis=1)
-    pe_NxE = jnp.asarray(vit.sincos_2d_posemb(*enc.grid_hw, self.decoder_width))
-    y_BxNxE = y_BxNxE + pe_NxE[None].astype(y_BxNxE.dtype)
+    y_BxPxG = jnp.take_along_axis(jnp.concatenate([y_BxVxG, mask_tokens], axis=1),
+                                  ids_restore_BxP[..., None], axis=1)
+    pe_PxG = jnp.asarray(vit.sincos_2d_posemb(*enc.grid_hw, self.decoder_width))
+    y_BxPxG = y_BxPxG + pe_PxG[None].astype(y_BxPxG.dtype)
     # The CLS token's decoder position embedding is zero, as in MAE.
-    y = self.decoder(jnp.concatenate([y_prefix, y_BxNxE], axis=1))
-    pred_BxNxP = self.decoder_pred(y[:, prefix:]).astype(jnp.float32)
-    return pred_BxNxP, mask_BxN
+    y = self.decoder(jnp.concatenate([y_prefix, y_BxPxG], axis=1))
+    pred_BxPxY = self.decoder_pred(y[:, prefix:]).astype(jnp.float32)
+    return pred_BxPxY, mask_BxP
 
   def __call__(self, batch: dict) -> dict:
     for key in ('image', 'mask_rng'):
@@ -155,35 +155,35 @@ class Model(nnx.Module):
         raise KeyError(f"mae.Model needs batch[{key!r}] (mask_rng: a PRNG key, supplied by "
                        f"trainers/mae.py); got keys {sorted(batch)}")
     images = batch['image']
-    pred_BxNxP, mask_BxN = self.forward(images, batch['mask_rng'])
-    target_BxNxP = patchify(images.astype(jnp.float32), self.patch_size)
+    pred_BxPxY, mask_BxP = self.forward(images, batch['mask_rng'])
+    target_BxPxY = patchify(images.astype(jnp.float32), self.patch_size)
     if self.norm_pix_loss:
-      target_norm, mean, std = normalise_patches(target_BxNxP)
-      loss, per_example = mae_loss(pred_BxNxP, target_norm, mask_BxN)
+      target_norm, mean, std = normalise_patches(target_BxPxY)
+      loss, per_example = mae_loss(pred_BxPxY, target_norm, mask_BxP)
       # For display only: predicted patches mapped back with the TRUE patch mean/std (the
       # prediction carries the within-patch structure; this is how norm_pix MAE is visualised).
-      pred_pixels = pred_BxNxP * std + mean
+      pred_pixels = pred_BxPxY * std + mean
     else:
-      loss, per_example = mae_loss(pred_BxNxP, target_BxNxP, mask_BxN)
-      pred_pixels = pred_BxNxP
-    m = mask_BxN[..., None]
-    recon_patches = target_BxNxP * (1.0 - m) + pred_pixels * m
+      loss, per_example = mae_loss(pred_BxPxY, target_BxPxY, mask_BxP)
+      pred_pixels = pred_BxPxY
+    m = mask_BxP[..., None]
+    recon_patches = target_BxPxY * (1.0 - m) + pred_pixels * m
     reconstruction = unpatchify(recon_patches, self.patch_size, self.encoder.grid_hw)
     return {
         'loss': loss,
         'loss_per_example': per_example,
-        'pred_patches': pred_BxNxP,
-        'mask': mask_BxN,
+        'pred_patches': pred_BxPxY,
+        'mask': mask_BxP,
         'reconstruction': jnp.clip(reconstruction, -1.0, 1.0),
     }
 
 
-def masked_images(images_BxHxWxC, mask_BxN, patch_size: int, fill: float = 0.0):
+def masked_images(images_BxHxWxC, mask_BxP, patch_size: int, fill: float = 0.0):
   """Images with masked patches replaced by `fill` (0 = mid grey in [-1, 1])."""
   images = np.asarray(images_BxHxWxC, np.float32)
   b, h, w, c = images.shape
   gh, gw = h // patch_size, w // patch_size
-  m = np.asarray(mask_BxN, np.float32).reshape(b, gh, 1, gw, 1, 1)
+  m = np.asarray(mask_BxP, np.float32).reshape(b, gh, 1, gw, 1, 1)
   tiles = images.reshape(b, gh, patch_size, gw, patch_size, c)
   return (tiles * (1.0 - m) + fill * m).reshape(b, h, w, c)
 

@@ -180,10 +180,11 @@ class Model(nnx.Module):
                              quadrant_head=quadrant_head, dropout=dropout, rngs=rngs)
 
   def features(self, batch):
+    """Global-average-pooled backbone features (B, D): the input of torchvision's `fc`."""
     return self.backbone(batch['image'])
 
   def __call__(self, batch):
-    feats_BxD = self.backbone(batch['image'])
+    feats_BxD = self.features(batch)
     out = self.head(feats_BxD)
     out['features'] = feats_BxD
     return out

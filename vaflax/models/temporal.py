@@ -20,28 +20,17 @@ from einops import rearrange
 from flax import nnx
 
 from vaflax import losses
-from vaflax.models import resnet
-
-_dense_init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ('embed', 'mlp'))
-
-
-class FrameEmbedding(nnx.Module):
-  """The hidden layer of `heads.VAHead` (same parameter path), without its output layer."""
-
-  def __init__(self, in_features: int, hidden: int, *, dropout: float, rngs: nnx.Rngs):
-    self.hidden = nnx.Linear(in_features, hidden, kernel_init=_dense_init, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs)
-
-  def __call__(self, feats_xD):
-    return self.dropout(nnx.relu(self.hidden(feats_xD.astype(jnp.float32))))
+from vaflax.models import heads, resnet
 
 
 class BiGRU(nnx.Module):
-  """Bidirectional GRU over (B, T, D) -> (B, T, 2H) (forward and backward states concatenated).
+  """Bidirectional GRU over (B, T, D) -> (B, T, 2R) (forward and backward states concatenated).
 
   The carries start at zero and the RNNs hold no rng stream (`rngs=False`): an NNX RNN that
   draws its initial carry from an rng stream cannot run inside a plain `jax.jit` over
-  `nnx.merge` (shard-probe section 5), and a zero start is what PyTorch's nn.GRU does.
+  `nnx.merge` (flax raises TraceContextError: cannot mutate RngCount from a different trace
+  level; tests/temporal_test.py runs that loop pattern), and a zero start is what PyTorch's
+  nn.GRU does.
   """
 
   def __init__(self, in_features: int, hidden: int, *, rngs: nnx.Rngs):
@@ -52,8 +41,8 @@ class BiGRU(nnx.Module):
         rngs=False)
 
   def __call__(self, x_BxTxD, lengths_B=None):
-    h0_BxH = jnp.zeros((x_BxTxD.shape[0], self.hidden), jnp.float32)
-    return self.rnn(x_BxTxD.astype(jnp.float32), initial_carry=(h0_BxH, h0_BxH),
+    h0_BxR = jnp.zeros((x_BxTxD.shape[0], self.hidden), jnp.float32)
+    return self.rnn(x_BxTxD.astype(jnp.float32), initial_carry=(h0_BxR, h0_BxR),
                     seq_lengths=lengths_B)
 
 
@@ -75,30 +64,24 @@ class Model(nnx.Module):
     self.num_bins = num_bins
     self.backbone = resnet.ResNet(depth, width=width, dtype=jnp.dtype(dtype),
                                   zero_init_residual=zero_init_residual, remat=remat, rngs=rngs)
-    self.head = FrameEmbedding(self.backbone.num_features, head_hidden, dropout=dropout, rngs=rngs)
+    # The CNN's head without its readout: the frame embedding (parameter path head/hidden).
+    self.head = heads.VAHead(self.backbone.num_features, head_hidden, readout=False,
+                             dropout=dropout, rngs=rngs)
     self.gru = BiGRU(head_hidden, gru_hidden, rngs=rngs)
-    self.out = nnx.Linear(2 * gru_hidden, 2 * num_bins if num_bins else 2, rngs=rngs)
+    self.out = heads.VAHead(2 * gru_hidden, num_bins=num_bins, rngs=rngs)
 
   def embed_frames(self, frames_BxTxHxWx3):
     B = frames_BxTxHxWx3.shape[0]
-    x_NxHxWx3 = rearrange(frames_BxTxHxWx3, 'b t h w c -> (b t) h w c')
-    e_NxE = self.head(self.backbone(x_NxHxWx3))
-    return rearrange(e_NxE, '(b t) e -> b t e', b=B)
+    x_BTxHxWx3 = rearrange(frames_BxTxHxWx3, 'b t h w c -> (b t) h w c')
+    e_BTxD = self.head.embed(self.backbone(x_BTxHxWx3))
+    return rearrange(e_BTxD, '(b t) e -> b t e', b=B)
 
   def __call__(self, batch):
     frames = batch['frames']
     if frames.ndim != 5:
       raise ValueError(f"temporal model needs batch['frames'] (B, T, H, W, 3), got {frames.shape}:"
                        ' set config.input.window = T > 0')
-    e_BxTxE = self.embed_frames(frames)
+    e_BxTxD = self.embed_frames(frames)
     lengths_B = window_lengths(batch['frame_mask']) if 'frame_mask' in batch else None
-    h_BxTx2H = nnx.relu(self.gru(e_BxTxE, lengths_B))
-    y = self.out(h_BxTx2H)
-    out = {'features': e_BxTxE}
-    if self.num_bins:
-      logits_BxTx2xK = y.reshape(y.shape[:-1] + (2, self.num_bins))
-      out['va_logits'] = logits_BxTx2xK
-      out['va'] = losses.binned_expectation(logits_BxTx2xK)
-    else:
-      out['va'] = jnp.tanh(y)
-    return out
+    h_BxTx2R = nnx.relu(self.gru(e_BxTxD, lengths_B))
+    return dict(self.out(h_BxTx2R), features=e_BxTxD)

@@ -8,32 +8,22 @@ Variants are named like big_vision: 'B/16' = ViT-Base with 16x16 patches. 'mu/8'
 model for CPU tests and runlocal. Any of width/depth/num_heads/mlp_dim/patch_size can be
 overridden by keyword.
 
-Layer-wise learning-rate decay (BEiT, Bao et al. 2022; used by MAE fine-tuning, He et al. 2022):
-parameter of layer id l gets lr * decay ** (depth + 1 - l), where patch/position embeddings and
-the CLS token are layer 0, block i is layer i + 1 and everything after the last block (final
-norm, head) is layer depth + 1. Use it by chaining after the base optimizer, whose updates are
-linear in the learning rate (adamw's decoupled weight decay included):
-
-  tx = optax.chain(optax.adamw(lr_schedule, weight_decay=0.05),
-                   vit.scale_by_layerwise_lr_decay(0.65))
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-`layerwise_lr_decay_multipliers(state, decay)` gives the same factors as a pytree, for logging
-or for building an `optax.multi_transform`.
+Layer-wise learning-rate decay for fine-tuning (BEiT, Bao et al. 2022; MAE, He et al. 2022) is
+`config.optimizer.layer_decay` (vaflax/optim.py), keyed on the `blocks/<i>` parameter paths here.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx, traverse_util
+from flax import nnx
+
+from vaflax.models import heads
 
 # name -> (width, depth, num_heads, mlp_dim); Dosovitskiy et al. 2021 Table 1, Ti/S from
 # Touvron et al. 2021 (DeiT); 'mu' is a tiny model for tests and runlocal.
@@ -102,15 +92,6 @@ def sincos_2d_posemb(grid_h: int, grid_w: int, width: int, temperature: float = 
   return emb.astype(np.float32)
 
 
-def sincos_1d_posemb(length: int, width: int, temperature: float = 10_000.0):
-  """Fixed 1-D sin-cos embedding (Vaswani et al. 2017): (length, width)."""
-  if width % 2:
-    raise ValueError(f'sincos1d position embedding needs an even width, got {width}')
-  omega = 1.0 / temperature ** (np.arange(width // 2, dtype=np.float64) / (width // 2))
-  ang = np.arange(length, dtype=np.float64)[:, None] * omega[None]
-  return np.concatenate([np.sin(ang), np.cos(ang)], axis=1).astype(np.float32)
-
-
 def as_dtype(dtype):
   """None stays None (= infer from inputs); strings from configs ('bfloat16') become dtypes."""
   return None if dtype is None else jnp.dtype(dtype)
@@ -136,7 +117,7 @@ def layer_norm(width: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNo
 
 
 class Attention(nnx.Module):
-  """Multi-head self-attention through `jax.nn.dot_product_attention` (inputs (B, T, N, H))."""
+  """Multi-head self-attention through `jax.nn.dot_product_attention` (inputs (B, T, N, Z))."""
 
   def __init__(self, width: int, num_heads: int, *, dtype=None, param_dtype=jnp.float32,
                attention_impl: str | None = None, rngs: nnx.Rngs):
@@ -155,15 +136,15 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BxTxD, mask_BxT=None):
     split = lambda y: einops.rearrange(y, 'b t (n h) -> b t n h', n=self.num_heads)
-    q_BxTxNxH = split(self.query(x_BxTxD))
-    k_BxTxNxH = split(self.key(x_BxTxD))
-    v_BxTxNxH = split(self.value(x_BxTxD))
+    q_BxTxNxZ = split(self.query(x_BxTxD))
+    k_BxTxNxZ = split(self.key(x_BxTxD))
+    v_BxTxNxZ = split(self.value(x_BxTxD))
     # Key padding mask (1 = attend), broadcast over heads and queries: (B, 1, 1, T).
     mask = None if mask_BxT is None else mask_BxT[:, None, None, :].astype(bool)
-    y_BxTxNxH = jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, mask=mask, implementation=self.attention_impl
+    y_BxTxNxZ = jax.nn.dot_product_attention(
+        q_BxTxNxZ, k_BxTxNxZ, v_BxTxNxZ, mask=mask, implementation=self.attention_impl
     )
-    return self.out(einops.rearrange(y_BxTxNxH, 'b t n h -> b t (n h)'))
+    return self.out(einops.rearrange(y_BxTxNxZ, 'b t n h -> b t (n h)'))
 
 
 class Mlp(nnx.Module):
@@ -233,7 +214,7 @@ class Transformer(nnx.Module):
 
 
 def patchify(images_BxHxWxC, p: int):
-  """(B, H, W, C) -> (B, N, p*p*C), patches in row-major order, pixels (py, px, c) inside."""
+  """(B, H, W, C) -> (B, P, p*p*C), patches in row-major order, pixels (py, px, c) inside."""
   _, h, w, _ = images_BxHxWxC.shape
   if h % p or w % p:
     raise ValueError(f'patchify: image size {h}x{w} is not divisible by patch size {p}')
@@ -241,9 +222,9 @@ def patchify(images_BxHxWxC, p: int):
                           py=p, px=p)
 
 
-def unpatchify(patches_BxNxP, p: int, grid_hw: tuple[int, int] | None = None):
+def unpatchify(patches_BxPxY, p: int, grid_hw: tuple[int, int] | None = None):
   """Inverse of `patchify`; a square grid unless `grid_hw` is given."""
-  _, n, d = patches_BxNxP.shape
+  _, n, d = patches_BxPxY.shape
   if grid_hw is None:
     g = int(round(n ** 0.5))
     if g * g != n:
@@ -251,7 +232,7 @@ def unpatchify(patches_BxNxP, p: int, grid_hw: tuple[int, int] | None = None):
     grid_hw = (g, g)
   if grid_hw[0] * grid_hw[1] != n or d % (p * p):
     raise ValueError(f'unpatchify: {n} patches of size {d} do not fit grid {grid_hw}, p={p}')
-  return einops.rearrange(patches_BxNxP, 'b (gh gw) (py px c) -> b (gh py) (gw px) c',
+  return einops.rearrange(patches_BxPxY, 'b (gh gw) (py px c) -> b (gh py) (gw px) c',
                           gh=grid_hw[0], gw=grid_hw[1], py=p, px=p)
 
 
@@ -334,7 +315,7 @@ class Encoder(nnx.Module):
     return self.transformer.blocks
 
   def _posemb(self):
-    """(prefix posemb (1, P, D) or None, patch posemb (1, N, D))."""
+    """(CLS posemb (1, 1, D) or None, patch posemb (1, P, D))."""
     if self.posemb_type == 'learn':
       pe = self.pos_embed[...]
       return (pe[:, :self.num_prefix] if self.num_prefix else None), pe[:, self.num_prefix:]
@@ -343,27 +324,27 @@ class Encoder(nnx.Module):
     return None, pe
 
   def embed(self, images_BxHxWxC):
-    """Patch tokens with position embedding, no CLS: (B, N, D)."""
+    """Patch tokens with position embedding, no CLS: (B, P, D)."""
     if images_BxHxWxC.ndim != 4 or images_BxHxWxC.shape[1:] != (*self.image_hw, self.channels):
       raise ValueError(
           f'ViT expects images of shape (B, {self.image_hw[0]}, {self.image_hw[1]}, '
           f'{self.channels}), got {images_BxHxWxC.shape}'
       )
-    x_BxNxD = self.patch_embed(patchify(images_BxHxWxC, self.patch_size))
+    x_BxPxD = self.patch_embed(patchify(images_BxHxWxC, self.patch_size))
     _, pe_patch = self._posemb()
-    return x_BxNxD + pe_patch.astype(x_BxNxD.dtype)
+    return x_BxPxD + pe_patch.astype(x_BxPxD.dtype)
 
-  def encode_tokens(self, x_BxNxD):
-    """Prepends CLS (+ its posemb), runs the blocks and the final norm: (B, P + N, D)."""
+  def encode_tokens(self, x_BxPxD):
+    """Prepends CLS (+ its posemb), runs the blocks and the final norm: (B, T, D)."""
     if self.use_cls_token:
       pe_prefix, _ = self._posemb()
       cls_1x1xD = self.cls_token[...]
       if pe_prefix is not None:
         cls_1x1xD = cls_1x1xD + pe_prefix
-      cls_Bx1xD = jnp.broadcast_to(cls_1x1xD.astype(x_BxNxD.dtype),
-                                   (x_BxNxD.shape[0], 1, self.width))
-      x_BxNxD = jnp.concatenate([cls_Bx1xD, x_BxNxD], axis=1)
-    return self.transformer(x_BxNxD)
+      cls_Bx1xD = jnp.broadcast_to(cls_1x1xD.astype(x_BxPxD.dtype),
+                                   (x_BxPxD.shape[0], 1, self.width))
+      x_BxPxD = jnp.concatenate([cls_Bx1xD, x_BxPxD], axis=1)
+    return self.transformer(x_BxPxD)
 
   def pool(self, tokens_BxTxD):
     if self.pool_type == 'cls':
@@ -384,136 +365,19 @@ class Model(nnx.Module):
 
   def __init__(self, *, head_zero_init: bool = True, rngs: nnx.Rngs, **encoder_kwargs):
     self.encoder = Encoder(rngs=rngs, **encoder_kwargs)
-    d = self.encoder.width
     # Zero-initialised head (big_vision default): predictions start at 0, the VA mean prior.
     kinit = nnx.initializers.zeros_init() if head_zero_init else nnx.initializers.xavier_uniform()
-    param_dtype = as_dtype(encoder_kwargs.get('param_dtype', 'float32'))
-    self.head = nnx.Linear(d, 2, param_dtype=param_dtype,
-                           kernel_init=nnx.with_partitioning(kinit, ('embed', None)),
-                           bias_init=_zeros((None,)), rngs=rngs)
+    self.head = heads.VAHead(self.encoder.width, out_init=kinit, rngs=rngs,
+                             param_dtype=as_dtype(encoder_kwargs.get('param_dtype', 'float32')))
 
-  def __call__(self, batch: dict) -> dict:
+  def features(self, batch: dict):
+    """The pooled encoder output (B, D) that the head reads, after the final LayerNorm and with
+    no patch masked: the CLS token with pool_type='cls', the mean patch token with 'gap'."""
     if 'image' not in batch:
       raise KeyError(f"vit.Model needs batch['image'] (B, H, W, 3); got keys {sorted(batch)}")
     _, features_BxD = self.encoder(batch['image'])
-    features_BxD = features_BxD.astype(jnp.float32)
-    va_Bx2 = jnp.tanh(self.head(features_BxD))
-    return {'va': va_Bx2, 'features': features_BxD}
+    return features_BxD.astype(jnp.float32)
 
-
-# --- Transfer of encoder weights --------------------------------------------------------------
-
-
-def _encoder_params(src) -> dict:
-  """Pure nested dict of the encoder's parameters from a module (vit.Model, mae.Model, Encoder)
-  or from a state (nnx.State or pure dict, e.g. restored from a checkpoint) of one."""
-  if isinstance(src, nnx.Module):
-    enc = src if isinstance(src, Encoder) else getattr(src, 'encoder', None)
-    if not isinstance(enc, Encoder):
-      raise ValueError(f'{type(src).__name__} has no ViT `encoder` attribute to copy from')
-    return nnx.to_pure_dict(nnx.state(enc, nnx.Param))
-  if isinstance(src, nnx.State):
-    src = nnx.to_pure_dict(src)
-  if not isinstance(src, dict):
-    raise ValueError(f'copy_encoder: cannot read encoder weights from a {type(src).__name__}')
-  if 'encoder' in src:
-    return src['encoder']
-  if 'transformer' in src and 'patch_embed' in src:
-    return src
-  raise ValueError(f'state with keys {sorted(src)} holds no ViT encoder (no "encoder" key)')
-
-
-def copy_encoder(src, dst: Encoder) -> None:
-  """Copies the ViT encoder parameters of `src` (a model with `.encoder`, an Encoder, or an
-  nnx.State / pure dict of either) into the Encoder `dst`, in place. Shapes must match exactly;
-  extra source entries (e.g. rng state) are ignored."""
-  src_flat = traverse_util.flatten_dict(_encoder_params(src))
-  dst_params = nnx.state(dst, nnx.Param)
-  dst_flat = traverse_util.flatten_dict(nnx.to_pure_dict(dst_params))
-  problems = []
-  for k, v in dst_flat.items():
-    name = '/'.join(map(str, k))
-    if k not in src_flat:
-      problems.append(f'missing {name}')
-    elif jnp.shape(src_flat[k]) != jnp.shape(v):
-      problems.append(f'{name}: {jnp.shape(src_flat[k])} vs {jnp.shape(v)}')
-  if problems:
-    raise ValueError('copy_encoder: source encoder does not match destination: '
-                     + '; '.join(problems[:8]))
-  # Keep the destination's dtype and device placement (it may already be sharded).
-  new = {k: jax.device_put(jnp.asarray(src_flat[k], v.dtype), v.sharding)
-         for k, v in dst_flat.items()}
-  nnx.replace_by_pure_dict(dst_params, traverse_util.unflatten_dict(new))
-  nnx.update(dst, dst_params)
-
-
-# --- Layer-wise learning-rate decay -----------------------------------------------------------
-
-_EMBED_NAMES = ('patch_embed', 'pos_embed', 'cls_token')
-
-
-def _path_names(path) -> list:
-  names = []
-  for k in path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(k, attr):
-        names.append(getattr(k, attr))
-        break
-    else:
-      names.append(k)
-  return names
-
-
-def layer_id(path, depth: int) -> int:
-  """Layer id of a parameter path: embeddings 0, block i -> i + 1, anything else depth + 1."""
-  names = _path_names(path)
-  for i, n in enumerate(names[:-1]):
-    if n == 'blocks' and isinstance(names[i + 1], int):
-      return names[i + 1] + 1
-  if any(n in _EMBED_NAMES for n in names):
-    return 0
-  return depth + 1
-
-
-def _depth_of(tree) -> int:
-  depth = 0
-  for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    names = _path_names(path)
-    for i, n in enumerate(names[:-1]):
-      if n == 'blocks' and isinstance(names[i + 1], int):
-        depth = max(depth, names[i + 1] + 1)
-  return depth
-
-
-def layerwise_lr_decay_multipliers(model_state, decay: float, depth: int | None = None):
-  """Pytree like `model_state` with lr multiplier decay ** (depth + 1 - layer_id) per leaf.
-
-  `depth` defaults to the number of blocks found in the paths (`.../blocks/<i>/...`).
-  """
-  depth = _depth_of(model_state) if depth is None else depth
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: float(decay ** (depth + 1 - layer_id(path, depth))), model_state)
-
-
-def scale_by_layerwise_lr_decay(decay: float, depth: int | None = None
-                                ) -> optax.GradientTransformation:
-  """Optax transform that multiplies each update by its layer-decay factor (see module doc)."""
-
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None):
-    del params
-    mult = layerwise_lr_decay_multipliers(updates, decay, depth)
-    updates = jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, mult)
-    return updates, state
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-def count_params(module_or_state, filter_: Callable | type = nnx.Param) -> int:
-  """Number of scalars in the `filter_` variables (works on `nnx.eval_shape` results)."""
-  state = nnx.state(module_or_state, filter_) if isinstance(module_or_state, nnx.Module) \
-      else module_or_state
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
+  def __call__(self, batch: dict) -> dict:
+    features_BxD = self.features(batch)
+    return dict(self.head(features_BxD), features=features_BxD)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vaflax import losses, tasks
+from vaflax import losses, tasks, tta
 from vaflax.models import fan
 
 
@@ -111,16 +111,10 @@ def loss_fn(model, batch, rng, config):
   return emofan_loss(model(batch), batch, coefficients_2x3, config.loss)
 
 
-def _with_flip(model, batch):
+def _outputs(model, batch, config):
+  del config
   out = model(batch)
-  out_flip = model(dict(batch, image=batch['image'][:, :, ::-1, :]))
-  return out, out_flip
-
-
-def flip_tta(model, batch):
-  """(B, 2) mean VA of the image and of its horizontal mirror (VA do not change under a mirror)."""
-  out, out_flip = _with_flip(model, batch)
-  return 0.5 * (out['va'] + out_flip['va'])
+  return {k: out[k] for k in ('va', 'heatmaps', 'emotion_logits') if k in out}
 
 
 def predict_fn(model, batch, config):
@@ -132,21 +126,14 @@ def predict_fn(model, batch, config):
   NME over the examples with landmarks times their share: exact when every example has them
   (synthetic_va; AffectNet but for malformed rows), else divide by val/landmarks_frac.
   """
+  fn = _outputs
   if config.eval.flip_tta:
-    out, out_flip = _with_flip(model, batch)
-    res = {'va': 0.5 * (out['va'] + out_flip['va'])}
-    hm = out['heatmaps']
-    if hm.shape[-1] == 68:  # the mirror permutation is defined for the iBUG-68 markup only
-      hm = 0.5 * (hm + fan.flip_heatmaps(out_flip['heatmaps']))
-    if 'emotion_logits' in out:
-      res['emotion_logits'] = 0.5 * (out['emotion_logits'] + out_flip['emotion_logits'])
-  else:
-    out = model(batch)
-    res = {'va': out['va']}
-    hm = out['heatmaps']
-    if 'emotion_logits' in out:
-      res['emotion_logits'] = out['emotion_logits']
-  res['landmarks'] = fan.heatmaps_to_landmarks(hm)
+    # The mirror permutation is defined for the iBUG-68 markup only: with another markup the
+    # heatmaps (and landmarks) are those of the image alone.
+    unmirror = {'heatmaps': fan.flip_heatmaps} if model.num_landmarks == 68 else {}
+    fn = tta.flip_tta(_outputs, unmirror)
+  res = fn(model, batch, config)
+  res['landmarks'] = fan.heatmaps_to_landmarks(res.pop('heatmaps'))
   if 'landmarks' in batch:
     lm_mask = batch.get('landmarks_mask', jnp.ones(batch['landmarks'].shape[:1], jnp.float32))
     nme_B = fan.normalised_mean_error(res['landmarks'], batch['landmarks'], lm_mask,

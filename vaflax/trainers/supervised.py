@@ -12,15 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
-from vaflax import losses, tasks
-
-
-def target_quadrant(va):
-  """Quadrant id of a VA target: 0 pleasant-activated, 1 unpleasant-activated, 2 unpleasant-calm,
-  3 pleasant-calm (ties on an axis go to pleasant / activated, as in vaflax.circumplex)."""
-  v_pos = va[..., 0] >= 0
-  a_pos = va[..., 1] >= 0
-  return jnp.where(a_pos, jnp.where(v_pos, 0, 1), jnp.where(v_pos, 3, 2)).astype(jnp.int32)
+from vaflax import circumplex, losses, tasks
 
 
 def supervised_loss(out, batch, lc):
@@ -47,7 +39,8 @@ def supervised_loss(out, batch, lc):
   if lc.quadrant_weight:
     if 'quadrant_logits' not in out:
       raise ValueError('config.loss.quadrant_weight > 0 needs a model with quadrant_head=True')
-    q = target_quadrant(va_t)
+    # A non-finite (masked) target has no quadrant (-1): any class will do, its CE is masked out.
+    q = jnp.maximum(circumplex.va_to_quadrant(jnp.asarray(va_t)), 0)
     ce = optax.softmax_cross_entropy_with_integer_labels(out['quadrant_logits'], q)
     qmask = jnp.min(mask, axis=-1)
     l_q = losses.masked_mean(ce, qmask)
