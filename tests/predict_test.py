@@ -233,3 +233,23 @@ def test_window_models_get_windows_of_one_track():
   assert quadrant is None
   # Windows: face 0 [1, 2, 3] full, face 1 [10, 20] padded, face 0 [4] padded; 2 per batch.
   assert p.batches == [(2, 3, 1, 1, 1), (1, 3, 1, 1, 1)]
+
+
+def test_face_finder_takes_any_detector_and_maps_window_results_to_the_frame():
+  # The detector interface (frame, min size -> Faces) that a CNN detector will implement.
+  calls = []
+
+  def detector(rgb, min_size):
+    calls.append(rgb.shape[:2])
+    h, w = rgb.shape[:2]  # one 50 px face at the centre of whatever it is shown
+    lm = np.array([[w / 2 - 10, h / 2], [w / 2 + 10, h / 2]], np.float32)
+    return [predict.Face((w / 2 - 25, h / 2 - 25, 50.0, 50.0), 0.9, lm)]
+
+  finder = predict.FaceFinder(min_face=40, detect_every=10, largest_only=True, detector=detector)
+  frame = np.zeros((200, 300, 3), np.uint8)
+  full = finder(frame, [])
+  assert calls == [(200, 300)] and full[0].box == (125.0, 75.0, 50.0, 50.0)
+  near = finder(frame, [(110.0, 60.0, 50.0, 50.0)])  # searched in a window around the track
+  assert calls[1] == (100, 100)
+  assert near[0].box == (110.0, 60.0, 50.0, 50.0) and near[0].score == 0.9  # window at (85, 35)
+  np.testing.assert_allclose(near[0].landmarks, [[125, 85], [145, 85]])
