@@ -87,6 +87,7 @@ def main():
 
   flags.FLAGS.mark_as_parsed()
   from vaflax import predict  # noqa: PLC0415
+  from vaflax.predict import detection  # noqa: PLC0415
 
   tmp = tempfile.mkdtemp(prefix='predict_bench_')
   video, warm = os.path.join(tmp, 'bench.mp4'), os.path.join(tmp, 'warm.mp4')
@@ -109,7 +110,7 @@ def main():
   cpu_fps = n / cpu
 
   # Stages alone, on the same video.
-  vs = predict.VideoStream(video)
+  vs = predict.open_input(video)
   t = time.perf_counter()
   frames = [rgb for _, _, rgb in vs]
   decode = len(frames) / (time.perf_counter() - t)
@@ -117,7 +118,7 @@ def main():
   sample = frames[:: max(1, len(frames) // 30)]
   t = time.perf_counter()
   for f in sample:
-    predict._detect(f, opts.min_face)  # as predict runs it: scaled to the smallest face
+    detection.haar(f, opts.min_face)  # as predict runs it: scaled to the smallest face
   full = len(sample) / (time.perf_counter() - t)
   batch = [pred.preprocess(np.zeros((112, 112, 3), np.uint8))] * pred.batch_size
   pred.result(pred.dispatch(batch))

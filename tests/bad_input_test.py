@@ -213,14 +213,14 @@ def test_video_that_ends_early_is_reported(tmp_path):
   _mp4(tmp_path / 'whole.mp4', faststart=True)
   data = (tmp_path / 'whole.mp4').read_bytes()
   (tmp_path / 'early.mp4').write_bytes(data[:len(data) // 2])
-  s = predict.VideoStream(tmp_path / 'early.mp4')
+  s = predict.open_input(tmp_path / 'early.mp4')
   n = sum(1 for _ in s)
   assert s.num_frames == 30 and 0 < n < 30
-  assert s.error == (f'decoded {n} of the 30 frames the container declares: the file is '
+  assert s.warning == (f'decoded {n} of the 30 frames the container declares: the file is '
                      'probably truncated; the decoded frames are kept')
   # A whole video decodes every declared frame and carries no warning.
-  w = predict.VideoStream(tmp_path / 'whole.mp4')
-  assert sum(1 for _ in w) == 30 and w.error is None
+  w = predict.open_input(tmp_path / 'whole.mp4')
+  assert sum(1 for _ in w) == 30 and w.warning is None
 
 
 # --- Safety: no unpickling, no eval, no archive extraction ---------------------------------------

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from vaflax import faces
+from vaflax.data import ops
 
 
 def test_crop_box_geometry_and_landmark_mapping():
@@ -42,3 +43,18 @@ def test_flip_permutation_is_an_involution_with_known_pairs():
   assert (p[36], p[45], p[0], p[16], p[48], p[54]) == (45, 36, 16, 0, 54, 48)
   for fixed in (8, 27, 28, 29, 30, 33, 51, 57, 62, 66):
     assert p[fixed] == fixed
+
+
+def test_crop_inputs_is_the_image_and_audio_standardize_gives():
+  grey = np.arange(64, dtype=np.uint8).reshape(8, 8, 1)
+  rec = {'image': grey, 'valence': 0.1, 'arousal': 0.2, 'va_mask': np.ones(2), 'emotion': 1,
+         'landmarks': np.zeros((68, 2)), 'landmarks_mask': 0.0, 'audio': np.ones(4, np.float64)}
+  std = ops.build('standardize(audio=True)')(dict(rec), np.random.default_rng(0))
+  mine = faces.crop_inputs(grey, rec['audio'])
+  assert mine['image'].shape == (8, 8, 3) and mine['image'].dtype == np.uint8
+  np.testing.assert_array_equal(mine['image'], std['image'])
+  assert mine['audio'].dtype == np.float32
+  np.testing.assert_array_equal(mine['audio'], std['audio'])
+  # A window given as a list of crops is stacked; no audio, no audio key.
+  win = faces.crop_inputs([grey, grey + 1])
+  assert win['image'].shape == (2, 8, 8, 3) and set(win) == {'image'}

@@ -76,3 +76,29 @@ def test_standardize_shapes():
   assert 'video_id' not in out and int(out['index']) == 7
   with pytest.raises(KeyError, match='no audio'):
     ops.build('standardize(audio=True)')(ex, np.random.default_rng(0))
+
+
+def _record(image, **extra):
+  return dict({'image': image, 'valence': 0.5, 'arousal': -0.25,
+               'va_mask': np.ones((2,), np.float32), 'landmarks': np.zeros((68, 2), np.float32),
+               'landmarks_mask': 0.0, 'emotion': 3, 'index': 7, 'video': 2}, **extra)
+
+
+def test_build_inputs_gives_the_eval_pipeline_images_without_labels():
+  # What predict runs on a crop is what evaluation runs on a record holding that crop.
+  rng = np.random.default_rng(0)
+  crop = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+  spec = "standardize|center_crop(0.925)|resize({image_size})|value_range(-1, 1)|keep('image', 'va')"
+  full = ops.build(spec, image_size=16)(_record(crop.copy()), np.random.default_rng(0))
+  pp, uses_audio = ops.build_inputs(spec, image_size=16)
+  mine = pp(faces.crop_inputs(crop.copy()), np.random.default_rng(0))
+  assert not uses_audio and set(mine) == {'image'}
+  np.testing.assert_array_equal(mine['image'], full['image'])
+  spec_audio = 'standardize(audio=True)|resize(16)'
+  audio = np.linspace(-1, 1, 640).astype(np.float32)
+  full = ops.build(spec_audio)(_record(crop.copy(), audio=audio), np.random.default_rng(0))
+  pp, uses_audio = ops.build_inputs(spec_audio)
+  mine = pp(faces.crop_inputs(crop.copy(), audio), np.random.default_rng(0))
+  assert uses_audio and ops.build_inputs('standardize(True)')[1]
+  for k in ('image', 'audio'):
+    np.testing.assert_array_equal(mine[k], full[k])

@@ -104,38 +104,35 @@ def test_video_end_to_end(predictor, media, tmp_path):
   for name in ('astro_trajectory.png', 'astro_va_time.png'):
     with Image.open(tmp_path / name) as im:
       assert im.format == 'PNG' and min(im.size) >= 400
-  vs = predict.VideoStream(tmp_path / 'astro_overlay.mp4')
-  assert sum(1 for _ in vs) == N
-  vs.close()
+  with video_io.Video(tmp_path / 'astro_overlay.mp4') as v:
+    assert sum(1 for _ in v.frames()) == N
 
 
 def _decoded_frame(path, k):
-  vs = predict.VideoStream(path)
-  try:
-    for i, _, rgb in vs:
+  with video_io.Video(path) as v:
+    for i, (_, frame) in enumerate(v.frames()):
       if i == k:
-        return rgb
-  finally:
-    vs.close()
+        return frame.to_ndarray(format='rgb24')
   raise AssertionError(f'no frame {k}')
 
 
 def test_stride_and_smoothing(predictor, media, tmp_path):
+  opts = dict(frame_stride=3, plots=False, progress=False)
   raw = predict.predict_file(predictor, media / 'astro.mp4', str(tmp_path / 'raw'),
-                             predict.Options(frame_stride=3, plots=False, progress=False))
+                             predict.Options(**opts))
   sm = predict.predict_file(predictor, media / 'astro.mp4', str(tmp_path / 'sm'),
-                            predict.Options(frame_stride=3, smooth='mean', smooth_window=3,
-                                            plots=False, progress=False))
-  assert raw['frames_processed'] == sm['frames_processed'] == N // 3
+                            predict.Options(smooth='mean', smooth_window=3, **opts))
+  again = predict.predict_file(predictor, media / 'astro.mp4', str(tmp_path / 'again'),
+                               predict.Options(**opts))
+  assert raw['frames_processed'] == sm['frames_processed'] == again['frames_processed'] == N // 3
+  # Predict is deterministic: the same input gives the same CSV, byte for byte. (It once seemed
+  # not to be: the fixture video itself differed between sessions, see video_io.encode_rgb.)
+  csv0 = (tmp_path / 'raw' / 'astro.csv').read_bytes()
+  assert (tmp_path / 'again' / 'astro.csv').read_bytes() == csv0
   r0, r1 = _rows(tmp_path / 'raw' / 'astro.csv'), _rows(tmp_path / 'sm' / 'astro.csv')
-  f0, f1 = [int(r['frame']) for r in r0], [int(r['frame']) for r in r1]
-  # Only every 3rd frame is processed. The Haar detector occasionally misses the face in one
-  # frame (seen once in CI, frame 6; test_video_end_to_end allows 2 misses in 30 frames too).
-  for f in (f0, f1):
-    assert f == sorted(set(f)) and set(f) <= set(range(0, N, 3)) and len(f) >= N // 3 - 2, f
-  if f0 != f1:
-    pytest.skip(f'the two runs found the face in different frames ({f0} vs {f1}): smoothing '
-                'is compared on identical tracks only')
+  assert [int(r['frame']) for r in r0] == [int(r['frame']) for r in r1] == list(range(0, N, 3))
+  for c in ('frame', 'time_s', 'face_id', 'x', 'y', 'w', 'h'):
+    assert [r[c] for r in r0] == [r[c] for r in r1]
   v = np.array([float(r['valence']) for r in r0])
   want = predict.smooth_track(np.stack([v, v], -1), 'mean', 3)[:, 0]
   np.testing.assert_allclose([float(r['valence']) for r in r1], want, atol=2e-4)
@@ -224,17 +221,35 @@ class _FakeWindowPredictor:
 
 def test_window_models_get_windows_of_one_track():
   p = _FakeWindowPredictor()
-  va, q = [], []
-  feeder = predict._Feeder(p, va, q)
+  batcher = predict.Batcher(p)
   order = [(0, 1.0), (1, 10.0), (0, 2.0), (0, 3.0), (1, 20.0), (0, 4.0)]  # (face, value) in time
-  for face, value in order:
-    va.append(None)
-    q.append(None)
-    feeder.add(face, len(va) - 1, {'image': np.full((1, 1, 1), value, np.float32)})
-  feeder.end_track(1)  # the tracker dropped face 1: its partial window goes now
-  feeder.finish()
-  got = np.array(va)
-  np.testing.assert_array_equal(got[:, 0], [v for _, v in order])  # each frame its own value
-  np.testing.assert_array_equal(got[:, 1], [-v for _, v in order])
+  rows = [batcher.add(face, {'image': np.full((1, 1, 1), value, np.float32)})
+          for face, value in order]
+  assert rows == list(range(len(order)))
+  batcher.end_track(1)  # the tracker dropped face 1: its partial window goes now
+  va, quadrant = batcher.finish()
+  np.testing.assert_array_equal(va[:, 0], [v for _, v in order])  # each frame its own value
+  np.testing.assert_array_equal(va[:, 1], [-v for _, v in order])
+  assert quadrant is None
   # Windows: face 0 [1, 2, 3] full, face 1 [10, 20] padded, face 0 [4] padded; 2 per batch.
   assert p.batches == [(2, 3, 1, 1, 1), (1, 3, 1, 1, 1)]
+
+
+def test_face_finder_takes_any_detector_and_maps_window_results_to_the_frame():
+  # The detector interface (frame, min size -> Faces) that a CNN detector will implement.
+  calls = []
+
+  def detector(rgb, min_size):
+    calls.append(rgb.shape[:2])
+    h, w = rgb.shape[:2]  # one 50 px face at the centre of whatever it is shown
+    lm = np.array([[w / 2 - 10, h / 2], [w / 2 + 10, h / 2]], np.float32)
+    return [predict.Face((w / 2 - 25, h / 2 - 25, 50.0, 50.0), 0.9, lm)]
+
+  finder = predict.FaceFinder(min_face=40, detect_every=10, largest_only=True, detector=detector)
+  frame = np.zeros((200, 300, 3), np.uint8)
+  full = finder(frame, [])
+  assert calls == [(200, 300)] and full[0].box == (125.0, 75.0, 50.0, 50.0)
+  near = finder(frame, [(110.0, 60.0, 50.0, 50.0)])  # searched in a window around the track
+  assert calls[1] == (100, 100)
+  assert near[0].box == (110.0, 60.0, 50.0, 50.0) and near[0].score == 0.9  # window at (85, 35)
+  np.testing.assert_allclose(near[0].landmarks, [[125, 85], [145, 85]])

@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from vaflax.tta import flip_tta  # also the name predict.py uses (evaluate.flip_tta)
+from vaflax.tta import flip_tta
 
 # --- Outputs ------------------------------------------------------------------------------------
 

@@ -94,6 +94,22 @@ def crop_face(
   return crop.astype(np.uint8), cb
 
 
+def crop_inputs(image, audio=None) -> dict:
+  """Face crop(s), and the audio of their frames, as every model reads them.
+
+  image: a uint8 crop (H, W, C), a window (T, H, W, C) or a list of crops, C 1 or 3 -> uint8
+  RGB (..., H, W, 3). audio: samples -> float32. The `standardize` op (vaflax/data/ops.py) and
+  predict (vaflax/predict/model.py) both call this, so a crop is prepared the same way in both.
+  """
+  img = np.stack(image) if isinstance(image, list) else np.asarray(image)
+  if img.shape[-1] == 1:
+    img = np.repeat(img, 3, axis=-1)
+  out = {'image': img}
+  if audio is not None:
+    out['audio'] = np.asarray(audio, np.float32)
+  return out
+
+
 def _ibug68_flip_permutation() -> np.ndarray:
   """Index map of the iBUG-68 markup under a horizontal mirror (left <-> right parts)."""
   perm = np.arange(68)

@@ -66,9 +66,8 @@ def parse(spec: str, **template) -> list[tuple[str, tuple, dict]]:
   return out
 
 
-def build(spec: str, **template) -> Op:
-  """Composes the ops of `spec` into one function (ex, rng) -> ex."""
-  fns = [_REGISTRY[n](*a, **k) for n, a, k in parse(spec, **template)]
+def _compose(parsed) -> Op:
+  fns = [_REGISTRY[n](*a, **k) for n, a, k in parsed]
 
   def apply(ex, rng):
     for f in fns:
@@ -76,6 +75,11 @@ def build(spec: str, **template) -> Op:
     return ex
 
   return apply
+
+
+def build(spec: str, **template) -> Op:
+  """Composes the ops of `spec` into one function (ex, rng) -> ex."""
+  return _compose(parse(spec, **template))
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -116,16 +120,15 @@ def _decode():
 def _standardize(audio: bool = False):
   """TFDS frame example (see builder_utils) -> the numeric dict that models and losses read.
 
-  Strings are dropped (they cannot become device arrays); the record index survives as `index`.
+  The image (and audio) go through `faces.crop_inputs`, as predict's crops do. Strings are
+  dropped (they cannot become device arrays); the record index survives as `index`.
   """
   def f(ex, rng):
-    img = ex['image']
-    if isinstance(img, list):
-      img = np.stack(img)
-    if img.shape[-1] == 1:
-      img = np.repeat(img, 3, axis=-1)
+    if audio and 'audio' not in ex:
+      raise KeyError('standardize(audio=True): this dataset has no audio feature')
+    inputs = faces.crop_inputs(ex['image'], ex['audio'] if audio else None)
     out = {
-        'image': img,
+        'image': inputs['image'],
         'va': np.stack([np.asarray(ex['valence'], np.float32),
                         np.asarray(ex['arousal'], np.float32)], -1),
         'va_mask': np.asarray(ex['va_mask'], np.float32),
@@ -136,11 +139,23 @@ def _standardize(audio: bool = False):
         'video': np.asarray(ex.get('video', -1), np.int32),
     }
     if audio:
-      if 'audio' not in ex:
-        raise KeyError('standardize(audio=True): this dataset has no audio feature')
-      out['audio'] = np.asarray(ex['audio'], np.float32)
+      out['audio'] = inputs['audio']
     return out
   return f
+
+
+# Ops that shape the labelled record rather than the model inputs: `build_inputs` leaves them out.
+RECORD_OPS = ('standardize', 'keep')
+
+
+def build_inputs(spec: str, **template) -> tuple[Op, bool]:
+  """The ops of `spec` that act on model inputs, for crops without labels (predict), and whether
+  its `standardize` takes audio. Apply them to `faces.crop_inputs(crop, audio)`: that is what
+  `standardize` makes of a record's image and audio, so predict's crops get the inputs of eval."""
+  parsed = parse(spec, **template)
+  uses_audio = any(n == 'standardize' and bool(k.get('audio', a[0] if a else False))
+                   for n, a, k in parsed)
+  return _compose([p for p in parsed if p[0] not in RECORD_OPS]), uses_audio
 
 
 @register('resize')

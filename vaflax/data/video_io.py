@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator
 
 import av
+import cv2
 import numpy as np
 
 from vaflax import detect, faces
@@ -83,6 +84,58 @@ def read_audio(path, *, sample_rate: int, start: float = 0.0, end: float | None 
   return Audio(samples, sample_rate, t0)
 
 
+class Video:
+  """A video file opened for streamed decoding: the one PyAV decoding path of the builders
+  (`iter_frames`) and predict (vaflax/predict/decode.py).
+
+  Raises av.error.FFmpegError or OSError when the file cannot be opened, ValueError when it has
+  no video stream. After `frames()` has run out, `decoded` counts the frames it gave and
+  `truncated` says whether fewer came than the container declares (data cut short: FFmpeg
+  just stops).
+  """
+
+  def __init__(self, path):
+    self.path = os.fspath(path)
+    self.container = av.open(self.path)
+    if not self.container.streams.video:
+      self.container.close()
+      raise ValueError('no video stream')
+    self.stream = self.container.streams.video[0]
+    # Frame and slice threads: FFmpeg's H.264 decoder is bit-exact whatever the thread timing
+    # (30 decodes of the predict test video under CPU contention gave identical frames).
+    self.stream.thread_type = 'AUTO'
+    self.origin = _origin(self.container)
+    self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 0.0) or None
+    self.num_frames = int(self.stream.frames or 0) or None
+    s = self.stream
+    dur = s.duration * s.time_base if s.duration is not None else (
+        self.container.duration / 1e6 if self.container.duration else None)
+    self.duration = float(dur) if dur is not None else None
+    self.decoded = 0
+
+  def seek(self, start: float) -> None:
+    _seek(self.container, self.stream, start)
+
+  def frames(self) -> Iterator[tuple[float | None, av.VideoFrame]]:
+    """(time, frame) in decoding order; time on the container timeline, None if unknown."""
+    for frame in self.container.decode(self.stream):
+      self.decoded += 1
+      yield (frame.time - self.origin if frame.time is not None else None), frame
+
+  @property
+  def truncated(self) -> bool:
+    return bool(self.num_frames) and self.decoded < self.num_frames
+
+  def close(self) -> None:
+    self.container.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
 def iter_frames(path, *, fps: float, start: float | None = None, end: float | None = None,
                 stride: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
   """Yields (k, time, rgb uint8 HxWx3) for grid frames k = 0, stride, 2*stride, ... of a clip.
@@ -92,16 +145,10 @@ def iter_frames(path, *, fps: float, start: float | None = None, end: float | No
   The clip starts at `start` (default: the first decoded frame) and ends at `end` (default: the
   end of the stream). Decoding streams: at most two source frames are held at a time.
   """
-  with av.open(os.fspath(path)) as container:
-    if not container.streams.video:
-      raise ValueError('no video stream')
-    stream = container.streams.video[0]
-    stream.thread_type = 'AUTO'
-    origin = _origin(container)
-    rate = stream.average_rate or stream.guessed_rate or fps
-    half = 0.5 / float(rate)  # half a source frame: the time span a frame stands for
+  with Video(path) as video:
+    half = 0.5 / (video.fps or fps)  # half a source frame: the time span a frame stands for
     if start is not None:
-      _seek(container, stream, start)
+      video.seek(start)
     t0 = start
     k = 0
     prev = None  # (time, av.VideoFrame)
@@ -110,10 +157,9 @@ def iter_frames(path, *, fps: float, start: float | None = None, end: float | No
     def grid(k):
       return t0 + k / fps
 
-    for frame in container.decode(stream):
-      if frame.time is None:
+    for t, frame in video.frames():
+      if t is None:
         continue
-      t = frame.time - origin
       if t0 is None:
         t0 = t
       if prev is not None:
@@ -140,21 +186,41 @@ def largest_face(rgb_HxWx3: np.ndarray) -> tuple[float, float, float, float] | N
   return tuple(found[0][:4]) if found else None
 
 
+def add_video_stream(container, fps: float, width: int, height: int, *, codec: str = 'libx264',
+                     crf: int = 18, preset: str = 'veryslow'):
+  """A yuv420p video stream of `container` (opened for writing); feed it with `encode_rgb`."""
+  vs = container.add_stream(codec, rate=int(round(fps)))
+  vs.width, vs.height = width, height
+  vs.pix_fmt = 'yuv420p'
+  if codec == 'libx264':
+    vs.options = {'crf': str(crf), 'preset': preset}
+  return vs
+
+
+def encode_rgb(stream, rgb_HxWx3: np.ndarray) -> list:
+  """The packets of one uint8 RGB frame (even width and height), converted to yuv420p here.
+
+  The conversion is OpenCV's (BT.601, limited range, as FFmpeg's default) and not PyAV's: x264
+  fed frames that PyAV converted with swscale wrote a different file on repeated runs when the
+  CPU was contended (the predict test video, 15 writes while another process kept a core busy:
+  10 different files, decoded pixels up to 67 apart, and in 3 of 30 writes Haar missed the
+  face in frame 6), while the same frames converted by OpenCV gave 15 identical files.
+  """
+  yuv = cv2.cvtColor(np.ascontiguousarray(rgb_HxWx3, np.uint8), cv2.COLOR_RGB2YUV_I420)
+  return stream.encode(av.VideoFrame.from_ndarray(yuv, format='yuv420p'))
+
+
 def write_mp4(path, frames_TxHxWx3: np.ndarray, fps: int, *, audio: np.ndarray | None = None,
               sample_rate: int = 16000, codec: str = 'libx264') -> None:
   """Writes uint8 RGB frames (and optional mono float audio) as an mp4 (dummy data, tests)."""
   frames = np.asarray(frames_TxHxWx3, np.uint8)
   with av.open(os.fspath(path), 'w') as out:
-    vs = out.add_stream(codec, rate=fps)
-    vs.width, vs.height = frames.shape[2], frames.shape[1]
-    vs.pix_fmt = 'yuv420p'
-    if codec == 'libx264':
-      vs.options = {'crf': '18', 'preset': 'veryslow'}
+    vs = add_video_stream(out, fps, frames.shape[2], frames.shape[1], codec=codec)
     as_ = None
     if audio is not None:
       as_ = out.add_stream('aac', rate=sample_rate, layout='mono')
     for f in frames:
-      for p in vs.encode(av.VideoFrame.from_ndarray(f, format='rgb24')):
+      for p in encode_rgb(vs, f):
         out.mux(p)
     for p in vs.encode():
       out.mux(p)

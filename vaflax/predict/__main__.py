@@ -1,0 +1,5 @@
+import sys
+
+from vaflax.predict.cli import main
+
+sys.exit(main())

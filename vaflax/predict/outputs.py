@@ -1,0 +1,134 @@
+"""What predict writes for one input: per-frame CSV, per-clip JSON summary, plots, overlay video."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from vaflax import circumplex
+
+CSV_COLUMNS = ('frame', 'time_s', 'face_id', 'x', 'y', 'w', 'h', 'valence', 'arousal', 'quadrant')
+
+
+class Row(NamedTuple):
+  """One face in one processed frame."""
+
+  frame: int
+  time_s: float
+  face_id: int
+  x: float
+  y: float
+  w: float
+  h: float
+
+
+def write_csv(path, rows: list[Row], va_Nx2, quadrant_N, head_N=None) -> str:
+  """One line per row; `head_N` (the model's quadrant head) adds a quadrant_head column."""
+  names = circumplex.QUADRANT_NAMES
+  with open(path, 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(list(CSV_COLUMNS) + (['quadrant_head'] if head_N is not None else []))
+    for i, r in enumerate(rows):
+      line = [r.frame, f'{r.time_s:.4f}', r.face_id] + [f'{v:g}' for v in (r.x, r.y, r.w, r.h)]
+      line += [f'{va_Nx2[i, 0]:.4f}', f'{va_Nx2[i, 1]:.4f}', names[quadrant_N[i]]]
+      if head_N is not None:
+        line.append(names[head_N[i]])
+      w.writerow(line)
+  return path
+
+
+def _stats(x) -> dict:
+  x = np.asarray(x, np.float64)
+  return {'mean': float(x.mean()), 'std': float(x.std()), 'min': float(x.min()),
+          'max': float(x.max())}
+
+
+def va_summary(va_Nx2, quadrant_N, face_id_N, processed: int) -> dict:
+  """The pooled VA statistics, quadrant shares and per-face means of a clip's rows."""
+  if not len(va_Nx2):
+    return {'valence': None, 'arousal': None, 'quadrant_share': None,
+            'dominant_quadrant': None, 'per_face': [],
+            'note': f'no face found in any of the {processed} processed frames'}
+  names = circumplex.QUADRANT_NAMES[:circumplex.NUM_QUADRANTS]
+  share = np.bincount(quadrant_N, minlength=len(names))[: len(names)] / len(quadrant_N)
+  return {
+      'valence': _stats(va_Nx2[:, 0]), 'arousal': _stats(va_Nx2[:, 1]),
+      'quadrant_share': {n: float(s) for n, s in zip(names, share, strict=True)},
+      'dominant_quadrant': names[int(np.argmax(share))],
+      'per_face': [{'face_id': int(f), 'frames': int(np.sum(face_id_N == f)),
+                    'valence_mean': float(va_Nx2[face_id_N == f, 0].mean()),
+                    'arousal_mean': float(va_Nx2[face_id_N == f, 1].mean())}
+                   for f in np.unique(face_id_N)],
+  }
+
+
+def write_json(path, summary: dict) -> str:
+  with open(path, 'w') as f:
+    json.dump(summary, f, indent=2)
+  return path
+
+
+def write_plots(out_dir, stem, rows: list[Row], va_Nx2, is_video: bool) -> dict:
+  """Trajectory on the circumplex (and VA over time for a video) of the face seen most."""
+  from vaflax import plots  # noqa: PLC0415
+
+  face_id = np.array([r.face_id for r in rows], np.int64)
+  main_id = int(np.bincount(face_id).argmax())
+  sel = face_id == main_id
+  times = np.array([r.time_s for r in rows], np.float64)[sel]
+  label = f'{stem}, face {main_id}'
+  files = {'trajectory_png': plots.circumplex_trajectory(
+      os.path.join(out_dir, f'{stem}_trajectory.png'), va_Nx2[sel], times, title=label)}
+  if is_video:
+    files['va_time_png'] = plots.va_over_time(
+        os.path.join(out_dir, f'{stem}_va_time.png'), times, va_Nx2[sel], title=label)
+  return files
+
+
+_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+            (70, 240, 240), (240, 50, 230), (210, 245, 60)]
+
+
+def write_overlay(path, out_path, rows: list[Row], va_Nx2, quadrant_N, fps) -> str:
+  """Re-decodes the video and draws each face box with its VA and quadrant (last values held
+  on frames skipped by --frame_stride)."""
+  import av  # noqa: PLC0415
+  import cv2  # noqa: PLC0415
+
+  from vaflax.data import video_io  # noqa: PLC0415
+
+  by_frame: dict[int, list[int]] = {}
+  for i, r in enumerate(rows):
+    by_frame.setdefault(int(r.frame), []).append(i)
+  current: list[int] = []
+  font = cv2.FONT_HERSHEY_SIMPLEX
+  with video_io.Video(path) as src, av.open(out_path, 'w') as out:
+    vs = None
+    for k, (_, frame) in enumerate(src.frames()):
+      rgb = np.ascontiguousarray(frame.to_ndarray(format='rgb24'))
+      if vs is None:
+        vs = video_io.add_video_stream(out, fps or 25, rgb.shape[1] // 2 * 2,
+                                       rgb.shape[0] // 2 * 2, crf=23, preset='veryfast')
+      if k in by_frame:
+        current = by_frame[k]
+      elif rows and k - max(rows[i].frame for i in current or [0]) > 30:
+        current = []
+      for i in current:
+        r = rows[i]
+        x, y, w, h = (int(round(v)) for v in (r.x, r.y, r.w, r.h))
+        colour = _COLOURS[r.face_id % len(_COLOURS)]
+        cv2.rectangle(rgb, (x, y), (x + w, y + h), colour, 2)
+        text = f'#{r.face_id} V {va_Nx2[i, 0]:+.2f} A {va_Nx2[i, 1]:+.2f}'
+        cv2.putText(rgb, text, (x, max(12, y - 6)), font, 0.45, colour, 1, cv2.LINE_AA)
+        cv2.putText(rgb, circumplex.QUADRANT_NAMES[quadrant_N[i]], (x, y + h + 14), font, 0.4,
+                    colour, 1, cv2.LINE_AA)
+      for p in video_io.encode_rgb(vs, rgb[: vs.height, : vs.width]):
+        out.mux(p)
+    if vs is not None:
+      for p in vs.encode():
+        out.mux(p)
+  return out_path
