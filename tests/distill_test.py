@@ -9,6 +9,8 @@ import pytest
 from conftest import raw_checkpoint
 from flax import nnx
 
+from configs import common
+from vaflax import optim, stages
 from vaflax.models import resnet
 from vaflax.trainers import distill
 
@@ -44,7 +46,8 @@ def np_student_loss(s_logits, t_logits, va, va_mask, frame_mask, *, gt_w, kl_w, 
 
 def _config(**distill_fields):
   c = ml_collections.ConfigDict()
-  c.loss = ml_collections.ConfigDict({'ccc_weight': 1.0, 'binned_weight': 1.0})
+  c.loss = common.base_config().loss  # every loss field, at its declared default
+  c.loss.ccc_weight, c.loss.binned_weight = 1.0, 1.0
   c.distill = ml_collections.ConfigDict(
       dict({'temperature': 1.5, 'kl_weight': 0.4, 'gt_weight': 0.6}, **distill_fields))
   return c
@@ -102,7 +105,9 @@ def test_students_stacked_ensemble_and_isolated_gradients():
     per = jnp.stack([distill.student_loss(jax.tree.map(lambda x, k=k: x[k], s_out), t_logits,
                                           batch, c)[0] for k in range(3)])
     loss, metrics = distill.loss_fn(mm, batch, None, c)
-    grads = nnx.grad(lambda q: distill.loss_fn(q, batch, None, c)[0])(mm)
+    # The recipe freezes the teacher (config.frozen): the step differentiates the students only.
+    diff = nnx.DiffState(0, optim.trainable(ml_collections.ConfigDict({'frozen': 'teacher(/|$)'})))
+    grads = nnx.grad(lambda q: distill.loss_fn(q, batch, None, c)[0], argnums=diff)(mm)
     return s_out, mm(batch)['va'], per, loss, metrics, nnx.state(grads), nnx.state(
         nnx.grad(only_student1)(mm))
 
@@ -112,8 +117,8 @@ def test_students_stacked_ensemble_and_isolated_gradients():
   np.testing.assert_allclose(np.asarray(ens), np.asarray(s_out['va']).mean(0), atol=1e-6)
   assert float(loss) == pytest.approx(float(per.sum()), rel=1e-5)
   assert float(metrics['student_loss']) == pytest.approx(float(per.mean()), rel=1e-5)
-  # The teacher gets no gradient; student 1's gradient is that of its own loss alone.
-  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads['teacher']))
+  # The frozen teacher is not differentiated; student 1's gradient is that of its own loss alone.
+  assert 'teacher' not in grads
   assert len(grads['students']) == len(g1['students']) == 3
   for a, b in zip(jax.tree.leaves(grads['students'][1]), jax.tree.leaves(g1['students'][1]),
                   strict=True):
@@ -145,24 +150,27 @@ def test_run_teacher_students_ensemble_end_to_end(tmp_path, synthetic_data_dir):
   c.mesh.num_devices = 1
   c.tensorboard = False
   wd = str(tmp_path / 'wd')
-  res = distill.run(c, wd)
-  recs = [json.loads(line) for line in open(os.path.join(wd, 'metrics.jsonl'))]
-  assert len(recs) == 1
-  r = recs[0]
-  for name in ('teacher', 'student0', 'student1', 'ensemble', 'student_mean'):
+  res = stages.run(c, wd)
+  final = json.load(open(os.path.join(wd, 'final_metrics.json')))
+  for name in ('teacher', 'student0', 'student1', 'student_mean'):
     for dim in ('valence', 'arousal'):
-      assert -1 <= r[f'val/{name}/ccc_{dim}'] <= 1
-  assert r['val/ccc_valence'] == r['val/ensemble/ccc_valence']
-  assert r['val/student_mean/ccc_arousal'] == pytest.approx(
-      (r['val/student0/ccc_arousal'] + r['val/student1/ccc_arousal']) / 2)
-  # The students stage started from the teacher's final weights and never moved them.
+      assert np.isfinite(final[f'val/{name}/ccc_{dim}'])
+  assert final['val/student_mean/ccc_arousal'] == pytest.approx(
+      (final['val/student0/ccc_arousal'] + final['val/student1/ccc_arousal']) / 2)
+  # The ensemble (val/ccc_*) is the mean of the students' expectations: scored independently.
+  assert final['val/ccc_valence'] != final['val/student0/ccc_valence']
+  # The students stage started from the teacher's final weights and never moved them (frozen).
   teacher = _weights(os.path.join(wd, 'teacher'))
   inside = _weights(os.path.join(wd, 'students'), 'teacher')
   assert len(teacher) > 50 and teacher.keys() == inside.keys()
   for k, v in teacher.items():
     np.testing.assert_array_equal(v, inside[k], err_msg=k)
-  # Every stage is finished: running again trains nothing and returns the same numbers.
-  again = distill.run(c, wd)
-  assert again == pytest.approx({k: (None if v is None or not np.isfinite(v) else float(v))
-                                 for k, v in res.items()}, nan_ok=True)
-  assert len(open(os.path.join(wd, 'metrics.jsonl')).readlines()) == 1
+  # No optimizer state for the frozen teacher.
+  _, raw = raw_checkpoint(os.path.join(wd, 'students'))
+  opt_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(raw['optimizer'])]
+  assert opt_paths and not [p for p in opt_paths if 'teacher' in p]
+  # Every stage is finished: running again trains nothing and returns the same record.
+  n_lines = len(open(os.path.join(wd, 'metrics.jsonl')).readlines())
+  again = stages.run(c, wd)
+  assert again == res
+  assert len(open(os.path.join(wd, 'metrics.jsonl')).readlines()) == n_lines

@@ -12,8 +12,8 @@ from flax import nnx
 from PIL import Image
 
 from configs import mae_pretrain, mae_va
-from vaflax import checkpoint as ckpt_lib
-from vaflax import train, writers
+from vaflax import runs, train, writers
+from vaflax import stages as stages_lib
 from vaflax.data import pipeline
 from vaflax.models import vit
 from vaflax.trainers import mae_va as runner
@@ -63,10 +63,8 @@ def _check_reconstruction_png(path, config):
   assert np.sum(np.all(masked == 128, axis=-1)) >= 0.5 * 16 * 16  # most patches masked grey
 
 
-def _model_params(stage_config, stage_workdir):
-  setup, state = train.restore_workdir(stage_config, stage_workdir)
-  model, _ = nnx.merge(setup.graphdef, state)
-  return model
+def _model_params(stage_workdir):
+  return runs.load_run(stage_workdir).model()
 
 
 def _flat(module):
@@ -87,13 +85,16 @@ def test_configs_link_the_stages():
   assert c.fusion.model.use_audio and not c.fusion_video_only.model.use_audio  # ... without audio
   assert 'audio' not in c.fusion_video_only.input.pp_train
   assert 'standardize(audio=True)' in c.fusion.input.pp_train
-  stages = runner.stage_configs(c, '/w')
+  stages = {s.name: s.config for s in runner.recipe_stages(c, '/w')}
   assert list(stages) == list(runner.STAGES)
-  assert stages['finetune'].init_from == '/w/finetune_init'
-  assert stages['fusion'].init_from == stages['fusion_video_only'].init_from == '/w/fusion_init'
+  assert stages['finetune'].init_from == '/w/pretrain:encoder=encoder'
+  assert stages['fusion'].init_from == stages['fusion_video_only'].init_from == (
+      '/w/finetune:encoder=visual')
+  assert stages['fusion'].frozen == 'visual(/|$)'
   assert stages['fusion'].model.visual.width == 64  # plain values in the stage copies
   c.init_from = '/mae'
-  assert 'pretrain' not in runner.stage_configs(c, '/w')
+  stages = {s.name: s.config for s in runner.recipe_stages(c, '/w')}
+  assert 'pretrain' not in stages and stages['finetune'].init_from == '/mae:encoder=encoder'
 
   p = mae_va.get_config()  # the paper's sizes
   assert (p.vit.variant, p.image_size) == ('B/16', 224)
@@ -110,7 +111,7 @@ def test_missing_data_error_mentions_runlocal(tmp_path):
   c = mae_va.get_config()
   c.data_dir = str(tmp_path)
   with pytest.raises(FileNotFoundError, match='runlocal'):
-    runner.run(c, str(tmp_path / 'w'))
+    stages_lib.run(c, str(tmp_path / 'w'))
 
 
 def test_recipe_end_to_end_resumes_without_redoing_stages(tmp_path, synthetic_data_dir,
@@ -128,7 +129,7 @@ def test_recipe_end_to_end_resumes_without_redoing_stages(tmp_path, synthetic_da
 
   monkeypatch.setattr(train, 'train_and_evaluate', fake_preemption_in_fusion)
   with pytest.raises(train.Preempted):
-    runner.run(c, wd)
+    stages_lib.run(c, wd)
   assert calls == ['pretrain', 'finetune', 'fusion_video_only', 'fusion']
   for name in ('pretrain', 'finetune', 'fusion_video_only'):
     assert json.load(open(f'{wd}/{name}/final_metrics.json'))['step'] == 2
@@ -137,11 +138,11 @@ def test_recipe_end_to_end_resumes_without_redoing_stages(tmp_path, synthetic_da
   calls.clear()
   monkeypatch.setattr(train, 'train_and_evaluate', lambda sc, swd: (
       calls.append(os.path.basename(swd)), real(sc, swd))[1])
-  rec = runner.run(c, wd)
+  rec = stages_lib.run(c, wd)
   assert calls == ['fusion']  # finished stages are not redone
 
   top = writers.read_metrics(wd)
-  assert len(top) == 1 and top[0] == dict(rec, step=2)
+  assert len(top) == 1 and dict(top[0], step=2) == dict(rec, step=2)
   for key in ('val/ccc_valence', 'val/ccc_arousal', 'video_only/val/ccc_valence',
               'video_only/val/ccc_arousal', 'finetune/val/ccc_valence', 'test/ccc_arousal',
               'video_only/test/ccc_arousal', 'pretrain/val/loss'):
@@ -157,21 +158,24 @@ def test_recipe_end_to_end_resumes_without_redoing_stages(tmp_path, synthetic_da
   _check_reconstruction_png(f'{wd}/pretrain/reconstructions/step_2.png', c.pretrain)
 
   # The weights flow: MAE encoder -> fine-tuning init; fine-tuned ViT -> both fusion stages.
-  stages = runner.stage_configs(c, wd)
-  mae_enc = _flat(_model_params(stages['pretrain'], f'{wd}/pretrain').encoder)
+  stages = {s.name: s.config for s in runner.recipe_stages(c, wd)}
+  assert stages['finetune'].init_from == f'{wd}/pretrain:encoder=encoder'
+  mae_enc = _flat(_model_params(f'{wd}/pretrain').encoder)
   init = vit.Model(**stages['finetune'].model.to_dict(), rngs=nnx.Rngs(123))
-  ckpt_lib.load_model_weights(f'{wd}/finetune_init', nnx.state(init))
+  head0 = np.asarray(init.head.out.kernel[...])
+  train.init_from(stages['finetune'], init)  # what the finetune stage started from
   for k, v in _flat(init.encoder).items():
     np.testing.assert_array_equal(v, mae_enc[k])
-  ft_enc = _flat(_model_params(stages['finetune'], f'{wd}/finetune').encoder)
+  np.testing.assert_array_equal(init.head.out.kernel[...], head0)  # the new head: its own init
+  ft_enc = _flat(_model_params(f'{wd}/finetune').encoder)
   assert any(not np.array_equal(v, mae_enc[k]) for k, v in ft_enc.items())  # it trained
   for name in ('fusion', 'fusion_video_only'):
-    visual = _flat(_model_params(stages[name], f'{wd}/{name}').visual)
+    visual = _flat(_model_params(f'{wd}/{name}').visual)
     assert visual.keys() == ft_enc.keys()
     for k, v in visual.items():  # frozen: still exactly the fine-tuned encoder
       np.testing.assert_array_equal(v, ft_enc[k])
 
   calls.clear()
-  assert runner.run(c, wd) == json.load(open(f'{wd}/final_metrics.json'))
+  assert stages_lib.run(c, wd) == json.load(open(f'{wd}/final_metrics.json'))
   assert calls == [] and len(writers.read_metrics(wd)) == 1  # nothing redone or re-logged
 

@@ -26,6 +26,7 @@ import pytest
 from conftest import raw_checkpoint, tiny_config
 from jax.experimental.compilation_cache import compilation_cache
 
+from vaflax import stages as stages_lib
 from vaflax import train
 
 SEED = int(os.environ.get('VAFLAX_KILL_SEED', '0'))
@@ -109,8 +110,6 @@ def _tiny_fusion(c):
 
 def distill_case(data_dir):
   from configs import distill_va  # noqa: PLC0415
-  from vaflax.trainers import distill  # noqa: PLC0415
-
   c = distill_va.get_config('runlocal,students=2')
   c.input.data_dir = data_dir
   c.input.eval_split = 'test'
@@ -118,13 +117,11 @@ def distill_case(data_dir):
   c.image_size = 32
   _loop(c, 4, 8)
   c.distill.teacher_total_steps = 4
-  return c, distill.run
+  return c, stages_lib.run
 
 
 def mae_va_case(data_dir):
   from configs import mae_va  # noqa: PLC0415
-  from vaflax.trainers import mae_va as runner  # noqa: PLC0415
-
   c = mae_va.get_config('runlocal')
   c.data_dir = data_dir
   c.vit.update(TINY_VIT)
@@ -140,7 +137,7 @@ def mae_va_case(data_dir):
   _tiny_fusion(c.fusion)
   c.fusion.model.drop_path = 0.2
   c.pretrain.input.eval_split = c.finetune.input.eval_split = ''  # the fusion stages evaluate
-  return c, runner.run
+  return c, stages_lib.run
 
 
 # name, file that must exist, config builder, stages in run order (None: one stage), kills.

@@ -192,13 +192,13 @@ def test_encoder_transfer_between_models():
   x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1, maxval=1)
   feats = lambda m: _apply(m, {'image': x})['features']
   assert not np.allclose(feats(src), feats(dst))
-  head0 = np.asarray(dst.head.kernel[...])
+  head0 = np.asarray(dst.head.out.kernel[...])
   report = checkpoint.transfer_weights(checkpoint.flat_weights(src), dst, [('encoder', 'encoder')])
   np.testing.assert_array_equal(feats(src), feats(dst))
-  np.testing.assert_array_equal(dst.head.kernel[...], head0)  # outside the mapping: untouched
+  np.testing.assert_array_equal(dst.head.out.kernel[...], head0)  # outside the mapping: untouched
   n_enc = len(jax.tree.leaves(nnx.state(dst.encoder, nnx.Param)))
   assert len(report.loaded) == n_enc and not report.missing
-  assert sorted(report.unexpected) == ['head/bias', 'head/kernel']
+  assert sorted(report.unexpected) == ['head/out/bias', 'head/out/kernel']
   other = vit.Model(variant='mu/8', width=64, image_size=32, rngs=nnx.Rngs(0))
   with pytest.raises(checkpoint.CheckpointMismatchError, match='encoder/cls_token has shape'):
     checkpoint.transfer_weights(checkpoint.flat_weights(other), dst, [('encoder', 'encoder')])

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from vaflax import train, writers
+from vaflax import tasks, train, writers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,20 +35,15 @@ class Recipe:
   summarize: Callable[[ml_collections.ConfigDict, str, dict], dict]
 
 
-_RECIPES: dict[str, Recipe] = {}
+RECIPES = tasks.Registry('config.recipe')
 
 
 def register(recipe: Recipe) -> Recipe:
-  _RECIPES[recipe.name] = recipe
-  return recipe
+  return RECIPES.register(recipe.name, recipe)
 
 
 def get(name: str) -> Recipe:
-  import vaflax.trainers  # noqa: F401, PLC0415 -- registers the recipes
-
-  if name not in _RECIPES:
-    raise ValueError(f'config.recipe={name!r}: no such recipe; known: {", ".join(sorted(_RECIPES))}')
-  return _RECIPES[name]
+  return RECIPES.get(name)
 
 
 def stage_config(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:

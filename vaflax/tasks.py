@@ -23,19 +23,34 @@ class Task:
   on_eval: Callable | None = None
 
 
-_TASKS: dict[str, Task] = {}
+class Registry:
+  """Name -> object, filled when vaflax/trainers/ is imported (each module registers its own)."""
+
+  def __init__(self, field: str):
+    self.field = field  # the config field that names an entry, for error messages
+    self.entries: dict[str, object] = {}
+
+  def register(self, name: str, obj):
+    if self.entries.get(name, obj) is not obj:
+      raise ValueError(f'{self.field} {name!r} registered twice')
+    self.entries[name] = obj
+    return obj
+
+  def get(self, name: str):
+    import vaflax.trainers  # noqa: F401, PLC0415 -- registers every task and recipe
+
+    if name not in self.entries:
+      raise ValueError(f'{self.field}={name!r}: no such entry; known: '
+                       f'{", ".join(sorted(self.entries))}')
+    return self.entries[name]
+
+
+TASKS = Registry('config.task')
 
 
 def register(task: Task) -> Task:
-  if task.name in _TASKS and _TASKS[task.name] is not task:
-    raise ValueError(f'task {task.name!r} registered twice')
-  _TASKS[task.name] = task
-  return task
+  return TASKS.register(task.name, task)
 
 
 def get(name: str) -> Task:
-  import vaflax.trainers  # noqa: F401, PLC0415 -- registers every task on first use
-
-  if name not in _TASKS:
-    raise ValueError(f'config.task={name!r}: no such task; known: {", ".join(sorted(_TASKS))}')
-  return _TASKS[name]
+  return TASKS.get(name)
