@@ -79,3 +79,100 @@ def test_reader_names_what_it_cannot_read(tmp_path):
   p.write_bytes(b'not a checkpoint')
   with pytest.raises(ValueError, match='not a PyTorch checkpoint'):
     reader.read_checkpoint(str(p))
+
+
+# --- Mappers: parity with the PyTorch outputs ----------------------------------------------------
+
+
+def rel_diff(got, want) -> float:
+  """max |got - want| / max |want|: the fixtures' tolerance is 1e-4."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape
+  return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+
+
+def imagenet_input(faces_u8, config):
+  from vaflax.convert import torchvision_resnet  # noqa: PLC0415
+  from vaflax.data import ops  # noqa: PLC0415
+
+  pp = torchvision_resnet.IMAGENET_PP
+  assert pp in config.input.pp_eval  # the run records the preprocessing it needs
+  return ops.build(pp)({'image': faces_u8}, None)['image']
+
+
+@pytest.mark.parametrize('name,depth', [('resnet18_w4', 18), ('resnet50_w4', 50)])
+def test_torchvision_resnet_matches_torch(name, depth):
+  from vaflax import convert  # noqa: PLC0415
+
+  ref = np.load(fixture(f'{name}_outputs.npz'))
+  c = convert.convert('torchvision_resnet', fixture(f'{name}.pth'))
+  assert (c.config.model.depth, c.config.model.width) == (depth, 4)
+  assert sorted(c.ignored) == ['fc.bias', 'fc.weight']
+  assert c.new and all(k.startswith('head/') for k in c.new)
+  c.model.eval()
+  feats = c.model.backbone(imagenet_input(ref['faces'], c.config))
+  assert rel_diff(feats, ref['features']) < 1e-4
+
+
+@pytest.mark.parametrize('name', ['mae_vit_d32_p8.pth', 'timm_vit_d32_p8.safetensors'])
+def test_mae_vit_matches_torch(name):
+  from vaflax import convert  # noqa: PLC0415
+
+  ref = np.load(fixture(name.split('.')[0] + '_outputs.npz'))
+  c = convert.convert('mae', fixture(name))
+  m = c.config.model
+  assert (m.variant, m.depth, m.image_size, m.posemb, m.pool_type) == ('mu/8', 2, 32, 'learn', 'cls')
+  if name.startswith('mae'):
+    assert 'mask_token' in c.ignored and any(k.startswith('decoder_') for k in c.ignored)
+  else:
+    assert sorted(c.ignored) == ['head.bias', 'head.weight']
+  c.model.eval()
+  tokens, pooled = c.model.encoder(imagenet_input(ref['faces'], c.config))
+  assert rel_diff(tokens, ref['tokens']) < 1e-4
+  assert rel_diff(pooled, ref['tokens'][:, 0]) < 1e-4  # the CLS token after the final norm
+
+
+def test_a_missing_or_misshaped_tensor_is_named(tmp_path):
+  from vaflax import checkpoint, convert  # noqa: PLC0415
+
+  src = reader.read_checkpoint(fixture('resnet18_w4.pth'))
+  del src['layer2.1.bn1.running_var']
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=r'layer2\.1\.bn1\.running_var'):
+    convert.convert('torchvision_resnet', 'resnet18_w4.pth', src=src)
+  src = reader.read_checkpoint(fixture('mae_vit_d32_p8.pth'))
+  src['blocks.1.mlp.fc2.bias'] = src['blocks.1.mlp.fc2.bias'][:-1]
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=r'blocks\.1\.mlp\.fc2\.bias'):
+    convert.convert('mae', 'mae.pth', src=src)
+  src = reader.read_checkpoint(fixture('mae_vit_d32_p8.pth'))
+  with pytest.raises(checkpoint.CheckpointMismatchError, match='right --format'):
+    convert.convert('torchvision_resnet', 'mae.pth', src=dict(
+        src, **reader.read_checkpoint(fixture('resnet18_w4.pth'))))
+
+
+# --- CLI: a run directory that load_run reads ----------------------------------------------------
+
+
+@pytest.mark.parametrize('fmt,name', [('torchvision_resnet', 'resnet50_w4.pth'),
+                                      ('mae', 'mae_vit_d32_p8.pth')])
+def test_cli_writes_a_run_that_load_run_reads(tmp_path, capsys, fmt, name):
+  import json  # noqa: PLC0415
+
+  from vaflax import runs  # noqa: PLC0415
+  from vaflax.convert import __main__ as cli  # noqa: PLC0415
+
+  out = tmp_path / 'run'
+  assert cli.main([f'--format={fmt}', f'--input={fixture(name)}', f'--workdir={out}']) == 0
+  printed = capsys.readouterr().out
+  assert 'loaded' in printed and 'ignored on purpose' in printed and 'licence' in printed
+  prov = json.loads((out / 'provenance.json').read_text())
+  assert prov['format'] == fmt and len(prov['sha256']) == 64 and prov['licence']
+  run = runs.load_run(str(out))
+  assert run.step == 0
+  model = run.model()
+  ref = np.load(fixture(name.split('.')[0] + '_outputs.npz'))
+  x = imagenet_input(ref['faces'], run.config)
+  if fmt == 'mae':
+    assert rel_diff(model.encoder(x)[0], ref['tokens']) < 1e-4
+  else:
+    out_ = model({'image': x})
+    assert rel_diff(out_['features'], ref['features']) < 1e-4 and out_['va'].shape == (2, 2)

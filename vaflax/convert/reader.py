@@ -62,7 +62,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
   size, stride = tuple(size), tuple(stride)
   if not size:
     return np.array(data[storage_offset])
-  extent = storage_offset + 1 + sum((n - 1) * s for n, s in zip(size, stride) if n > 0)
+  extent = storage_offset + 1 + sum((n - 1) * s for n, s in zip(size, stride, strict=True) if n > 0)
   if min(size) > 0 and extent > data.size:
     raise pickle.UnpicklingError(f'tensor of size {size}, stride {stride} at offset '
                                  f'{storage_offset} runs past its storage of {data.size}')
