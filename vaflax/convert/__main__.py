@@ -24,9 +24,7 @@ def main(argv=None) -> int:
   t0 = time.perf_counter()
   c = convert.convert(args.format, args.input, args.variant)
   out = convert.write_run(c, args.workdir)
-  print(c.report.summary())
-  if c.new:
-    print(f'  new, not in the file ({len(c.new)}): {", ".join(c.new)}')
+  print(c.report.summary())  # its "kept their initial value" are the format's new weights
   if c.ignored:
     print(f'  ignored on purpose ({len(c.ignored)}): {", ".join(c.ignored[:12])}'
           f'{" ..." if len(c.ignored) > 12 else ""}')
