@@ -92,10 +92,10 @@ def rel_diff(got, want) -> float:
 
 
 def imagenet_input(faces_u8, config):
-  from vaflax.convert import torchvision_resnet  # noqa: PLC0415
+  from vaflax.convert import layers  # noqa: PLC0415
   from vaflax.data import ops  # noqa: PLC0415
 
-  pp = torchvision_resnet.IMAGENET_PP
+  pp = layers.IMAGENET_PP
   assert pp in config.input.pp_eval  # the run records the preprocessing it needs
   return ops.build(pp)({'image': faces_u8}, None)['image']
 

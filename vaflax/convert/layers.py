@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# torchvision's and MAE's input normalisation (ImageNet mean/std) as vaflax preprocessing ops.
+IMAGENET_PP = 'value_range(0, 1)|normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))'
+
 
 def conv(w_OxIxHxW) -> np.ndarray:
   """torch Conv2d weight (out, in, h, w) -> nnx.Conv kernel (h, w, in, out)."""

@@ -25,7 +25,6 @@ LICENCE = ('facebookresearch/mae code and released weights: CC BY-NC 4.0 (non-co
            'only). timm weights: see the model card of the file you downloaded.')
 NEW = ('head',)
 IGNORED = re.compile(r'(decoder_|mask_token$|head\.|fc_norm\.)')
-IMAGENET_PP = "value_range(0, 1)|normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))"
 
 
 def _depth(src) -> int:
@@ -65,7 +64,7 @@ def make_config(src, variant: str = ''):
   c = c.finetune
   c.model.update(enc)
   for key in ('pp_train', 'pp_eval'):
-    c.input[key] = c.input[key].replace('value_range(-1, 1)', IMAGENET_PP)
+    c.input[key] = c.input[key].replace('value_range(-1, 1)', layers.IMAGENET_PP)
   return c
 
 

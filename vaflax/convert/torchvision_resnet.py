@@ -18,7 +18,6 @@ LICENCE = ('torchvision (pytorch/vision) code and its ImageNet weights: BSD-3-Cl
            'licence of the data the weights were trained on for your use.')
 NEW = ('head',)  # target prefixes that the conversion leaves at their initial value
 IGNORED = re.compile(r'fc\.')  # source keys that are dropped on purpose
-IMAGENET_PP = "value_range(0, 1)|normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))"
 
 
 def _blocks(src) -> list[int]:
@@ -42,7 +41,7 @@ def make_config(src, variant: str = ''):
   c = resnet_va.get_config(f'variant={depth}')
   c.model.width = int(src['conv1.weight'].shape[0])
   for key in ('pp_train', 'pp_eval'):
-    c.input[key] = c.input[key].replace('value_range(-1, 1)', IMAGENET_PP)
+    c.input[key] = c.input[key].replace('value_range(-1, 1)', layers.IMAGENET_PP)
   return c
 
 
