@@ -236,6 +236,18 @@ def _value_range(lo: float = -1.0, hi: float = 1.0):
   return f
 
 
+@register('normalize')
+def _normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+  """Float image -> (image - mean) / std per channel; the defaults are ImageNet's (torchvision,
+  MAE), applied after value_range(0, 1). Converted PyTorch weights record it in their config."""
+  mean, std = np.float32(mean), np.float32(std)
+
+  def f(ex, rng):
+    ex['image'] = (ex['image'].astype(np.float32) - mean) / std
+    return ex
+  return f
+
+
 @register('keep')
 def _keep(*keys):
   def f(ex, rng):
