@@ -8,3 +8,10 @@ import flax
 flax.config.update('flax_always_shard_variable', False)
 
 __version__ = '0.1.0'
+
+
+def load(workdir: str, **kwargs):
+  """`vaflax.load(workdir)`: a run with predict(faces) and embed(faces) (vaflax/api.py)."""
+  from vaflax import api  # noqa: PLC0415 -- jax is imported only when a run is loaded
+
+  return api.load(workdir, **kwargs)

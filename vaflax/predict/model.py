@@ -51,9 +51,16 @@ class Predictor:
       res = {'va': out['va']}
       if 'quadrant_logits' in out:
         res['quadrant'] = jax.numpy.argmax(out['quadrant_logits'], -1)
+      if 'emotion_logits' in out:
+        res['expression_logits'] = out['emotion_logits']
       return res
 
+    def features(model_state, batch):
+      return nnx.merge(model_def, model_state).features(batch)
+
     self._fwd = jax.jit(fwd)
+    self._features = jax.jit(features)
+    self.model_name = config.model_name
 
   def _data_spec(self, crop_size):
     """(crop size, audio sample rate, samples per frame) of the run's (first) dataset."""
@@ -105,6 +112,11 @@ class Predictor:
 
   def dispatch(self, items: list[dict]):
     """Starts the model on a batch of inputs (padded to batch_size); returns a handle for `result`."""
+    batch, n = self._batch(items)
+    return self._fwd(self._state, batch), n
+
+  def _batch(self, items: list[dict]) -> tuple[dict, int]:
+    """Stacked inputs padded to batch_size (one compiled shape), and the real count."""
     n = len(items)
     batch = {}
     for k in items[0]:
@@ -112,7 +124,12 @@ class Predictor:
       if n < self.batch_size:
         arr = np.concatenate([arr, np.zeros((self.batch_size - n,) + arr.shape[1:], arr.dtype)])
       batch['frames' if (k == 'image' and self.window) else k] = arr
-    return self._fwd(self._state, batch), n
+    return batch, n
+
+  def embed(self, items: list[dict]) -> np.ndarray:
+    """The features the model's head reads (resnet, vit: `Model.features`), (n, D)."""
+    batch, n = self._batch(items)
+    return np.asarray(self._features(self._state, batch))[:n]
 
   @staticmethod
   def result(handle) -> dict:

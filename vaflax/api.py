@@ -1,0 +1,75 @@
+"""The small public Python API: `vaflax.load(workdir)` -> a run that scores face crops.
+
+  import vaflax
+  run = vaflax.load('workdirs/resnet_va')          # any training workdir or converted weights
+  out = run.predict(faces_NxHxWx3)                 # uint8 face crops
+  out['valence'], out['arousal']                   # (N,) float32 NumPy arrays
+  feats_NxD = run.embed(faces_NxHxWx3)              # the features the VA head reads
+
+Crops go through the run's own evaluation preprocessing (its `input.pp_eval`: crop, resize to
+the model's input size, value range or ImageNet normalisation) exactly as predict does
+(vaflax/predict/model.py), so a run behaves the same in Python, in predict and in evaluate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Run:
+  """A restored run on one device (vaflax/runs.py loads it: model weights only, eval mode)."""
+
+  def __init__(self, workdir: str, *, step: int | None = None, batch_size: int = 32,
+               overrides=()):
+    from vaflax.predict import model  # noqa: PLC0415 -- imports jax
+
+    self._predictor = model.Predictor(workdir, checkpoint_step=step, batch_size=batch_size,
+                                      overrides=overrides)
+    if self._predictor.window:
+      raise ValueError(f'{workdir}: a model over windows of {self._predictor.window} frames scores '
+                       'clips, not single faces; use python -m vaflax.predict on the video')
+    self.workdir, self.step = self._predictor.workdir, self._predictor.step
+    self.config = self._predictor.config
+
+  def _inputs(self, faces) -> list[dict]:
+    faces = np.asarray(faces)
+    if faces.ndim == 3:
+      faces = faces[None]
+    if faces.ndim != 4 or faces.shape[-1] not in (1, 3) or faces.dtype != np.uint8:
+      raise ValueError(f'faces must be a uint8 array (N, H, W, 3) of face crops; got '
+                       f'{faces.dtype} {faces.shape}')
+    return [self._predictor.preprocess(f) for f in faces]
+
+  def _chunks(self, items):
+    size = self._predictor.batch_size
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+  def predict(self, faces) -> dict[str, np.ndarray]:
+    """{'valence': (N,), 'arousal': (N,)} for uint8 face crops (N, H, W, 3); also
+    'quadrant' (N,) when the model has a quadrant head and 'expression' (N, E) logits when it
+    has an expression head."""
+    outs = [self._predictor.result(self._predictor.dispatch(c))
+            for c in self._chunks(self._inputs(faces))]
+    cat = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    res = {'valence': cat['va'][:, 0].astype(np.float32),
+           'arousal': cat['va'][:, 1].astype(np.float32)}
+    if 'quadrant' in cat:
+      res['quadrant'] = cat['quadrant']
+    if 'expression_logits' in cat:
+      res['expression'] = cat['expression_logits'].astype(np.float32)
+    return res
+
+  def embed(self, faces) -> np.ndarray:
+    """(N, D) features: for a ResNet the global-average-pooled last stage (torchvision's `fc`
+    input); for a ViT the pooled encoder output after its final LayerNorm, unmasked (the CLS
+    token when the run pools with 'cls', as converted MAE weights do)."""
+    try:
+      return np.concatenate([self._predictor.embed(c) for c in self._chunks(self._inputs(faces))])
+    except AttributeError as e:
+      raise ValueError(f'{self.workdir}: model {self.config.model_name!r} has no `features` '
+                       'method (embed supports resnet and vit runs)') from e
+
+
+def load(workdir: str, *, step: int | None = None, batch_size: int = 32, overrides=()) -> Run:
+  """The run in `workdir` (a training workdir, a stage of a recipe, or `vaflax.convert` output)."""
+  return Run(workdir, step=step, batch_size=batch_size, overrides=overrides)
