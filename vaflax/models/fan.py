@@ -148,7 +148,6 @@ class ConvBlock(nnx.Module):
   Three pre-activated (BN-ReLU) 3x3 convs with C/2, C/4 and C/4 output channels, each reading the
   previous one, concatenated to C channels: receptive fields 3, 5 and 7 at the cost of one
   bottleneck. Residual connection, through a pre-activated 1x1 projection when channels differ.
-  `ura` overrides BatchNorm's use_running_average (True freezes the statistics).
   """
 
   def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, dtype):
@@ -166,12 +165,12 @@ class ConvBlock(nnx.Module):
     else:
       self.proj_bn = self.proj = None
 
-  def __call__(self, x_BxHxWxC, ura=None):
-    y1 = self.conv1(nnx.relu(self.bn1(x_BxHxWxC, ura)))
-    y2 = self.conv2(nnx.relu(self.bn2(y1, ura)))
-    y3 = self.conv3(nnx.relu(self.bn3(y2, ura)))
+  def __call__(self, x_BxHxWxC):
+    y1 = self.conv1(nnx.relu(self.bn1(x_BxHxWxC)))
+    y2 = self.conv2(nnx.relu(self.bn2(y1)))
+    y3 = self.conv3(nnx.relu(self.bn3(y2)))
     y = jnp.concatenate([y1, y2, y3], axis=-1)
-    sc = x_BxHxWxC if self.proj is None else self.proj(nnx.relu(self.proj_bn(x_BxHxWxC, ura)))
+    sc = x_BxHxWxC if self.proj is None else self.proj(nnx.relu(self.proj_bn(x_BxHxWxC)))
     return y + sc
 
 
@@ -191,9 +190,9 @@ class Hourglass(nnx.Module):
                   else ConvBlock(c, c, rngs=rngs, dtype=dtype))
     self.low3 = ConvBlock(c, c, rngs=rngs, dtype=dtype)
 
-  def __call__(self, x_BxHxWxC, ura=None):
-    up = self.up(x_BxHxWxC, ura)
-    low = self.low3(self.inner(self.low1(_pool2(x_BxHxWxC), ura), ura), ura)
+  def __call__(self, x_BxHxWxC):
+    up = self.up(x_BxHxWxC)
+    low = self.low3(self.inner(self.low1(_pool2(x_BxHxWxC))))
     return up + einops.repeat(low, 'b h w c -> b (h 2) (w 2) c')
 
 
@@ -226,20 +225,20 @@ class FAN(nnx.Module):
     self.remap_hm = nnx.List([_conv(num_landmarks, width, 1, use_bias=True, rngs=rngs, dtype=dtype)
                               for _ in range(num_stacks - 1)])
 
-  def __call__(self, x_BxHxWx3, ura=None):
+  def __call__(self, x_BxHxWx3):
     _, h, w, _ = x_BxHxWx3.shape
     unit = 4 * 2**self.depth
     if h % unit or w % unit:
       raise ValueError(f'FAN with hourglass depth {self.depth} needs image sides divisible by '
                        f'{unit}, got {h}x{w}')
-    x = nnx.relu(self.stem_bn(self.stem_conv(x_BxHxWx3.astype(self.dtype)), ura))
-    x = _pool2(self.stem2(x, ura))
-    stem_BxhxwxC = self.stem4(self.stem3(x, ura), ura)
+    x = nnx.relu(self.stem_bn(self.stem_conv(x_BxHxWx3.astype(self.dtype))))
+    x = _pool2(self.stem2(x))
+    stem_BxhxwxC = self.stem4(self.stem3(x))
     prev = stem_BxhxwxC
     heatmaps, feats = [], None
     for i in range(len(self.hourglass)):
-      f = self.top[i](self.hourglass[i](prev, ura), ura)
-      feats = nnx.relu(self.last_bn[i](self.last_conv[i](f), ura))
+      f = self.top[i](self.hourglass[i](prev))
+      feats = nnx.relu(self.last_bn[i](self.last_conv[i](f)))
       hm_BxhxwxL = self.heatmap[i](feats)
       heatmaps.append(hm_BxhxwxL)
       if i < len(self.hourglass) - 1:

@@ -85,6 +85,14 @@ def _stem_max_pool_bwd(res, g_BxhxwxC):
 stem_max_pool.defvjp(_stem_max_pool_fwd, _stem_max_pool_bwd)
 
 
+def _shortcut(cin, cout, stride, *, rngs, dtype):
+  """(1x1 conv, BN) projection of the residual when the shape changes (He et al. 2016, option
+  B; torchvision's `downsample`), else (None, None): the identity."""
+  if stride == 1 and cin == cout:
+    return None, None
+  return _conv(cin, cout, 1, stride, rngs=rngs, dtype=dtype), _bn(cout, rngs=rngs, dtype=dtype)
+
+
 class BasicBlock(nnx.Module):
   expansion = 1
 
@@ -94,11 +102,7 @@ class BasicBlock(nnx.Module):
     self.bn1 = _bn(cout, rngs=rngs, dtype=dtype)
     self.conv2 = _conv(cout, cout, 3, 1, rngs=rngs, dtype=dtype)
     self.bn2 = _bn(cout, rngs=rngs, dtype=dtype, zero=zero_init_residual)
-    if stride != 1 or cin != cout:
-      self.down_conv = _conv(cin, cout, 1, stride, rngs=rngs, dtype=dtype)
-      self.down_bn = _bn(cout, rngs=rngs, dtype=dtype)
-    else:
-      self.down_conv = self.down_bn = None
+    self.down_conv, self.down_bn = _shortcut(cin, cout, stride, rngs=rngs, dtype=dtype)
 
   def __call__(self, x):
     y = nnx.relu(self.bn1(self.conv1(x)))
@@ -118,11 +122,7 @@ class Bottleneck(nnx.Module):
     self.bn2 = _bn(width, rngs=rngs, dtype=dtype)
     self.conv3 = _conv(width, cout, 1, 1, rngs=rngs, dtype=dtype)
     self.bn3 = _bn(cout, rngs=rngs, dtype=dtype, zero=zero_init_residual)
-    if stride != 1 or cin != cout:
-      self.down_conv = _conv(cin, cout, 1, stride, rngs=rngs, dtype=dtype)
-      self.down_bn = _bn(cout, rngs=rngs, dtype=dtype)
-    else:
-      self.down_conv = self.down_bn = None
+    self.down_conv, self.down_bn = _shortcut(cin, cout, stride, rngs=rngs, dtype=dtype)
 
   def __call__(self, x):
     y = nnx.relu(self.bn1(self.conv1(x)))
