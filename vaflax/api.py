@@ -32,20 +32,22 @@ class Run:
     self.config = self._predictor.config
 
   def _inputs(self, faces) -> list[dict]:
-    faces = np.asarray(faces)
-    if faces.ndim == 3:
-      faces = faces[None]
-    if faces.ndim != 4 or faces.shape[-1] not in (1, 3) or faces.dtype != np.uint8:
-      raise ValueError(f'faces must be a uint8 array (N, H, W, 3) of face crops; got '
-                       f'{faces.dtype} {faces.shape}')
-    return [self._predictor.preprocess(f) for f in faces]
+    """Model inputs of a uint8 (N, H, W, 3) array, or of a list of (H, W, 3) crops of any
+    sizes (each is resized by the run's preprocessing)."""
+    crops = list(faces) if isinstance(faces, list | tuple) else list(np.asarray(faces))
+    for f in crops:
+      f = np.asarray(f)
+      if f.ndim != 3 or f.shape[-1] not in (1, 3) or f.dtype != np.uint8:
+        raise ValueError(f'faces must be a uint8 array (N, H, W, 3) of face crops (or a list of '
+                         f'(H, W, 3) ones); got a crop of {f.dtype} {f.shape}')
+    return [self._predictor.preprocess(np.asarray(f)) for f in crops]
 
   def _chunks(self, items):
     size = self._predictor.batch_size
     return [items[i:i + size] for i in range(0, len(items), size)]
 
   def predict(self, faces) -> dict[str, np.ndarray]:
-    """{'valence': (N,), 'arousal': (N,)} for uint8 face crops (N, H, W, 3); also
+    """{'valence': (N,), 'arousal': (N,)} for N uint8 face crops ((N, H, W, 3) or a list); also
     'quadrant' (N,) when the model has a quadrant head and 'expression' (N, E) logits when it
     has an expression head."""
     outs = [self._predictor.result(self._predictor.dispatch(c))

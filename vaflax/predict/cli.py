@@ -2,7 +2,7 @@ r"""Valence/arousal of the faces in images and videos, with a trained run.
 
   python -m vaflax.predict --workdir=W --input=PATH --output=DIR [--frame_stride=1]
       [--smooth=none|ema|mean --smooth_window=5] [--min_face=40] [--faces=largest|all]
-      [--overlay] [--flip_tta] [--batch_size=32] [--detect_every=10]
+      [--overlay] [--flip_tta] [--batch_size=32] [--detect_every=10] [--cropped]
 
 PATH is an image, a video or a folder of them. docs/predict.md has the outputs and formats.
 """
@@ -83,7 +83,12 @@ def main(argv=None) -> int:
   ap.add_argument('--crop_margin', type=float, default=DEFAULT_MARGIN)
   ap.add_argument('--data_dir', default=None, help="TFDS data dir (for the dataset's crop size)")
   ap.add_argument('--quiet', action='store_true', help='no progress line')
+  ap.add_argument('--cropped', action='store_true',
+                  help='each input image is one face crop: no detection, one row per image in '
+                  'OUTPUT/cropped.csv')
   a = ap.parse_args(rest)
+  if a.cropped:
+    return _main_cropped(a, overrides)
   opts = Options(frame_stride=a.frame_stride, smooth=a.smooth, smooth_window=a.smooth_window,
                  min_face=a.min_face, faces=a.faces, detect_every=a.detect_every,
                  max_age=a.max_age, overlay=a.overlay, plots=not a.no_plots,
@@ -108,4 +113,23 @@ def main(argv=None) -> int:
     for e in errors:
       print(f'  {e}', file=sys.stderr)
     return 1
+  return 0
+
+
+def _main_cropped(a, overrides) -> int:
+  from vaflax import api  # noqa: PLC0415
+  from vaflax.predict import cropped  # noqa: PLC0415
+
+  try:
+    files, ignored = list_inputs(a.input)
+    if a.data_dir:
+      overrides = [*overrides, f'input.data_dir={a.data_dir}']
+    run = api.load(a.workdir, step=a.checkpoint_step, batch_size=a.batch_size,
+                   overrides=overrides)
+    root = a.input if os.path.isdir(a.input) else os.path.dirname(os.path.abspath(a.input))
+    path, ok, bad = cropped.predict_crops(run, files + ignored, a.output, root)
+  except (InputError, FileNotFoundError, PermissionError, ValueError, KeyError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(f'{ok} crops scored, {bad} errors -> {path}')
   return 0
