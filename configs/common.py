@@ -37,6 +37,21 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 DEFAULT_DATA_DIR = os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
 
+# RGB in [0, 1], then ImageNet's per-channel mean and std: what torchvision's ResNets and MAE's
+# ViTs were trained on (docs/pretrained.md). vaflax's own recipes use value_range(-1, 1).
+IMAGENET_PP = 'value_range(0, 1)|normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))'
+
+
+def imagenet_inputs(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`c` with ImageNet normalisation instead of value_range(-1, 1) in its pp strings, for
+  weights converted from PyTorch (vaflax/convert)."""
+  for key in ('pp_train', 'pp_eval'):
+    if 'value_range(-1, 1)' not in c.input[key]:
+      raise ValueError(f'config.input.{key}={c.input[key]!r} has no value_range(-1, 1) to replace')
+    c.input[key] = c.input[key].replace('value_range(-1, 1)', IMAGENET_PP)
+  return c
+
+
 # Logical axis name -> mesh axis. Dimensions that 'fsdp' does not divide stay replicated.
 FSDP_RULES = (('conv_out', 'fsdp'), ('mlp', 'fsdp'), ('heads', 'fsdp'), ('embed', None),
               ('conv_in', None), ('classes', None))

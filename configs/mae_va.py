@@ -4,6 +4,7 @@ r"""MAE-pretrained ViT -> VA fine-tuning -> audio-visual temporal fusion (Zhang 
   python -m vaflax.main --config=configs/mae_va.py:runlocal --workdir=/tmp/mae_va
   python -m vaflax.main --config=configs/mae_va.py --workdir=W
   python -m vaflax.main --config=configs/mae_va.py --workdir=W --config.init_from=MAE_WORKDIR
+  python -m vaflax.main --config=configs/mae_va.py:pretrained=W/mae_b16 --workdir=W
 
 One command runs the whole recipe (vaflax/trainers/mae_va.py), one sub-workdir per stage; re-run
 the same command to continue where it stopped (a finished stage is never redone):
@@ -27,7 +28,9 @@ patch 6 and windows of 8 frames (clips have 24): MAE 300 steps, fine-tuning 3000
 stage 300 (10 min 20 s on an idle 2-core CPU, measured).
 
 Arguments: variant (ViT name/patch), dataset (VA data of finetune and fusion), pretrain_dataset
-(faces for the MAE; mixture parts joined by '+'), runlocal.
+(faces for the MAE; mixture parts joined by '+'), pretrained (a workdir written by
+`python -m vaflax.convert --format=mae`: skips the MAE stage, fine-tunes its encoder with the
+file's position embedding and ImageNet normalisation; docs/pretrained.md), runlocal.
 """
 
 import ml_collections
@@ -129,7 +132,7 @@ def _fusion(a) -> ml_collections.ConfigDict:
 
 def get_config(arg=None):
   a = common.parse_arg(arg, variant='B/16', dataset='affwild2_va',
-                       pretrain_dataset=mae_pretrain.FACE_MIXTURE, runlocal=False)
+                       pretrain_dataset=mae_pretrain.FACE_MIXTURE, pretrained='', runlocal=False)
   c = ml_collections.ConfigDict()
   c.recipe = 'mae_va'  # the stages of vaflax/trainers/mae_va.py, run by vaflax/stages.py
   c.init_from = ''  # an MAE (or ViT) run to fine-tune from; '' = pretrain one in workdir/pretrain
@@ -187,6 +190,12 @@ def get_config(arg=None):
     c.fusion.log_every_steps = 25
     c.fusion.eval_every_steps = 150
     c.fusion.checkpoint_every_steps = 150
+
+  if a.pretrained:  # converted MAE weights (vaflax/convert): their encoder, their pos_embed
+    c.init_from = a.pretrained
+    c.vit.posemb = 'learn'
+    for s in (c.finetune, c.fusion):
+      common.imagenet_inputs(s)
 
   # One ViT, one image size, one data dir across the stages.
   stages = (c.pretrain, c.finetune, c.fusion)

@@ -2,6 +2,7 @@ r"""ResNet + MLP head regressing valence and arousal (the CNN of Deng, Chen, Shi
 
   python -m vaflax.main --config=configs/resnet_va.py:runlocal --workdir=/tmp/resnet_va
   python -m vaflax.main --config=configs/resnet_va.py:variant=50,dataset=afew_va --workdir=W
+  python -m vaflax.main --config=configs/resnet_va.py:bins=20,pretrained=W/tv_r50 --workdir=W/cnn
 
 Recipe (Deng et al. 2020, "FAU, Facial Expressions, Valence and Arousal: A Multi-task Solution",
 VA part): 112x112 face crops, ResNet-50 backbone, MLP head (hidden 128), Adam lr 1e-4 decayed
@@ -23,6 +24,8 @@ Aff-Wild2's extra features (audio). Other mixtures (commas cannot go through the
 
 Arguments: variant (18|34|50), dataset (a name or mixture, see vaflax/data/pipeline.py),
 bins (0: tanh regression; 20: Deng et al.'s binned head + CE loss),
+pretrained (a workdir written by `python -m vaflax.convert --format=torchvision_resnet`: the
+backbone starts from its ImageNet weights, inputs get ImageNet normalisation; docs/pretrained.md),
 runlocal (synthetic set, ResNet-18 at 64 px, a few minutes on a 2-core CPU).
 """
 
@@ -31,7 +34,7 @@ from configs import common
 
 def get_config(arg=None):
   a = common.parse_arg(arg, variant=50, dataset='affwild2_va:0.2,afew_va:1', bins=0,
-                      runlocal=False)
+                      pretrained='', runlocal=False)
   c = common.base_config()
   c.task = 'supervised'
   c.model_name = 'resnet'
@@ -55,6 +58,9 @@ def get_config(arg=None):
   c.loss.binned_weight = 1.0 if a.bins else 0.0  # CE over the bins (Deng et al.: CE + CCC)
   c.eval_every_steps = 2000
   c.checkpoint_every_steps = 2000
+  if a.pretrained:  # a `vaflax.convert --format=torchvision_resnet` run: its backbone, a new head
+    c.init_from = f'{a.pretrained}:backbone=backbone'
+    common.imagenet_inputs(c)
   if a.runlocal:
     c.input.dataset = 'synthetic_va'
     c.model.depth = 18

@@ -49,7 +49,7 @@ def _main(*args):
     (['--config=configs/resnet_va.py:runlocal', '--config.batch_size=abc'],
      ['--config.batch_size=abc: config.batch_size has type int', "config's value: 32"]),
     (['--config=configs/resnet_va.py:runlocal,foo=1'],
-     ["unknown config argument 'foo'; known: bins, dataset, runlocal, variant"]),
+     ["unknown config argument 'foo'; known: bins, dataset, pretrained, runlocal, variant"]),
     (['--config=configs/no_such_config.py'],
      ['--config=configs/no_such_config.py: no such file; configs has', 'resnet_va.py']),
 ])

@@ -176,3 +176,26 @@ def test_cli_writes_a_run_that_load_run_reads(tmp_path, capsys, fmt, name):
   else:
     out_ = model({'image': x})
     assert rel_diff(out_['features'], ref['features']) < 1e-4 and out_['va'].shape == (2, 2)
+
+
+def test_resnet_recipe_starts_from_converted_weights(tmp_path):
+  """configs/resnet_va.py:pretrained=OUT: the backbone comes from the converted file (the head is
+  new) and the inputs get the ImageNet normalisation the weights need."""
+  from flax import nnx  # noqa: PLC0415
+
+  from configs import resnet_va  # noqa: PLC0415
+  from vaflax import runs, train  # noqa: PLC0415
+  from vaflax.convert import __main__ as cli  # noqa: PLC0415
+
+  out = tmp_path / 'tv'
+  assert cli.main(['--format=torchvision_resnet', f'--input={fixture("resnet50_w4.pth")}',
+                   f'--workdir={out}']) == 0
+  c = resnet_va.get_config(f'variant=50,bins=20,pretrained={out}')
+  c.model.width = 4  # the reduced-width fixture; torchvision's own weights have the default 64
+  assert 'normalize((0.485, 0.456, 0.406)' in c.input.pp_train
+  model = runs.make_model(c, nnx.Rngs(7))
+  train.init_from(c, model)
+  ref = np.load(fixture('resnet50_w4_outputs.npz'))
+  model.eval()
+  feats = model.features({'image': imagenet_input(ref['faces'], c)})
+  assert rel_diff(feats, ref['features']) < 1e-4

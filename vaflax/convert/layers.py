@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from configs import common
+
 # torchvision's and MAE's input normalisation (ImageNet mean/std) as vaflax preprocessing ops.
-IMAGENET_PP = 'value_range(0, 1)|normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))'
+IMAGENET_PP = common.IMAGENET_PP  # the preprocessing converted torchvision / MAE weights need
 
 
 def conv(w_OxIxHxW) -> np.ndarray:

@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 
-from configs import mae_va
+from configs import common, mae_va
 from vaflax.convert import layers
 from vaflax.models import vit
 
@@ -63,9 +63,7 @@ def make_config(src, variant: str = ''):
   c.image_size = enc['image_size']
   c = c.finetune
   c.model.update(enc)
-  for key in ('pp_train', 'pp_eval'):
-    c.input[key] = c.input[key].replace('value_range(-1, 1)', layers.IMAGENET_PP)
-  return c
+  return common.imagenet_inputs(c)
 
 
 def map_weights(src, config) -> layers.Mapping:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from configs import resnet_va
+from configs import common, resnet_va
 from vaflax.convert import layers
 from vaflax.models import resnet
 
@@ -40,9 +40,7 @@ def make_config(src, variant: str = ''):
     raise ValueError(f'--variant={variant} but the file holds a ResNet-{depth}')
   c = resnet_va.get_config(f'variant={depth}')
   c.model.width = int(src['conv1.weight'].shape[0])
-  for key in ('pp_train', 'pp_eval'):
-    c.input[key] = c.input[key].replace('value_range(-1, 1)', layers.IMAGENET_PP)
-  return c
+  return common.imagenet_inputs(c)
 
 
 def map_weights(src, config) -> layers.Mapping:
