@@ -179,8 +179,8 @@ def main(argv=None):
   ap.add_argument('--batch', default='', help='per-workload batch, e.g. mae=128,emofan=32')
   ap.add_argument('--steps', type=int, default=20, help='timed steps (smoke: 2)')
   ap.add_argument('--warmup', type=int, default=3, help='untimed steps first (smoke: 1)')
-  ap.add_argument('--workers', type=int, default=8,
-                  help='Grain worker processes of the fed ResNet (smoke: 0)')
+  ap.add_argument('--workers', type=int, default=None,
+                  help='Grain worker processes of the fed ResNet (default 8; smoke: 0)')
   ap.add_argument('--data_dir', default='',
                   help='TFDS dir with synthetic_va (built there if missing; default: a temp dir)')
   ap.add_argument('--peak_tflops', type=float, default=0.0,
@@ -192,7 +192,9 @@ def main(argv=None):
   ap.add_argument('--torch_timeout_s', type=float, default=600)
   args = ap.parse_args(argv)
   if args.smoke:
-    args.steps, args.warmup, args.workers = 2, 1, 0
+    args.steps, args.warmup = 2, 1
+  if args.workers is None:
+    args.workers = 0 if args.smoke else 8
   if args.torch_python is None:
     args.torch_python = sys.executable if importlib.util.find_spec('torch') else ''
   args.torch_modes = args.torch_modes.split(',')
