@@ -70,7 +70,50 @@ def _percentile(xs, q):
   return float(np.percentile(np.asarray(xs, np.float64), q))
 
 
-def _timed_loop(step_fn, state, batches, step_args, n_warmup: int):
+def memory_report(compiled) -> dict | None:
+  """XLA's memory analysis of a compiled step, in bytes per device (None where not given)."""
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return None
+  memory = {k: int(getattr(mem, f'{k}_in_bytes', 0)) for k in
+            ('argument_size', 'output_size', 'alias_size', 'temp_size', 'generated_code_size')}
+  # Live at the peak: inputs + outputs not aliased to (donated) inputs + scratch.
+  memory['peak_estimate'] = (memory['argument_size'] + memory['output_size']
+                             - memory['alias_size'] + memory['temp_size'])
+  return memory
+
+
+def step_flops(compiled, num_devices: int) -> float | None:
+  """XLA's FLOP count of one call of a compiled step, over all devices (None where not given)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list | tuple):  # older jax: one dict per partition
+    cost = cost[0] if cost else None
+  # The compiled module is the per-device SPMD program: scale its FLOPs by the device count.
+  flops = float(cost.get('flops', 0.0)) * num_devices if cost else 0.0
+  return flops or None
+
+
+def compile_step(setup, batch, step_arg):
+  """Compiles `setup.train_step` (vaflax.train.make_setup's) ahead of time for this batch.
+
+  Returns (compiled step, {'compile_s', 'memory_bytes', 'flops_per_step'}).
+  """
+  t0 = time.perf_counter()
+  compiled = setup.train_step.lower(setup.state, batch, step_arg).compile()
+  compile_s = time.perf_counter() - t0
+  return compiled, {'compile_s': compile_s, 'memory_bytes': memory_report(compiled),
+                    'flops_per_step': step_flops(compiled, setup.mesh.devices.size)}
+
+
+def model_flops_utilization(flops_per_step, step_s: float, peak: float | None,
+                            num_devices: int) -> float | None:
+  """Achieved FLOP/s over the peak of all devices; None without a peak or a FLOP count."""
+  if not (peak and flops_per_step and step_s > 0):
+    return None
+  return flops_per_step / step_s / (peak * num_devices)
+
+
+def timed_loop(step_fn, state, batches, step_args, n_warmup: int):
   """Runs the steps as the train loop does; returns (state, per-step seconds, last ok).
 
   Step i's time is the interval between the completions of steps i-1 and i; a step's
@@ -98,8 +141,13 @@ def _timed_loop(step_fn, state, batches, step_args, n_warmup: int):
   return state, times, ok
 
 
-def run(config, steps: int = 20, warmup: int = 2, peak_tflops: float = 0.0) -> dict:
-  """Compiles and times the train step of `config`; returns the report as a dict."""
+def run(config, steps: int = 20, warmup: int = 2, peak_tflops: float = 0.0,
+        fed: bool = True) -> dict:
+  """Compiles and times the train step of `config`; returns the report as a dict.
+
+  fed=False times the cached phase only (compute; the step time and examples/s are the cached
+  ones and input_wait_frac is None).
+  """
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
@@ -117,35 +165,21 @@ def run(config, steps: int = 20, warmup: int = 2, peak_tflops: float = 0.0) -> d
   step_args = [jax.device_put(np.int32(i), rep) for i in range(2 * n)]
   first = sharding.to_global(next(it), setup.mesh)
 
-  t0 = time.perf_counter()
-  lowered = setup.train_step.lower(setup.state, first, step_args[0])
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - t0
-
-  mem = compiled.memory_analysis()
-  memory = None
-  if mem is not None:
-    memory = {k: int(getattr(mem, f'{k}_in_bytes', 0)) for k in
-              ('argument_size', 'output_size', 'alias_size', 'temp_size',
-               'generated_code_size')}
-    # Live at the peak: inputs + outputs not aliased to (donated) inputs + scratch.
-    memory['peak_estimate'] = (memory['argument_size'] + memory['output_size']
-                               - memory['alias_size'] + memory['temp_size'])
-  cost = compiled.cost_analysis()
-  if isinstance(cost, list | tuple):  # older jax: one dict per partition
-    cost = cost[0] if cost else None
-  # The compiled module is the per-device SPMD program: scale its FLOPs by the device count.
+  compiled, aot = compile_step(setup, first, step_args[0])
   ndev = setup.mesh.devices.size
-  flops_step = float(cost.get('flops', 0.0)) * ndev if cost else 0.0
+  flops_step = aot['flops_per_step'] or 0.0
   gb = int(config.batch_size)
 
   state = setup.state
-  state, cached_times, ok_c = _timed_loop(compiled, state, lambda: first, step_args[:n], warmup)
+  state, cached_times, ok_c = timed_loop(compiled, state, lambda: first, step_args[:n], warmup)
 
-  def fed():
+  def fed_batch():
     return sharding.to_global(next(it), setup.mesh)
 
-  state, fed_times, ok_f = _timed_loop(compiled, state, fed, step_args[n:], warmup)
+  if fed:
+    state, fed_times, ok_f = timed_loop(compiled, state, fed_batch, step_args[n:], warmup)
+  else:
+    fed_times, ok_f = cached_times, ok_c
   jax.block_until_ready(state)
 
   med_fed = float(np.median(fed_times))
@@ -154,7 +188,7 @@ def run(config, steps: int = 20, warmup: int = 2, peak_tflops: float = 0.0) -> d
   kind = jax.devices()[0].device_kind
   peak = peak_tflops * 1e12 if peak_tflops > 0 else peak_flops(kind)
   flops_ex = flops_step / gb if flops_step else None
-  mfu = (flops_ex * eps / (peak * ndev)) if (peak and flops_ex) else None
+  mfu = model_flops_utilization(flops_step, med_fed, peak, ndev)
   return {
       'date': datetime.date.today().isoformat(),
       'config_model': config.model_name,
@@ -168,8 +202,8 @@ def run(config, steps: int = 20, warmup: int = 2, peak_tflops: float = 0.0) -> d
       'image_size': int(config.image_size),
       'steps': steps,
       'warmup': warmup,
-      'compile_s': compile_s,
-      'memory_bytes': memory,
+      'compile_s': aot['compile_s'],
+      'memory_bytes': aot['memory_bytes'],
       'flops_per_step': flops_step or None,
       'flops_per_example': flops_ex,
       'examples_per_sec': eps,
@@ -177,7 +211,7 @@ def run(config, steps: int = 20, warmup: int = 2, peak_tflops: float = 0.0) -> d
       'step_time_ms_p10': 1e3 * _percentile(fed_times, 10),
       'step_time_ms_p90': 1e3 * _percentile(fed_times, 90),
       'step_time_ms_cached_median': 1e3 * med_cached,
-      'input_wait_frac': max(0.0, min(1.0, 1.0 - med_cached / med_fed)),
+      'input_wait_frac': max(0.0, min(1.0, 1.0 - med_cached / med_fed)) if fed else None,
       'peak_flops_per_device': peak,
       'mfu': mfu,
       'finite': bool(ok_c) and bool(ok_f),
@@ -203,8 +237,9 @@ def format_report(r: dict) -> str:
       f"step time          {r['step_time_ms_median']:.1f} ms median "
       f"(p10 {r['step_time_ms_p10']:.1f}, p90 {r['step_time_ms_p90']:.1f}; "
       f"cached batch {r['step_time_ms_cached_median']:.1f})",
-      f"input wait         {100 * r['input_wait_frac']:.1f} % of the step",
   ]
+  if r['input_wait_frac'] is not None:
+    lines.append(f"input wait         {100 * r['input_wait_frac']:.1f} % of the step")
   if r['flops_per_example']:
     lines.append(f"FLOPs / example    {r['flops_per_example'] / 1e9:.2f} GFLOP (XLA, fwd+bwd+update)")
   lines.append('MFU                ' + (f"{100 * r['mfu']:.1f} % of "
