@@ -285,6 +285,14 @@ def test_the_scan_finds_each_unsafe_pattern():
   assert unsafe_uses(ok) == []
 
 
+# Audited exceptions, each for one reason. The PyTorch checkpoint reader must open the zip archive
+# torch.save writes: it reads named members into memory and never extracts (extractall would
+# still be reported); its unpickler is the allowlist one that tests/convert_test.py attacks.
+# That test builds malicious zip checkpoints.
+AUDITED = {'vaflax/convert/reader.py': ['import zipfile'],
+           'tests/convert_test.py': ['import zipfile']}
+
+
 def test_no_project_code_unpickles_evaluates_or_extracts_archives():
   files = list(_project_files())
   assert len(files) > 50 and any(f.endswith('checkpoint.py') for f in files)
@@ -292,6 +300,8 @@ def test_no_project_code_unpickles_evaluates_or_extracts_archives():
   for path in files:
     with open(path, encoding='utf-8') as fh:
       hits = unsafe_uses(fh.read())
+    rel = os.path.relpath(path, REPO)
+    hits = [h for h in hits if h.split(': ', 1)[1] not in AUDITED.get(rel, [])]
     if hits:
-      bad[os.path.relpath(path, REPO)] = hits
+      bad[rel] = hits
   assert bad == {}
