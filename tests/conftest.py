@@ -21,11 +21,28 @@ flags.FLAGS.mark_as_parsed()
 
 @pytest.fixture(scope='session')
 def synthetic_data_dir(tmp_path_factory):
-  """synthetic_va built once per test session (about 15 s)."""
+  """synthetic_va built once per test run (about 25 s), shared by the pytest-xdist workers: the
+  first worker to take the lock builds it, the others wait for its marker. (Caches written into
+  it later, e.g. balance's VA labels, are written atomically.)"""
+  import time  # noqa: PLC0415
+
   from vaflax.data import build  # noqa: PLC0415
 
-  d = tmp_path_factory.mktemp('tfds')
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # the run's base temp, common to its workers
+  d, done = root / 'tfds_shared', root / 'tfds_shared.built'
+  try:
+    os.mkdir(root / 'tfds_shared.lock')
+  except FileExistsError:
+    t0 = time.time()
+    while not done.exists():
+      if time.time() - t0 > 900:
+        raise TimeoutError(f'{d}: another worker took the build lock and did not finish') from None
+      time.sleep(0.5)
+    return str(d)
   build.build('synthetic_va', str(d), verbose=False)
+  done.write_text('ok')
   return str(d)
 
 
