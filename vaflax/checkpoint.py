@@ -21,6 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from vaflax import optim
+
 
 class CheckpointMismatchError(ValueError):
   pass
@@ -146,10 +148,6 @@ def restore(mngr: ocp.CheckpointManager, model_like, opt_like=None, data_iter=No
 WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)
 
 
-def _path_str(path) -> str:
-  return '/'.join(str(getattr(k, 'key', k)) for k in path)
-
-
 def flat_weights(model_or_state) -> dict[str, np.ndarray]:
   """{'a/b/kernel': array} of the parameters and BatchNorm statistics of a module or state."""
   state = model_or_state
@@ -157,7 +155,7 @@ def flat_weights(model_or_state) -> dict[str, np.ndarray]:
     state = nnx.state(state, WEIGHTS)
   else:
     state = nnx.filter_state(state, WEIGHTS)
-  return {_path_str(p): np.asarray(jax.device_get(v.get_value()))
+  return {optim.path_str(p): np.asarray(jax.device_get(v.get_value()))
           for p, v in nnx.to_flat_state(state)}
 
 
@@ -219,7 +217,7 @@ def transfer_weights(source: Mapping[str, np.ndarray], target, mapping=(('', '')
   loading and the PyTorch importer (vaflax/convert) all come through here.
   """
   state = nnx.state(target, WEIGHTS) if isinstance(target, nnx.Module) else target
-  flat_target = {_path_str(p): v for p, v in nnx.to_flat_state(nnx.filter_state(state, WEIGHTS))}
+  flat_target = {optim.path_str(p): v for p, v in nnx.to_flat_state(nnx.filter_state(state, WEIGHTS))}
   loaded, used = [], set()
   for src_prefix, dst_prefix in mapping:
     for key, value in source.items():

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from vaflax import checkpoint as ckpt_lib
-from vaflax import runs
+from vaflax import optim, runs
 from vaflax.convert import reader
 
 FORMATS = ('torchvision_resnet', 'mae')
@@ -53,10 +53,6 @@ def _under_any(key: str, prefixes) -> bool:
   return any(key == p or key.startswith(p + '/') for p in prefixes)
 
 
-def _key(path) -> str:
-  return '/'.join(str(getattr(k, 'key', k)) for k in path)
-
-
 def _build(config, mapping, path: str) -> nnx.Module:
   """The model of `config` with the file's weights, initialising only what the file lacks.
 
@@ -65,7 +61,7 @@ def _build(config, mapping, path: str) -> nnx.Module:
   only the variables the file does not fill (the new head, rng state), so XLA drops the rest."""
   create = lambda: runs.make_model(config, nnx.Rngs(config.seed))
   graphdef, state = nnx.split(nnx.eval_shape(create))
-  flat = {_key(p): v for p, v in nnx.to_flat_state(state)}
+  flat = {optim.path_str(p): v for p, v in nnx.to_flat_state(state)}
   for dst, value in mapping.out.items():
     if dst in flat and tuple(value.shape) != tuple(flat[dst].shape):
       key = mapping.origin[dst]
@@ -74,8 +70,8 @@ def _build(config, mapping, path: str) -> nnx.Module:
           f'model\'s {dst} of shape {tuple(flat[dst].shape)} (after the layout change: '
           f'{tuple(value.shape)})')
   from_file = {k for k in flat if k in mapping.out}
-  rest = jax.jit(lambda: {_key(p): v.get_value() for p, v in nnx.to_flat_state(nnx.split(
-      create())[1]) if _key(p) not in from_file})()
+  rest = jax.jit(lambda: {optim.path_str(p): v.get_value() for p, v in nnx.to_flat_state(nnx.split(
+      create())[1]) if optim.path_str(p) not in from_file})()
   for k, var in flat.items():
     # The file's values go in through transfer_weights (the one copier); zeros hold their place.
     var.set_value(rest[k] if k in rest else np.zeros(var.shape, var.dtype))
