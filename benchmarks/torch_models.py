@@ -280,6 +280,125 @@ class EmoFAN(nn.Module):
     return torch.tanh(self.fc(y)), torch.stack(heatmaps)
 
 
+# --- The released FAN and EmoNet (face-alignment's models/fan.py, face-analysis/emonet's ---------
+# emonet.py): their module and parameter names, so the fixtures' keys are a real checkpoint's;
+# the width (256 in the releases) is a parameter so that the fixtures stay small.
+
+
+class PublicConvBlock(nn.Module):
+  """The same block as ConvBlock above, under the released names (bn1..conv3, downsample)."""
+
+  def __init__(self, cin, cout):
+    super().__init__()
+    self.bn1, self.conv1 = nn.BatchNorm2d(cin), conv3x3(cin, cout // 2)
+    self.bn2, self.conv2 = nn.BatchNorm2d(cout // 2), conv3x3(cout // 2, cout // 4)
+    self.bn3, self.conv3 = nn.BatchNorm2d(cout // 4), conv3x3(cout // 4, cout // 4)
+    self.downsample = (None if cin == cout else nn.Sequential(
+        nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, 1, bias=False)))
+
+  def forward(self, x):
+    y1 = self.conv1(F.relu(self.bn1(x)))
+    y2 = self.conv2(F.relu(self.bn2(y1)))
+    y3 = self.conv3(F.relu(self.bn3(y2)))
+    res = x if self.downsample is None else self.downsample(x)
+    return torch.cat([y1, y2, y3], 1) + res
+
+
+def _pool2(x, pool):
+  return F.max_pool2d(x, 2, stride=2) if pool == 'max' else F.avg_pool2d(x, 2, stride=2)
+
+
+class PublicHourGlass(nn.Module):
+  """Levels named b1_<level>, b2_<level>, b2_plus_1, b3_<level> (level `depth` outermost)."""
+
+  def __init__(self, depth, c, pool):
+    super().__init__()
+    self.depth, self.pool = depth, pool
+    for level in range(depth, 0, -1):
+      self.add_module(f'b1_{level}', PublicConvBlock(c, c))
+      self.add_module(f'b2_{level}', PublicConvBlock(c, c))
+      if level == 1:
+        self.add_module('b2_plus_1', PublicConvBlock(c, c))
+      self.add_module(f'b3_{level}', PublicConvBlock(c, c))
+
+  def level(self, n, x):
+    up = self._modules[f'b1_{n}'](x)
+    low = self._modules[f'b2_{n}'](_pool2(x, self.pool))
+    low = self.level(n - 1, low) if n > 1 else self._modules['b2_plus_1'](low)
+    low = self._modules[f'b3_{n}'](low)
+    return up + F.interpolate(low, scale_factor=2, mode='nearest')
+
+  def forward(self, x):
+    return self.level(self.depth, x)
+
+
+class PublicFAN(nn.Module):
+  """face-alignment's FAN (2D-FAN: 4 stacks; max pooling before its 1.3 release, average after).
+  forward -> (stem features, per-stack features as EmoNet collects them, per-stack heatmaps)."""
+
+  def __init__(self, num_modules=4, width=256, depth=4, num_landmarks=68, pool='avg'):
+    super().__init__()
+    w, self.num_modules, self.pool = width, num_modules, pool
+    self.conv1 = nn.Conv2d(3, w // 4, 7, 2, 3)
+    self.bn1 = nn.BatchNorm2d(w // 4)
+    self.conv2 = PublicConvBlock(w // 4, w // 2)
+    self.conv3 = PublicConvBlock(w // 2, w // 2)
+    self.conv4 = PublicConvBlock(w // 2, w)
+    for i in range(num_modules):
+      self.add_module(f'm{i}', PublicHourGlass(depth, w, pool))
+      self.add_module(f'top_m_{i}', PublicConvBlock(w, w))
+      self.add_module(f'conv_last{i}', nn.Conv2d(w, w, 1))
+      self.add_module(f'bn_end{i}', nn.BatchNorm2d(w))
+      self.add_module(f'l{i}', nn.Conv2d(w, num_landmarks, 1))
+      if i < num_modules - 1:
+        self.add_module(f'bl{i}', nn.Conv2d(w, w, 1))
+        self.add_module(f'al{i}', nn.Conv2d(num_landmarks, w, 1))
+
+  def trunk(self, x):
+    x = F.relu(self.bn1(self.conv1(x)))
+    x = self.conv4(self.conv3(_pool2(self.conv2(x), self.pool)))
+    prev, feats, heatmaps = x, [], []
+    for i in range(self.num_modules):
+      ll = self._modules[f'top_m_{i}'](self._modules[f'm{i}'](prev))
+      ll = F.relu(self._modules[f'bn_end{i}'](self._modules[f'conv_last{i}'](ll)))
+      hm = self._modules[f'l{i}'](ll)
+      heatmaps.append(hm)
+      if i < self.num_modules - 1:
+        ll = self._modules[f'bl{i}'](ll)
+        prev = prev + ll + self._modules[f'al{i}'](hm)
+      feats.append(ll)
+    return x, feats, heatmaps
+
+  def forward(self, x):
+    return self.trunk(x)[2]
+
+
+class PublicEmoNet(PublicFAN):
+  """EmoNet (attention=True): the FAN trunk with max pooling and 2 stacks, then the emotion head
+  on the stem and every stack's features weighted by the summed last heatmaps."""
+
+  def __init__(self, num_modules=2, n_expression=8, width=256, depth=4, n_blocks=4,
+               head_width=256):
+    super().__init__(num_modules, width, depth, 68, pool='max')
+    self.conv1x1_input_emo_2 = nn.Conv2d(width * (num_modules + 1), head_width, 1)
+    convs = []
+    for _ in range(n_blocks):
+      convs += [PublicConvBlock(head_width, head_width), nn.MaxPool2d(2, 2)]
+    self.emo_net_2 = nn.Sequential(*convs)
+    self.avg_pool_2 = nn.AvgPool2d(4)
+    self.emo_fc_2 = nn.Sequential(nn.Linear(head_width, head_width // 2),
+                                  nn.BatchNorm1d(head_width // 2), nn.ReLU(),
+                                  nn.Linear(head_width // 2, n_expression + 2))
+
+  def forward(self, x):
+    stem, feats, heatmaps = self.trunk(x)
+    mask = heatmaps[-1].sum(1, keepdim=True)
+    y = self.emo_net_2(self.conv1x1_input_emo_2(torch.cat([stem] + [f * mask for f in feats], 1)))
+    y = self.emo_fc_2(torch.flatten(self.avg_pool_2(y), 1))  # a 4x4 map (256 px) to 1x1
+    return {'heatmap': heatmaps[-1], 'expression': y[:, :-2], 'valence': y[:, -2],
+            'arousal': y[:, -1]}
+
+
 # --- VA head and losses ---------------------------------------------------------------------------
 
 

@@ -45,9 +45,24 @@ released model on the plain AffectNet validation set, which is what this config 
 runlocal: synthetic_va (no emotion labels: num_emotions 0) at 64 px, a 1-stack FAN of width 32
 and hourglass depth 2, 1500 steps (see docs/emofan.md for the measured curve).
 
+Architectures (`arch=`): `vaflax` (default) is the model above. `emonet` is the released
+EmoNet exactly (vaflax/models/fan.py, head='emonet'): 2x2 max pooling in the FAN, the attention
+applied to every stack's features, a 1x1-conv input to the head, no BN before the pooling,
+unbounded VA, and EmoNet's input: RGB in [0, 1] (value_range(0, 1)), the whole face crop resized
+to 256 px. `python -m vaflax.convert --format=emonet` writes such a run from emonet_8.pth.
+
+Pretrained FAN (`pretrained=W`, a run written by `python -m vaflax.convert --format=fan` from
+face-alignment's 2D-FAN): EmoNet's own recipe. The model takes W's FAN (its stacks, width and
+pooling, from W/config.json), arch=emonet, the FAN frozen (stage=frozen), and trains the emotion
+head on [0, 1] inputs as the FAN was trained (docs/pretrained.md).
+
 Arguments: stage (joint | landmarks | frozen), init (workdir to initialise from; needed by
-stage=frozen), dataset (a name or mixture), runlocal.
+stage=frozen), arch (vaflax | emonet), pretrained (a converted FAN run), dataset (a name or
+mixture), runlocal.
 """
+
+import json
+import os
 
 import ml_collections
 
@@ -55,13 +70,35 @@ from configs import common
 
 _KEEP = "keep('image', 'va', 'va_mask', 'landmarks', 'landmarks_mask', 'emotion', 'index', 'video')"
 STAGES = ('joint', 'landmarks', 'frozen')
+ARCHS = ('vaflax', 'emonet')
+_TRUNK = ('num_stacks', 'hourglass_depth', 'width', 'num_landmarks', 'pool')
+
+
+def _pretrained_trunk(workdir: str) -> dict:
+  """The FAN fields of a converted FAN run: the trunk the recipe's model must have."""
+  path = os.path.join(os.path.expanduser(workdir), 'config.json')
+  try:
+    with open(path) as f:
+      model = json.load(f)['model']
+  except (OSError, KeyError, ValueError) as e:
+    raise ValueError(f'configs/emofan_va.py: pretrained={workdir}: cannot read the model of '
+                     f'{path} ({e}); give a run written by `python -m vaflax.convert '
+                     '--format=fan`') from None
+  return {k: model[k] for k in _TRUNK}
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, stage='joint', init='', dataset='affectnet', runlocal=False)
+  a = common.parse_arg(arg, stage='joint', init='', arch='vaflax', pretrained='',
+                       dataset='affectnet', runlocal=False)
   if a.stage not in STAGES:
     raise ValueError(f'configs/emofan_va.py: stage={a.stage!r}; use one of {", ".join(STAGES)}')
-  if a.stage == 'frozen' and not a.init and not a.runlocal:
+  if a.arch not in ARCHS:
+    raise ValueError(f'configs/emofan_va.py: arch={a.arch!r}; use one of {", ".join(ARCHS)}')
+  if a.pretrained:  # EmoNet's recipe: a pretrained FAN, frozen, under its emotion head
+    if a.init:
+      raise ValueError('configs/emofan_va.py: give pretrained= or init=, not both')
+    a.arch, a.stage = 'emonet', 'frozen'
+  if a.stage == 'frozen' and not a.init and not a.pretrained and not a.runlocal:
     raise ValueError('configs/emofan_va.py: stage=frozen needs init=<workdir of a stage=landmarks '
                      'run> (a frozen random FAN gives the head nothing to attend to)')
   c = common.base_config()
@@ -74,6 +111,8 @@ def get_config(arg=None):
   c.model.num_emotions = 8  # AffectNet: neutral, happy, sad, surprise, fear, disgust, anger, contempt
   c.model.head_width = 256  # emotion head channels (EmoNet)
   c.model.head_blocks = 4  # emotion head blocks, each halving the map: 64 -> 4 (EmoNet)
+  c.model.pool = 'max' if a.arch == 'emonet' else 'avg'  # the FAN's 2x2 pooling
+  c.model.head = a.arch  # emotion head: 'vaflax' or 'emonet' (vaflax/models/fan.py)
   c.frozen = 'fan(/|$)' if a.stage == 'frozen' else ''  # FAN fixed: no update, running BN statistics
   c.model.detach_heatmaps = True  # only the landmark loss shapes the heatmaps (the attention)
   c.model.dtype = 'float32'  # compute dtype (bfloat16 on GPU/TPU; params stay float32)
@@ -87,6 +126,8 @@ def get_config(arg=None):
                       f'color_jitter(0.2, 0.2, 0.2)|value_range(-1, 1)|{_KEEP}')
   c.input.pp_eval = f'standardize|center_crop(0.95)|resize({{image_size}})|value_range(-1, 1)|{_KEEP}'
   c.image_size = 256  # EmoNet's input side; the heatmaps are image_size / 4
+  if a.arch == 'emonet':  # EmoNet's test input: the whole face crop resized to 256 px
+    c.input.pp_eval = f'standardize|resize({{image_size}})|value_range(-1, 1)|{_KEEP}'
 
   c.loss = ml_collections.ConfigDict()  # the emofan trainer's own fields (not the base CCC/bins)
   c.loss.va_weight = 0.0 if a.stage == 'landmarks' else 1.0  # shake-shake VA loss
@@ -135,4 +176,10 @@ def get_config(arg=None):
     c.log_every_steps = 50
     c.eval_every_steps = 250
     c.checkpoint_every_steps = 500
+  if a.arch == 'emonet':  # EmoNet's and face-alignment's input range: RGB in [0, 1]
+    for k in ('pp_train', 'pp_eval'):
+      c.input[k] = c.input[k].replace('value_range(-1, 1)', 'value_range(0, 1)')
+  if a.pretrained:  # after runlocal: the converted FAN fixes the trunk
+    c.model.update(_pretrained_trunk(a.pretrained))
+    c.init_from = f'{a.pretrained}:fan=fan'  # the FAN only; the emotion head starts anew
   return c

@@ -132,6 +132,52 @@ def test_mae_vit_matches_torch(name):
   assert rel_diff(pooled, ref['tokens'][:, 0]) < 1e-4  # the CLS token after the final norm
 
 
+def unit_input(faces_u8, config):
+  """EmoNet's / face-alignment's input, through the run's own eval preprocessing."""
+  from vaflax.data import ops  # noqa: PLC0415
+
+  assert 'value_range(0, 1)' in config.input.pp_eval  # [0, 1], no mean/std (emonet issue 16)
+  pp = config.input.pp_eval.format(image_size=config.image_size).split('|')
+  pp = '|'.join(op for op in pp if not op.startswith(('standardize', 'keep(')))  # image ops only
+  return ops.build(pp)({'image': faces_u8}, None)['image']
+
+
+def test_emonet_matches_torch():
+  """EmoNet-8 (reduced width, 2 head blocks at 64 px): VA, expression logits and heatmaps."""
+  from vaflax import convert  # noqa: PLC0415
+
+  ref = np.load(fixture('emonet8_w16_outputs.npz'))
+  c = convert.convert('emonet', fixture('emonet8_w16.pth'))
+  m = c.config.model
+  assert (m.head, m.pool, m.num_stacks, m.num_emotions, m.head_blocks) == ('emonet', 'max', 2, 8, 2)
+  assert c.new == [] and c.ignored == [] and c.config.image_size == 64
+  c.model.eval()
+  out = c.model({'image': unit_input(ref['faces'], c.config)})
+  assert rel_diff(out['va'][:, 0], ref['valence']) < 1e-4
+  assert rel_diff(out['va'][:, 1], ref['arousal']) < 1e-4
+  assert rel_diff(out['emotion_logits'], ref['expression']) < 1e-4
+  assert rel_diff(out['heatmaps'], ref['heatmap'].transpose(0, 2, 3, 1)) < 1e-4
+
+
+@pytest.mark.parametrize('name,kind,pool,stacks', [('fan3_max_w16.pth.tar', 'legacy', 'max', 3),
+                                                   ('fan2_avg_w16.zip', 'torchscript', 'avg', 2)])
+def test_face_alignment_fan_matches_torch(name, kind, pool, stacks):
+  """face-alignment's FAN, pickled (< 1.3, max pooling) or TorchScript (1.3+, average pooling):
+  the heatmaps of every stack; the emotion head on top is new."""
+  from vaflax import convert  # noqa: PLC0415
+
+  assert reader.read_checkpoint(fixture(name)).kind == kind
+  ref = np.load(fixture(name.split('.')[0] + '_outputs.npz'))
+  c = convert.convert('fan', fixture(name))
+  assert (c.config.model.pool, c.config.model.num_stacks) == (pool, stacks)
+  assert c.config.image_size == 256  # face-alignment's input side
+  c.config.image_size = 64  # the fixture's
+  assert c.new and all(k.startswith('head') for k in c.new) and c.ignored == []
+  c.model.eval()
+  out = c.model({'image': unit_input(ref['faces'], c.config)})
+  assert rel_diff(out['heatmaps_all'], ref['heatmaps'].transpose(0, 1, 3, 4, 2)) < 1e-4
+
+
 def test_a_missing_or_misshaped_tensor_is_named(tmp_path):
   from vaflax import checkpoint, convert  # noqa: PLC0415
 
@@ -153,7 +199,8 @@ def test_a_missing_or_misshaped_tensor_is_named(tmp_path):
 
 
 @pytest.mark.parametrize('fmt,name', [('torchvision_resnet', 'resnet50_w4.pth'),
-                                      ('mae', 'mae_vit_d32_p8.pth')])
+                                      ('mae', 'mae_vit_d32_p8.pth'),
+                                      ('emonet', 'emonet8_w16.pth')])
 def test_cli_writes_a_run_that_load_run_reads(tmp_path, capsys, fmt, name):
   import json  # noqa: PLC0415
 
@@ -170,9 +217,13 @@ def test_cli_writes_a_run_that_load_run_reads(tmp_path, capsys, fmt, name):
   assert run.step == 0
   model = run.model()
   ref = np.load(fixture(name.split('.')[0] + '_outputs.npz'))
-  x = imagenet_input(ref['faces'], run.config)
+  x = None if fmt == 'emonet' else imagenet_input(ref['faces'], run.config)
   if fmt == 'mae':
     assert rel_diff(model.encoder(x)[0], ref['tokens']) < 1e-4
+  elif fmt == 'emonet':
+    assert 'CC BY-NC-ND' in prov['licence']
+    out_ = model({'image': unit_input(ref['faces'], run.config)})
+    assert rel_diff(out_['va'][:, 0], ref['valence']) < 1e-4
   else:
     out_ = model({'image': x})
     assert rel_diff(out_['features'], ref['features']) < 1e-4 and out_['va'].shape == (2, 2)
@@ -199,3 +250,62 @@ def test_resnet_recipe_starts_from_converted_weights(tmp_path):
   model.eval()
   feats = model.features({'image': imagenet_input(ref['faces'], c)})
   assert rel_diff(feats, ref['features']) < 1e-4
+
+
+def test_predict_cropped_gives_emonet_expression_probabilities(tmp_path):
+  """`vaflax.predict --cropped` on a converted EmoNet: VA and `expr_<class>` columns (softmax of
+  EmoNet's expression logits, its class order) equal PyTorch's on the same face crops."""
+  import csv  # noqa: PLC0415
+
+  from PIL import Image  # noqa: PLC0415
+
+  from vaflax.convert import __main__ as convert_cli  # noqa: PLC0415
+  from vaflax.predict import cli  # noqa: PLC0415
+
+  run_dir = tmp_path / 'emonet'
+  assert convert_cli.main(['--format=emonet', f'--input={fixture("emonet8_w16.pth")}',
+                           f'--workdir={run_dir}']) == 0
+  ref = np.load(fixture('emonet8_w16_outputs.npz'))
+  crops = tmp_path / 'crops'
+  crops.mkdir()
+  for i, face in enumerate(ref['faces']):  # 64 px: the run's size, so no resampling
+    Image.fromarray(face).save(crops / f'face{i}.png')
+  # Without the run's flip averaging (emofan_va's eval protocol): PyTorch's plain forward pass.
+  assert cli.main([f'--workdir={run_dir}', f'--input={crops}', f'--output={tmp_path / "out"}',
+                   '--cropped', '--quiet', '--config.eval.flip_tta=False']) == 0
+  rows = sorted(csv.DictReader(open(tmp_path / 'out' / 'cropped.csv')), key=lambda r: r['path'])
+  names = ('neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger', 'contempt')
+  logits = ref['expression'] - ref['expression'].max(1, keepdims=True)
+  probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  for i, r in enumerate(rows):
+    assert r['status'] == 'ok'
+    assert abs(float(r['valence']) - ref['valence'][i]) < 1e-5
+    assert abs(float(r['arousal']) - ref['arousal'][i]) < 1e-5
+    got = np.array([float(r[f'expr_{n}']) for n in names])
+    np.testing.assert_allclose(got, probs[i], atol=2e-6)
+
+
+def test_emofan_recipe_starts_from_a_converted_fan(tmp_path):
+  """configs/emofan_va.py:pretrained=OUT (EmoNet's recipe): the model takes OUT's FAN (stacks,
+  pooling, weights), frozen, and a new emotion head; the heatmaps are face-alignment's."""
+  from flax import nnx  # noqa: PLC0415
+
+  from configs import emofan_va  # noqa: PLC0415
+  from vaflax import optim, runs, train  # noqa: PLC0415
+  from vaflax.convert import __main__ as cli  # noqa: PLC0415
+
+  out = tmp_path / 'fan'
+  assert cli.main(['--format=fan', f'--input={fixture("fan3_max_w16.pth.tar")}',
+                   f'--workdir={out}']) == 0
+  c = emofan_va.get_config(f'pretrained={out},runlocal=True')
+  assert (c.model.num_stacks, c.model.pool, c.model.head, c.model.width) == (3, 'max', 'emonet', 16)
+  assert c.frozen == 'fan(/|$)' and 'value_range(0, 1)' in c.input.pp_eval
+  model = runs.make_model(c, nnx.Rngs(3))
+  train.init_from(c, model)
+  params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  n_fan = sum(1 for p, _ in params if p[0] == 'fan')
+  assert 0 < n_fan < len(params) and optim.check_frozen(c, model) == n_fan  # the FAN, only
+  ref = np.load(fixture('fan3_max_w16_outputs.npz'))
+  model.eval()
+  out_ = model({'image': ref['faces'].astype(np.float32) / 255.0})  # face-alignment's input
+  assert rel_diff(out_['heatmaps_all'], ref['heatmaps'].transpose(0, 1, 3, 4, 2)) < 1e-4

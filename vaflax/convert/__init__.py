@@ -29,7 +29,7 @@ from vaflax import checkpoint as ckpt_lib
 from vaflax import optim, runs
 from vaflax.convert import reader
 
-FORMATS = ('torchvision_resnet', 'mae')
+FORMATS = ('torchvision_resnet', 'mae', 'emonet', 'fan')
 
 
 def format_module(name: str):

@@ -6,7 +6,11 @@
 - the legacy torch.save stream (a magic number, protocol and system-info pickles, the object
   pickle, the list of storage keys, then each storage as an int64 element count + raw bytes),
 - `.safetensors` (an 8-byte header length, a JSON header, raw little-endian data), parsed here:
-  the format is 20 lines and a dependency for it would not be worth its weight.
+  the format is 20 lines and a dependency for it would not be worth its weight,
+- TorchScript archives (torch.jit.save; face-alignment 1.3+ ships its models so): the same zip
+  layout, whose data.pkl holds the module tree as objects of `__torch__.*` classes. Those become
+  inert `_ScriptObject`s (a name and the attribute dict the pickle gives them; no class, no code
+  of the file is ever resolved), flattened to state_dict keys (`conv1.weight`, `bn1.running_mean`).
 
 Unpickling goes through `_Unpickler`, whose `find_class` returns only the tensor-rebuild
 functions below (our own NumPy versions, never torch's), storage type markers and
@@ -81,12 +85,34 @@ class _StorageType:
     self.name = name
 
 
+class _ScriptObject:
+  """A TorchScript module (or other `__torch__.*` object) as data: its qualified class name and
+  the state its pickle BUILDs it with. Created by NEWOBJ with no arguments; nothing else runs."""
+
+  qualname = ''
+
+  def __setstate__(self, state):
+    self.state = state
+
+
+def _script_class(qualname: str) -> type:
+  return type('_ScriptObject', (_ScriptObject,), {'qualname': qualname})
+
+
+def _identity(obj, *unused):
+  return obj
+
+
 _ALLOWED = {
     ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
     ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
     ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
     ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
     ('collections', 'OrderedDict'): collections.OrderedDict,
+    # TorchScript's typed-container tags: the container itself is the value.
+    **{('torch.jit._pickle', name): _identity for name in (
+        'restore_type_tag', 'build_intlist', 'build_floatlist', 'build_doublelist',
+        'build_boollist', 'build_tensorlist')},
     **{('torch', name): _StorageType(name) for name in STORAGE_DTYPES},
 }
 
@@ -99,6 +125,8 @@ class _Unpickler(pickle.Unpickler):
     self.path, self.load_storage, self.storages = path, load_storage, {}
 
   def find_class(self, module, name):
+    if module.startswith('__torch__.') or module == '__torch__':
+      return _script_class(f'{module}.{name}')  # inert: never the class the name would import
     try:
       return _ALLOWED[(module, name)]
     except KeyError:
@@ -231,9 +259,34 @@ def _read_safetensors(path) -> dict[str, np.ndarray]:
   return out
 
 
+class Checkpoint(dict):
+  """{key: array} as read, and the container it came from (`kind`: zip, legacy, safetensors or
+  torchscript), which tells a mapper what the tensors cannot (convert/fan.py: the pooling)."""
+
+  def __init__(self, tensors, kind: str):
+    super().__init__(tensors)
+    self.kind = kind
+
+
+def _script_tensors(obj: _ScriptObject, prefix: str = '') -> dict:
+  """A TorchScript module tree -> state_dict entries (parameters and buffers by attribute name)."""
+  out = {}
+  state = getattr(obj, 'state', None)
+  if not isinstance(state, dict):
+    return out
+  for k, v in state.items():
+    if isinstance(v, np.ndarray):
+      out[f'{prefix}{k}'] = v
+    elif isinstance(v, _ScriptObject):
+      out.update(_script_tensors(v, f'{prefix}{k}.'))
+  return out
+
+
 def _state_dict(obj, path) -> dict[str, np.ndarray]:
   """The tensors of a loaded checkpoint: descends into a 'model'/'state_dict' entry when the top
   level holds no tensors itself, and drops `module.` prefixes (DataParallel/DDP)."""
+  if isinstance(obj, _ScriptObject):
+    obj = _script_tensors(obj)
   while isinstance(obj, dict) and not any(isinstance(v, np.ndarray) for v in obj.values()):
     nested = [k for k in NESTED_KEYS if isinstance(obj.get(k), dict)]
     if not nested:
@@ -254,16 +307,18 @@ def _state_dict(obj, path) -> dict[str, np.ndarray]:
   return out
 
 
-def read_checkpoint(path: str) -> dict[str, np.ndarray]:
-  """{'layer1.0.conv1.weight': array, ...} from a .pth/.pt/.bin/.safetensors file, in the
-  source's layout and dtype (bfloat16 as ml_dtypes.bfloat16)."""
+def read_checkpoint(path: str) -> Checkpoint:
+  """{'layer1.0.conv1.weight': array, ...} from a .pth/.pt/.bin/.safetensors file or a
+  TorchScript archive, in the source's layout and dtype (bfloat16 as ml_dtypes.bfloat16)."""
   path = os.fspath(path)
   with open(path, 'rb') as f:
     head = f.read(8)
   if path.endswith('.safetensors'):
-    return _read_safetensors(path)
+    return Checkpoint(_read_safetensors(path), 'safetensors')
   if head[:4] == b'PK\x03\x04':
-    return _state_dict(_read_zip(path), path)
+    obj = _read_zip(path)
+    kind = 'torchscript' if isinstance(obj, _ScriptObject) else 'zip'
+    return Checkpoint(_state_dict(obj, path), kind)
   if head[:2] == b'\x80\x02':
-    return _state_dict(_read_legacy(path), path)
+    return Checkpoint(_state_dict(_read_legacy(path), path), 'legacy')
   raise ValueError(f'{path}: not a PyTorch checkpoint (zip or legacy pickle) nor .safetensors')

@@ -174,8 +174,14 @@ class ConvBlock(nnx.Module):
     return y + sc
 
 
-def _pool2(x):
-  # FAN halves the resolution with 2x2 average pooling (Newell et al. used max pooling).
+POOLS = ('avg', 'max')
+
+
+def _pool2(x, pool: str):
+  # FAN halves the resolution with 2x2 pooling: max in the released EmoNet and the face-alignment
+  # package before 1.3 (as Newell et al.), average in face-alignment 1.3+ and vaflax's own models.
+  if pool == 'max':
+    return nnx.max_pool(x, (2, 2), strides=(2, 2))
   return nnx.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -183,28 +189,33 @@ class Hourglass(nnx.Module):
   """Recursive hourglass of `depth` levels: a full-resolution skip branch plus a pooled branch
   that recurses and is upsampled (nearest) back and added."""
 
-  def __init__(self, depth: int, c: int, *, rngs: nnx.Rngs, dtype):
+  def __init__(self, depth: int, c: int, *, pool: str, rngs: nnx.Rngs, dtype):
+    self.pool = pool
     self.up = ConvBlock(c, c, rngs=rngs, dtype=dtype)
     self.low1 = ConvBlock(c, c, rngs=rngs, dtype=dtype)
-    self.inner = (Hourglass(depth - 1, c, rngs=rngs, dtype=dtype) if depth > 1
+    self.inner = (Hourglass(depth - 1, c, pool=pool, rngs=rngs, dtype=dtype) if depth > 1
                   else ConvBlock(c, c, rngs=rngs, dtype=dtype))
     self.low3 = ConvBlock(c, c, rngs=rngs, dtype=dtype)
 
   def __call__(self, x_BxHxWxC):
     up = self.up(x_BxHxWxC)
-    low = self.low3(self.inner(self.low1(_pool2(x_BxHxWxC))))
+    low = self.low3(self.inner(self.low1(_pool2(x_BxHxWxC, self.pool))))
     return up + einops.repeat(low, 'b h w c -> b (h 2) (w 2) c')
 
 
 class FAN(nnx.Module):
-  """Stem + stacked hourglasses: image (B,H,W,3) -> stem features, last-stack features and the
-  per-stack heatmaps, all at (H/4, W/4)."""
+  """Stem + stacked hourglasses: image (B,H,W,3) -> stem features, the features of each stack
+  (remapped for the next stack, except the last: what EmoNet's head reads) and the per-stack
+  heatmaps, all at (H/4, W/4)."""
 
   def __init__(self, *, num_stacks: int, depth: int, width: int, num_landmarks: int,
-               rngs: nnx.Rngs, dtype):
+               pool: str = 'avg', rngs: nnx.Rngs, dtype):
     if width % 8:  # the stem's width/2 block splits its channels in quarters
       raise ValueError(f'FAN width must be divisible by 8, got {width}')
+    if pool not in POOLS:
+      raise ValueError(f'FAN pool must be one of {POOLS}, got {pool!r}')
     self.depth = depth
+    self.pool = pool
     self.dtype = dtype
     # FAN stem for width 256: 7x7/2 conv to 64, blocks 64->128, pool, 128->128, 128->256.
     self.stem_conv = _conv(3, width // 4, 7, stride=2, use_bias=True, rngs=rngs, dtype=dtype)
@@ -213,7 +224,7 @@ class FAN(nnx.Module):
     self.stem3 = ConvBlock(width // 2, width // 2, rngs=rngs, dtype=dtype)
     self.stem4 = ConvBlock(width // 2, width, rngs=rngs, dtype=dtype)
     mk = lambda f: nnx.List([f() for _ in range(num_stacks)])
-    self.hourglass = mk(lambda: Hourglass(depth, width, rngs=rngs, dtype=dtype))
+    self.hourglass = mk(lambda: Hourglass(depth, width, pool=pool, rngs=rngs, dtype=dtype))
     self.top = mk(lambda: ConvBlock(width, width, rngs=rngs, dtype=dtype))
     self.last_conv = mk(lambda: _conv(width, width, 1, use_bias=True, rngs=rngs, dtype=dtype))
     self.last_bn = mk(lambda: _bn(width, rngs=rngs, dtype=dtype))
@@ -232,55 +243,77 @@ class FAN(nnx.Module):
       raise ValueError(f'FAN with hourglass depth {self.depth} needs image sides divisible by '
                        f'{unit}, got {h}x{w}')
     x = nnx.relu(self.stem_bn(self.stem_conv(x_BxHxWx3.astype(self.dtype))))
-    x = _pool2(self.stem2(x))
+    x = _pool2(self.stem2(x), self.pool)
     stem_BxhxwxC = self.stem4(self.stem3(x))
     prev = stem_BxhxwxC
-    heatmaps, feats = [], None
+    heatmaps, stack_feats = [], []
     for i in range(len(self.hourglass)):
       f = self.top[i](self.hourglass[i](prev))
       feats = nnx.relu(self.last_bn[i](self.last_conv[i](f)))
       hm_BxhxwxL = self.heatmap[i](feats)
       heatmaps.append(hm_BxhxwxL)
       if i < len(self.hourglass) - 1:
-        prev = prev + self.remap_feat[i](feats) + self.remap_hm[i](hm_BxhxwxL)
-    return stem_BxhxwxC, feats, heatmaps
+        feats = self.remap_feat[i](feats)
+        prev = prev + feats + self.remap_hm[i](hm_BxhxwxL)
+      stack_feats.append(feats)
+    return stem_BxhxwxC, stack_feats, heatmaps
+
+
+HEADS = ('vaflax', 'emonet')
 
 
 class Model(nnx.Module):
   """EmoFAN: FAN landmarks + attention-weighted emotion head -> valence/arousal (+ emotions).
 
-  Returns `va` (B,2) tanh-bounded, `heatmaps` (B,H/4,W/4,L) of the last stack, `heatmaps_all`
+  Returns `va` (B,2), `heatmaps` (B,H/4,W/4,L) of the last stack, `heatmaps_all`
   (S,B,H/4,W/4,L) of every stack, and `emotion_logits` (B,E) when `num_emotions > 0`.
   EmoNet's second training stage freezes the FAN (config.frozen = 'fan(/|$)', vaflax/optim.py):
   a fixed landmark extractor, no gradient, running BatchNorm statistics.
   `detach_heatmaps` (default) lets only the landmark loss shape the heatmaps: the emotion head
   reads them (attention and input) without passing gradients back; the FAN features still get
   the emotion head's gradients unless the FAN is frozen.
+
+  Two emotion heads (`head`), both reading the summed last-stack heatmaps as attention:
+  - 'emonet', the released EmoNet exactly (face-analysis/emonet, `attention=True`): the stem
+    features and the attended features of *every* stack (for all but the last, after the
+    remapping 1x1 conv) -> a 1x1 conv with bias to `head_width` -> `head_blocks` x (ConvBlock,
+    2x2 max pool) -> mean over the map (EmoNet's AvgPool2d(4) on its 4x4 map at 256 px) ->
+    Linear, BatchNorm1d, ReLU, Linear. `va` is the raw regression (EmoNet has no tanh).
+    With `pool='max'` this is the released architecture (vaflax/convert/emonet.py).
+  - 'vaflax' (default, vaflax's own variant): stem, attended last-stack features and the heatmaps
+    themselves -> a ConvBlock -> blocks as above -> BN-ReLU -> mean -> tanh-bounded `va`.
   """
 
   def __init__(self, *, num_stacks: int = 2, hourglass_depth: int = 4, width: int = 256,
                num_landmarks: int = 68, num_emotions: int = 0, head_width: int = 256,
-               head_blocks: int = 4, detach_heatmaps: bool = True,
-               dtype: str = 'float32', rngs: nnx.Rngs):
+               head_blocks: int = 4, detach_heatmaps: bool = True, pool: str = 'avg',
+               head: str = 'vaflax', dtype: str = 'float32', rngs: nnx.Rngs):
     if num_stacks < 1 or hourglass_depth < 1:
       raise ValueError(f'num_stacks and hourglass_depth must be >= 1, got {num_stacks}, '
                        f'{hourglass_depth}')
+    if head not in HEADS:
+      raise ValueError(f'fan.Model head must be one of {HEADS}, got {head!r}')
     dt = jnp.dtype(dtype)
     self.dtype = dt
     self.detach_heatmaps = detach_heatmaps
     self.num_landmarks = num_landmarks
+    self.head_kind = head
     self.fan = FAN(num_stacks=num_stacks, depth=hourglass_depth, width=width,
-                   num_landmarks=num_landmarks, rngs=rngs, dtype=dt)
-    # EmoNet's head: stem features, attended last-stack features and heatmaps, then blocks that
-    # each halve the resolution (4 blocks: 64x64 -> 4x4 for a 256 px input).
-    self.head_in = ConvBlock(2 * width + num_landmarks, head_width, rngs=rngs, dtype=dt)
+                   num_landmarks=num_landmarks, pool=pool, rngs=rngs, dtype=dt)
+    if head == 'emonet':
+      self.head_in = _conv((num_stacks + 1) * width, head_width, 1, use_bias=True, rngs=rngs,
+                           dtype=dt)
+      self.head_bn = None
+    else:
+      self.head_in = ConvBlock(2 * width + num_landmarks, head_width, rngs=rngs, dtype=dt)
+      self.head_bn = _bn(head_width, rngs=rngs, dtype=dt)
+    # Blocks that each halve the resolution (4 blocks: 64x64 -> 4x4 for a 256 px input).
     self.head_blocks = nnx.List([ConvBlock(head_width, head_width, rngs=rngs, dtype=dt)
                                  for _ in range(head_blocks)])
-    self.head_bn = _bn(head_width, rngs=rngs, dtype=dt)
     # EmoNet's emo_fc_2: Linear -> BatchNorm1d -> ReLU -> Linear to VA and the emotion logits.
     self.head = heads.VAHead(head_width, head_width // 2, num_emotions=num_emotions,
                              hidden_norm=True, dropout=None, kernel_init=_lecun, out_init=_lecun,
-                             rngs=rngs)
+                             bounded=head != 'emonet', rngs=rngs)
 
   def __call__(self, batch):
     if 'image' not in batch:
@@ -288,7 +321,7 @@ class Model(nnx.Module):
     img = batch['image']
     if img.ndim != 4 or img.shape[-1] != 3:
       raise ValueError(f'fan.Model: batch["image"] must be (B,H,W,3), got {img.shape}')
-    stem, feats, heatmaps = self.fan(img)
+    stem, stack_feats, heatmaps = self.fan(img)
     hm_BxhxwxL = heatmaps[-1]
     if self.detach_heatmaps:
       # EmoNet's FAN is frozen, so its attention is always the landmark heatmaps. Trained jointly,
@@ -296,13 +329,17 @@ class Model(nnx.Module):
       hm_BxhxwxL = jax.lax.stop_gradient(hm_BxhxwxL)
     # Attention (Toisoul et al. 2021): the summed landmark heatmaps weight the face features.
     attn_Bxhxwx1 = jnp.sum(hm_BxhxwxL, axis=-1, keepdims=True)
-    x = jnp.concatenate([stem, feats * attn_Bxhxwx1, hm_BxhxwxL], axis=-1)
+    if self.head_kind == 'emonet':
+      x = jnp.concatenate([stem] + [f * attn_Bxhxwx1 for f in stack_feats], axis=-1)
+    else:
+      x = jnp.concatenate([stem, stack_feats[-1] * attn_Bxhxwx1, hm_BxhxwxL], axis=-1)
     x = self.head_in(x)
     for blk in self.head_blocks:
-      # SAME padding keeps a 1x1 map at 1x1, so tiny inputs accept any number of blocks.
+      # SAME padding keeps a 1x1 map at 1x1, so tiny inputs accept any number of blocks; on
+      # even sides (EmoNet's 64 -> 4) it is PyTorch's MaxPool2d(2, 2).
       x = nnx.max_pool(blk(x), (2, 2), strides=(2, 2), padding='SAME')
-    x = nnx.relu(self.head_bn(x))
+    if self.head_bn is not None:
+      x = nnx.relu(self.head_bn(x))
     pooled_BxC = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return dict(self.head(pooled_BxC), heatmaps=hm_BxhxwxL.astype(jnp.float32),
                 heatmaps_all=jnp.stack(heatmaps).astype(jnp.float32), features=pooled_BxC)
-

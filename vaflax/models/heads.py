@@ -17,6 +17,7 @@ class VAHead(nnx.Module):
   (`quadrant_head`), `num_emotions` emotion logits. With `num_bins == 0` `va` is tanh-bounded
   regression; with `num_bins > 0` (Deng et al. 2020: 20) `va_logits` are logits over equal-width
   bins on [-1, 1] per dimension and `va` is their softmax expectation over the bin centres.
+  `bounded=False` drops the tanh (EmoNet's released head regresses VA unbounded).
   Quadrant logits follow vaflax.circumplex's ids 0-3.
 
   `readout=False` builds the hidden layer only: the frame embedding of a CNN-RNN (models/
@@ -25,7 +26,7 @@ class VAHead(nnx.Module):
 
   def __init__(self, in_features: int, hidden: int = 0, *, num_bins: int = 0,
                quadrant_head: bool = False, num_emotions: int = 0, readout: bool = True,
-               hidden_norm: bool = False, dropout: float | None = 0.0,
+               hidden_norm: bool = False, dropout: float | None = 0.0, bounded: bool = True,
                kernel_init=nnx.initializers.lecun_normal(),
                out_init=nnx.initializers.lecun_normal(), param_dtype=jnp.float32,
                rngs: nnx.Rngs):
@@ -34,6 +35,7 @@ class VAHead(nnx.Module):
     self.num_bins = num_bins
     self.num_quadrants = circumplex.NUM_QUADRANTS if quadrant_head else 0
     self.num_emotions = num_emotions
+    self.bounded = bounded
     if hidden:
       self.hidden = nnx.Linear(in_features, hidden, param_dtype=param_dtype,
                                kernel_init=nnx.with_partitioning(kernel_init, ('embed', 'mlp')),
@@ -75,7 +77,7 @@ class VAHead(nnx.Module):
       out['va_logits'] = logits_x2xK
       out['va'] = losses.binned_expectation(logits_x2xK)
     else:
-      out['va'] = jnp.tanh(y[..., :n_va])
+      out['va'] = jnp.tanh(y[..., :n_va]) if self.bounded else y[..., :n_va]
     if self.num_quadrants:
       out['quadrant_logits'] = y[..., n_va:n_va + self.num_quadrants]
     if self.num_emotions:
