@@ -89,6 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.pp_train = ('standardize|random_crop(0.85)|resize({image_size})|flip_lr|'
                       'color_jitter(0.2, 0.2, 0.2)|value_range(-1, 1)')  # train ops (vaflax/data/ops.py)
   c.input.pp_eval = 'standardize|center_crop(0.925)|resize({image_size})|value_range(-1, 1)'  # eval ops
+  # The face crop of the training data (faces.CropSpec.to_dict(): aligned, margin, size,
+  # template), recorded by vaflax/train.py from the dataset's metadata; predict and vaflax.load
+  # cut this crop. {} in a config: filled at training time. A run without it: predict's default.
+  c.crop = ml_collections.ConfigDict()
   c.input.num_workers = 0  # Grain worker processes (keep fixed within a run: it shapes the state)
   c.input.num_threads = 2  # Grain reader threads per process
   c.input.prefetch = 8  # elements read ahead per process

@@ -27,7 +27,7 @@ from resume_all_trainers_test import _compile_cache  # noqa: F401 -- module fixt
 
 from vaflax import checkpoint as ckpt_lib
 from vaflax import predict, train
-from vaflax.data import build, builder_utils, video_io
+from vaflax.data import build, video_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,8 +66,9 @@ def test_config_errors_are_one_line_naming_the_key(args, wants):
 # --- Builders -------------------------------------------------------------------------------------
 
 
-def test_empty_split_is_an_error_naming_the_split(tmp_path):
-  """fer2013 whose CSV has no PrivateTest row: the test split would be empty."""
+def test_empty_split_is_a_warning_naming_the_split(tmp_path):
+  """fer2013 whose CSV has no PrivateTest row (a partial download): the test split is empty; the
+  others build and the summary names the empty one with its split rule."""
   src = os.path.join(REPO, 'tfds_builders', 'fer2013', 'dummy_data', 'fer2013', 'fer2013.csv')
   with open(src, newline='') as f:
     rows = list(csv.reader(f))
@@ -77,9 +78,11 @@ def test_empty_split_is_an_error_naming_the_split(tmp_path):
   manual.mkdir(parents=True)
   with open(manual / 'fer2013.csv', 'w', newline='') as f:
     csv.writer(f).writerows(kept)
-  with pytest.raises(builder_utils.BadInputError, match="fer2013: split 'test' has no usable example"):
-    build.build('fer2013', str(tmp_path / 'data'), manual_dir=str(tmp_path / 'manual'),
-                verbose=False)
+  b = build.build('fer2013', str(tmp_path / 'data'), manual_dir=str(tmp_path / 'manual'),
+                  verbose=False)
+  assert sorted(b.info.splits) == ['train', 'validation']
+  assert "test             EMPTY: nothing under manual_dir falls in it (split rule: Usage column" in (
+      build.summary(b))
 
 
 # --- Workdir: disk full, checkpoint of another model -----------------------------------------

@@ -82,7 +82,7 @@ def test_video_end_to_end(predictor, media, tmp_path):
   # 0.2 at the synthetic set's 112 px, then pp_eval (center_crop(0.925), resize(32), [-1, 1]).
   r = rows[0]
   rgb = _decoded_frame(media / 'astro.mp4', int(r['frame']))
-  crop, _ = faces.crop_face(rgb, box=[float(r[c]) for c in 'xywh'], margin=0.2, size=112)
+  crop, _ = faces.crop_face(rgb, box=[float(r[c]) for c in 'xywh'], spec=faces.CropSpec(size=112))
   side = int(round(112 * 0.925))
   o = (112 - side) // 2
   img = cv2.resize(crop[o:o + side, o:o + side], (32, 32), interpolation=cv2.INTER_AREA)

@@ -56,6 +56,10 @@ def prepare_workdir(workdir: str, config) -> None:
     raise PermissionError(
         f'workdir {workdir} is not writable ({e.strerror}): choose another --workdir, or fix its '
         'permissions / free disk space') from None
+  write_config(workdir, config)
+
+
+def write_config(workdir: str, config) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -271,6 +275,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Input pipeline
   train_ds, num_train = pipeline.make_train_dataset(config, pidx, pcount)
+  # The crop the training data was cut with travels with the run: predict and vaflax.load cut
+  # the same one (vaflax/predict/model.py). Known once the data is opened (synthetic_va is built
+  # on first use), so config.json is written again with it.
+  config.crop = pipeline.crop_spec(config)
+  write_config(workdir, config)
   eval_data = (pipeline.EvalData(config, config.input.eval_split, process_index=pidx,
                                  process_count=pcount)
                if config.input.eval_split else None)

@@ -20,8 +20,7 @@ import tensorflow_datasets as tfds
 from vaflax import faces
 from vaflax.data import builder_utils as bu
 
-CROP_SIZE = 256
-MARGIN = 0.2  # crop_face margin around the landmark box (brows to chin), as for the Haar box
+CROP = faces.CropSpec(aligned=True, size=256)  # aligned on the 68 landmarks' keypoints
 SCALE = 10.0  # AFEW-VA README: "signed integers between -10 and 10"
 MAX_DEPTH = 4  # manual_dir/[AFEW-VA/][01..12/]<clip>/ plus one level of slack
 SPLITS = ('train', 'validation', 'test')
@@ -54,12 +53,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=bu.frame_features(CROP_SIZE),
+        features=bu.frame_features(CROP.size),
         disable_shuffling=True,  # frames of a clip stay consecutive: windows are index ranges
         metadata=tfds.core.MetadataDict(
-            crop_size=CROP_SIZE, emotion_names=[], fps=None,
+            crop=CROP.to_dict(), emotion_names=[], fps=None,
             va_scale='valence_raw, arousal_raw: integers in [-10, 10]; valence = raw / 10',
-            crop=f'vaflax.faces.crop_face(landmarks, margin={MARGIN}, size={CROP_SIZE})',
             split_rule='sha1(actor.strip().lower()) % 10: 0-5 train, 6-7 validation, 8-9 test',
             clip_splits={}),
         homepage='https://ibug.doc.ic.ac.uk/resources/afew-va-database/',
@@ -84,7 +82,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     note_by_split = {s: [] for s in SPLITS}
     for clip_id, reason, item in notes:
       note_by_split[clip_splits.get(clip_id, 'train')].append((reason, item))
-    return {s: self._generate_examples(s, by_split[s], note_by_split[s], root) for s in SPLITS}
+    return bu.non_empty_splits(
+        self, {s: self._generate_examples(s, by_split[s], note_by_split[s], root) for s in SPLITS})
 
   def _generate_examples(self, split, clips, notes, root):
     writer = bu.SplitWriter(split)
@@ -213,7 +212,7 @@ def _clip_examples(clip_id, path, ann, root, skips):
     for dim, m in zip(('valence', 'arousal'), mask, strict=True):
       if not m:
         skips.skip(f'{dim} missing or outside [-10, 10]: masked, frame kept', item)
-    crop, box = faces.crop_face(img, landmarks=lm, margin=MARGIN, size=CROP_SIZE)
+    crop, box = faces.crop_face(img, landmarks=lm, spec=CROP)
     yield bu.default_example(
         image=bu.encode_image(crop),
         valence=float(np.nan_to_num(v_raw) / SCALE), arousal=float(np.nan_to_num(a_raw) / SCALE),

@@ -3,10 +3,13 @@
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
+from tfds_builders.afew_va import afew_va_dataset_builder as afew
+from vaflax import faces
 from vaflax.data import build
 
 DUMMY = os.path.join(os.path.dirname(__file__), 'dummy_data')
@@ -87,15 +90,13 @@ def test_crop_follows_landmarks(parts):
     assert img.shape == (256, 256, 3)
     lm = ex['landmarks']
     assert ex['landmarks_mask'] == 1 and lm.shape == (68, 2)
-    # The crop is a square around the landmark box with margin 0.2 on each side: the landmark
-    # extent is 1 / 1.4 of the crop along its longer axis, centred.
+    # The crop is aligned on the landmarks' keypoints (eye centres, nose tip, mouth centre):
+    # the landmarks are the source ones through that similarity, and the keypoints sit near the
+    # template (4 points, 4 parameters: close, not exact).
     src = np.asarray(ann[f'{i:05d}']['landmarks'])
-    ext = (lm.max(0) - lm.min(0)).max()
-    assert ext == pytest.approx(1 / 1.4, abs=0.03)
-    np.testing.assert_allclose((lm.max(0) + lm.min(0)) / 2, 0.5, atol=0.03)
-    # Affine map from source pixels: same aspect, shape preserved.
-    scale = ext / (src.max(0) - src.min(0)).max()
-    np.testing.assert_allclose(lm - lm[0], (src - src[0]) * scale, atol=1e-3)
+    np.testing.assert_allclose(lm, faces.aligned_frame(src, afew.CROP).to_crop(src), atol=1e-4)
+    want = (faces.TEMPLATES['haar_frame'] + afew.CROP.margin) / (1 + 2 * afew.CROP.margin)
+    np.testing.assert_allclose(faces.keypoints(lm), want, atol=0.05)
     # The blue marker drawn on the nose tip (landmark 30) lands under the mapped landmark.
     x, y = np.round(lm[30] * 256).astype(int)
     r, g, b = img[y - 2 : y + 3, x - 2 : x + 3].reshape(-1, 3).mean(0)
@@ -122,3 +123,22 @@ def test_missing_annotations_is_an_error(tmp_path):
   (empty / 'AFEW-VA' / 'readme.txt').write_text('nothing')
   with pytest.raises(ValueError, match='no AFEW-VA clip folder'):
     build.build('afew_va', str(tmp_path / 'd'), manual_dir=str(empty), verbose=False)
+
+
+def test_partial_download_builds_what_is_there(tmp_path):
+  """Only part 01 extracted (clips 001 train, 002 validation): test is empty, a warning and a
+  summary line name it with the split rule; the other splits build."""
+  shutil.copytree(os.path.join(DUMMY, 'parts', 'AFEW-VA', '01'), tmp_path / 'm' / 'AFEW-VA' / '01')
+  b = build.build('afew_va', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'), verbose=False)
+  assert sorted(b.info.splits) == ['train', 'validation']
+  rule = b.info.metadata['split_rule']
+  assert b.info.metadata['empty_splits'] == {'test': rule}
+  assert f'test             EMPTY: nothing under manual_dir falls in it (split rule: {rule})' in (
+      build.summary(b))
+  assert b.info.metadata['crop'] == afew.CROP.to_dict()
+  # Nothing usable at all (a clip whose only frame lacks its image) is an error.
+  clip = tmp_path / 'e' / '002'
+  clip.mkdir(parents=True)
+  (clip / '002.json').write_text(json.dumps({'actor': 'x', 'frames': {'0': {'valence': 1}}}))
+  with pytest.raises(ValueError, match=r"no usable example in any split \(train, validation, test"):
+    build.build('afew_va', str(tmp_path / 'd2'), manual_dir=str(tmp_path / 'e'), verbose=False)

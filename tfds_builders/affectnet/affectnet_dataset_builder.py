@@ -10,6 +10,7 @@ Layout and bad-input handling: README.md.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import re
@@ -21,8 +22,7 @@ from absl import logging
 from vaflax import circumplex, faces
 from vaflax.data import builder_utils as bu
 
-CROP_SIZE = 256
-MARGIN = 0.1  # crop_face margin around the annotated box: the box already spans brow to chin
+CROP = faces.CropSpec(aligned=True, size=256)  # aligned on the 68 landmarks (box crop without)
 NOT_ANNOTATED = -2.0  # AffectNet's valence/arousal marker for Uncertain / No-Face images
 # `expression` codes 0-10 (AffectNet paper; datasets.md section 3a). 0-7 are the emotions.
 EXPRESSION_NAMES = (*circumplex.AFFECTNET_EMOTIONS, 'none', 'uncertain', 'no-face')
@@ -52,14 +52,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=bu.frame_features(
-            CROP_SIZE, extra={'expression': tfds.features.Scalar(dtype=np.int32)}),
+            CROP.size, extra={'expression': tfds.features.Scalar(dtype=np.int32)}),
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(
-            crop_size=CROP_SIZE, emotion_names=list(circumplex.AFFECTNET_EMOTIONS),
+            crop=CROP.to_dict(), emotion_names=list(circumplex.AFFECTNET_EMOTIONS),
             expression_names=list(EXPRESSION_NAMES), release=None,
+            split_rule='the official split: training.csv (train_set/) -> train, '
+                       'validation.csv (val_set/) -> validation',
             va_scale='valence, arousal annotated in [-1, 1] (kept); -2 = not annotated -> mask',
-            crop=f'csv release: crop_face(face box, margin={MARGIN}, size={CROP_SIZE}); '
-                 f'npy release: the whole image (already a face crop), squared, {CROP_SIZE} px'),
+            crop_note='aligned on the 68 landmarks; rows without landmarks: csv release, box '
+                      'crop of the face box; npy release, the whole image (already a face crop) '
+                      'squared, margin 0'),
         homepage='http://mohammadmahoor.com/affectnet/',
     )
 
@@ -71,10 +74,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 if os.path.isdir(os.path.join(p, 'images'))]
             for s, n in NPY_DIRS.items()}
     if any(csvs.values()):
-      missing = [CSV_FILES[s] for s, p in csvs.items() if not p]
-      if missing:
-        raise bu.BadInputError(os.path.join(root, missing[0]), 'annotation csv not found',
-                               'unpack Manually_Annotated_file_lists.zip under manual_dir')
       image_dirs = bu.find_paths(root, CSV_IMAGE_DIR, max_depth=MAX_DEPTH, want_dir=True)
       if not image_dirs:
         raise bu.BadInputError(
@@ -83,20 +82,25 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       if any(npys.values()):
         logging.warning('AffectNet: both releases found; building the csv release')
       self.info.metadata['release'] = 'csv'
-      return {s: self._generate_examples(s, 'csv', csvs[s][0], image_dirs, root)
-              for s in CSV_FILES}
+      return bu.non_empty_splits(self, {
+          s: self._generate_examples(s, 'csv', (csvs[s] or [None])[0], image_dirs, root)
+          for s in CSV_FILES})
     if any(npys.values()):
-      missing = [NPY_DIRS[s] for s, p in npys.items() if not p]
-      if missing:
-        raise bu.BadInputError(os.path.join(root, missing[0]), 'folder with images/ not found',
-                               'put both train_set/ and val_set/ of the release under manual_dir')
       self.info.metadata['release'] = 'npy'
-      return {s: self._generate_examples(s, 'npy', npys[s][0], None, root) for s in NPY_DIRS}
+      return bu.non_empty_splits(self, {
+          s: self._generate_examples(s, 'npy', (npys[s] or [None])[0], None, root)
+          for s in NPY_DIRS})
     raise bu.BadInputError(
         root, 'neither training.csv/validation.csv nor train_set/ and val_set/ found',
         self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip())
 
   def _generate_examples(self, split, release, path, image_dirs, root):
+    if path is None:  # a partial download: this split's csv / folder is not there
+      writer = bu.SplitWriter(split)
+      what = CSV_FILES[split] if release == 'csv' else f'{NPY_DIRS[split]}/images/'
+      writer.skips.skip(f'{what} not found under manual_dir: split empty', root)
+      writer.finish(self)
+      return
     if release == 'csv':
       yield from self._generate_csv(split, path, image_dirs, root)
     else:
@@ -133,7 +137,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         continue
       if lm is None and row['facial_landmarks'].strip():
         writer.skips.skip('landmarks not 136 numbers: landmarks_mask 0, image kept', item)
-      crop, cb = faces.crop_face(img, box=box, margin=MARGIN, size=CROP_SIZE)
+      crop, cb = faces.crop_face(img, box=box, landmarks=lm, spec=CROP)
       ex = _example(crop, cb, lm, labels, file=os.path.relpath(path, root))
       yield from writer.emit(os.path.splitext(rel)[0], [ex])
     writer.videos.clear()  # still images: no video table (pipeline: one "video" per record)
@@ -169,8 +173,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         writer.skips.skip(e.problem, rel)
         continue
       h, w = img.shape[:2]
-      # The release's images are face crops already: keep all of it, squared (zero padding).
-      crop, cb = faces.crop_face(img, box=(0, 0, w, h), margin=0.0, size=CROP_SIZE)
+      # The release's images are face crops already: without landmarks keep all of it, squared
+      # (zero padding, no margin).
+      spec = CROP if lm is not None else dataclasses.replace(CROP, margin=0.0)
+      crop, cb = faces.crop_face(img, box=(0, 0, w, h), landmarks=lm, spec=spec)
       yield from writer.emit(f'{split}/{stem}', [_example(crop, cb, lm, labels, file=rel)])
     writer.videos.clear()  # still images: no video table (pipeline: one "video" per record)
     writer.finish(self)

@@ -7,6 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
+from tfds_builders.affectnet import affectnet_dataset_builder as an
+from vaflax import faces
 from vaflax.data import build
 
 DUMMY = os.path.join(os.path.dirname(__file__), 'dummy_data')
@@ -91,23 +93,24 @@ def test_csv_labels(csv_build):
       (0, 0.0), (3, pytest.approx(0.7))]
 
 
-def test_csv_crop_from_box(csv_build):
+def test_csv_crop_aligned_on_landmarks(csv_build):
   tr = csv_build.as_data_source('train')
   row = _rows('training.csv')[1]
-  x, y, w, h = (float(v) for v in row[1:5])
   src = np.asarray([float(v) for v in row[5].split(';')]).reshape(68, 2)
-  # crop_face(box, margin 0.1): square of side max(w, h) * 1.2 centred on the box.
-  side = round(max(w, h) * 1.2)
-  x0, y0 = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
+  # Aligned on the 68 landmarks' keypoints: the stored landmarks are the source ones through
+  # that similarity, and the keypoints sit near the template.
   ex = tr[0]
-  np.testing.assert_allclose(ex['landmarks'], (src - [x0, y0]) / side, atol=1e-5)
+  np.testing.assert_allclose(ex['landmarks'], faces.aligned_frame(src, an.CROP).to_crop(src),
+                             atol=1e-4)
+  want = (faces.TEMPLATES['haar_frame'] + an.CROP.margin) / (1 + 2 * an.CROP.margin)
+  np.testing.assert_allclose(faces.keypoints(ex['landmarks']), want, atol=0.05)
   assert ex['landmarks_mask'] == 1
   img = np.asarray(ex['image'])
   assert img.shape == (256, 256, 3) and _red_at(img, ex['landmarks'][30])
-  assert tr[5]['landmarks_mask'] == 0 and not tr[5]['landmarks'].any()
-  # Zero-size box: the crop comes from the landmark box (margin 0.1), which spans 1 / 1.2 of it.
+  assert tr[5]['landmarks_mask'] == 0 and not tr[5]['landmarks'].any()  # no landmarks: box crop
+  # Zero-size box, landmarks given: aligned as well.
   lm = tr[6]['landmarks']
-  assert (lm.max(0) - lm.min(0)).max() == pytest.approx(1 / 1.2, abs=0.01)
+  np.testing.assert_allclose(faces.keypoints(lm), want, atol=0.05)
   assert _red_at(np.asarray(tr[6]['image']), lm[30])
 
 
@@ -128,9 +131,11 @@ def test_npy_release(npy_build):
   np.testing.assert_allclose(got, [(1, 0.5, 0.25), (3, 0.0, 0.3), (0, 0.1, -0.1), (5, -0.6, 0.4)],
                              atol=1e-6)
   np.testing.assert_array_equal(ds[1]['va_mask'], [0, 1])
-  # Whole 64x64 image resized: landmarks are the pixel landmarks / 64; the marker is under them.
+  # With landmarks: aligned on them, as the csv release; the marker is under the nose tip.
   lnd = np.load(os.path.join(DUMMY, 'npy', 'AffectNet', 'train_set', 'annotations', '0_lnd.npy'))
-  np.testing.assert_allclose(ds[0]['landmarks'], lnd.reshape(68, 2) / 64, atol=1e-5)
+  src = lnd.reshape(68, 2).astype(np.float64)
+  np.testing.assert_allclose(ds[0]['landmarks'], faces.aligned_frame(src, an.CROP).to_crop(src),
+                             atol=1e-4)
   assert _red_at(np.asarray(ds[0]['image']), ds[0]['landmarks'][30])
   # 64x48 without landmarks: squared with 8 zero rows above and below (32 px at 256).
   img = np.asarray(ds[2]['image'])

@@ -20,8 +20,7 @@ import tensorflow_datasets as tfds
 from vaflax import detect, faces
 from vaflax.data import builder_utils as bu
 
-CROP_SIZE = 256
-MARGIN = 0.2  # crop_face margin around the Haar box, as in the other builders
+CROP = faces.CropSpec(size=256)  # box crop, margin 0.2 around the Haar box, as the other builders
 MIN_FACE_FRACTION = 0.15  # smallest face searched, as a fraction of the image side
 FALLBACK_SIDE = 1 / 2.2  # centred box side / min(H, W) when no face is detected
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -97,7 +96,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=bu.frame_features(CROP_SIZE, extra={
+        features=bu.frame_features(CROP.size, extra={
             'identity': tfds.features.Text(),
             'identity_index': tfds.features.Scalar(dtype=np.int32),
             'face_box': tfds.features.Tensor(shape=(4,), dtype=np.float32),
@@ -105,11 +104,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         }),
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(
-            crop_size=CROP_SIZE, emotion_names=[],
+            crop=CROP.to_dict(), emotion_names=[],
             va_scale='none: no valence/arousal labels (va_mask 0)',
             face_detector=f'vaflax.detect (OpenCV Haar {detect.CASCADE}), most central of the '
                           f'large detections, min face {MIN_FACE_FRACTION} of the image side, '
-                          f'crop_face margin {MARGIN}',
+                          f'crop_face margin {CROP.margin}',
             fallback=f'centred box of side min(H, W) * {FALLBACK_SIDE:.4f} when no face is found'),
         homepage='http://www.cbsr.ia.ac.cn/english/CASIA-WebFace-Database.html',
     )
@@ -117,7 +116,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     root = os.fspath(dl_manager.manual_dir)
     parent, identities = find_identity_root(root)
-    return {'train': self._generate_examples(root, parent, identities)}
+    return bu.non_empty_splits(self, {'train': self._generate_examples(root, parent, identities)})
 
   def _generate_examples(self, root, parent, identities):
     writer = bu.SplitWriter('train')
@@ -144,7 +143,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         else:
           box = fallback_box(h, w)
           fallbacks += 1
-        crop, _ = faces.crop_face(img, box=box, margin=MARGIN, size=CROP_SIZE)
+        crop, _ = faces.crop_face(img, box=box, spec=CROP)
         ex = bu.default_example(
             image=bu.encode_image(crop), file=rel, identity=ident, identity_index=index,
             face_box=np.asarray(box, np.float32), face_detected=bool(dets))

@@ -48,7 +48,7 @@ def test_no_va_labels(builder):
 def test_crop_boxes(builder):
   for ex in builder.as_data_source('train'):
     rel = ex['file'].decode().split('/', 1)[1]
-    assert ex['image'].shape == (cw.CROP_SIZE, cw.CROP_SIZE, 3)
+    assert ex['image'].shape == (cw.CROP.size, cw.CROP.size, 3)
     if rel in mk.FACES:
       # The astronaut's face, where the fixture put it (Haar boxes vary ~10 % with scale).
       assert ex['face_detected']
@@ -61,7 +61,7 @@ def test_crop_boxes(builder):
                                  atol=1e-4)
     # The stored crop is crop_face on that box (up to JPEG).
     src = bu.read_image(os.path.join(HERE, 'dummy_data', ex['file'].decode()))
-    want, _ = faces.crop_face(src, box=ex['face_box'], margin=cw.MARGIN, size=cw.CROP_SIZE)
+    want, _ = faces.crop_face(src, box=ex['face_box'], spec=cw.CROP)
     assert np.abs(ex['image'].astype(int) - want.astype(int)).mean() < 3.0
 
 

@@ -22,8 +22,7 @@ import tensorflow_datasets as tfds
 from vaflax import detect, faces
 from vaflax.data import builder_utils as bu
 
-CROP_SIZE = 256
-MARGIN = 0.2  # crop_face margin around the 5-point box, as for Haar boxes elsewhere
+CROP = faces.CropSpec(aligned=True, size=256)  # aligned on the 5 landmarks
 SPLITS = {'train': 0, 'validation': 1, 'test': 2}
 # The header of list_attr_celeba.txt / .csv (in this order in both releases).
 ATTRIBUTE_NAMES = [
@@ -192,7 +191,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=bu.frame_features(CROP_SIZE, extra={
+        features=bu.frame_features(CROP.size, extra={
             'attributes': tfds.features.Tensor(shape=(len(ATTRIBUTE_NAMES),), dtype=np.bool_),
             'smiling': tfds.features.Scalar(dtype=np.bool_),
             'landmarks5': tfds.features.Tensor(shape=(5, 2), dtype=np.float32),
@@ -200,12 +199,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         }),
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(
-            crop_size=CROP_SIZE, emotion_names=[], attribute_names=ATTRIBUTE_NAMES,
+            crop=CROP.to_dict(), emotion_names=[], attribute_names=ATTRIBUTE_NAMES,
             landmarks5_names=LANDMARK_NAMES,
+            split_rule='Eval/list_eval_partition.txt: 0 train, 1 validation, 2 test',
             va_scale='none: no valence/arousal labels (va_mask 0)',
-            crop=f'vaflax.detect.box_from_five_points (side {detect.FIVE_POINT_SIDE} x max('
-                 f'inter-ocular, eye-mouth), centre {detect.FIVE_POINT_CENTRE} of the way from '
-                 f'the eyes to the mouth), crop_face margin {MARGIN}',
+            crop_note='aligned on the 5 landmarks (eyes, nose, mouth centre: '
+                      'vaflax.faces.keypoints_from_5)',
             bbox_wild='x, y, w, h in the in-the-wild image (img_celeba) from list_bbox_celeba; '
                       '-1 where absent; not used for the crop'),
         homepage='https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html',
@@ -213,7 +212,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     ann = read_annotations(os.fspath(dl_manager.manual_dir))
-    return {split: self._generate_examples(ann, split) for split in SPLITS}
+    return bu.non_empty_splits(
+        self, {split: self._generate_examples(ann, split) for split in SPLITS})
 
   def _generate_examples(self, ann: Annotations, split: str):
     writer = bu.SplitWriter(split)
@@ -245,7 +245,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       except ValueError:
         writer.skips.skip(BAD_ROW, f'{name} (degenerate landmarks)')
         continue
-      crop, cbox = faces.crop_face(img, box=box, margin=MARGIN, size=CROP_SIZE)
+      crop, cbox = faces.crop_face(img, box=box, landmarks=lm, spec=CROP)
       ex = bu.default_example(
           image=bu.encode_image(crop), file=rel, attributes=attrs > 0,
           smiling=bool(attrs[SMILING] > 0), landmarks5=cbox.to_crop(lm).astype(np.float32),

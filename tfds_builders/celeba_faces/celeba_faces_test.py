@@ -9,7 +9,7 @@ from PIL import Image
 
 from tfds_builders.celeba_faces import celeba_faces_dataset_builder as cb
 from tfds_builders.celeba_faces import make_dummy_data as mk
-from vaflax import detect, faces
+from vaflax import faces
 from vaflax.data import build
 from vaflax.data import builder_utils as bu
 
@@ -68,18 +68,20 @@ def test_crop_follows_the_five_points(built):
   for ex in b.as_data_source('train'):
     i = int(ex['video_id'].decode())
     img = ex['image']
-    assert img.shape == (cb.CROP_SIZE, cb.CROP_SIZE, 3) and img.dtype == np.uint8
-    # Independent reference: the landmarks the fixture drew, the documented box rule.
+    assert img.shape == (cb.CROP.size, cb.CROP.size, 3) and img.dtype == np.uint8
+    # Independent reference: the landmarks the fixture drew, aligned to the template.
     _, five = mk.draw(i)
-    box = detect.box_from_five_points(five)
-    ref = faces.square_box(box, cb.MARGIN).to_crop(five)
+    ref = faces.aligned_frame(five, cb.CROP).to_crop(five)
     np.testing.assert_allclose(ex['landmarks5'], ref, atol=1e-5)
+    # Eyes and mouth centre land near the template's places (4 points, 4 parameters).
+    want = (faces.TEMPLATES['haar_frame'] + cb.CROP.margin) / (1 + 2 * cb.CROP.margin)
+    np.testing.assert_allclose(faces.keypoints(ex['landmarks5']), want, atol=0.05)
     assert (ex['landmarks5'] > 0.1).all() and (ex['landmarks5'] < 0.9).all()
     # The eyes sit above the mouth and left/right are kept.
     lm = ex['landmarks5']
     assert lm[0, 0] < lm[1, 0] and lm[3, 0] < lm[4, 0] and lm[0, 1] < lm[3, 1]
     # The green marker drawn on the nose tip lands on the nose landmark in the crop.
-    x, y = np.round(lm[2] * cb.CROP_SIZE).astype(int)
+    x, y = np.round(lm[2] * cb.CROP.size).astype(int)
     px = img[y - 2 : y + 3, x - 2 : x + 3].reshape(-1, 3).astype(int).mean(0)
     assert px[1] > 180 and px[0] < 90 and px[2] < 90, (i, px)
 
@@ -90,8 +92,7 @@ def test_crop_pixels_match_crop_face(built):
   root = os.path.join(HERE, LAYOUTS[layout])
   src = bu.read_image(os.path.join(root, ex['file'].decode()))
   _, five = mk.draw(int(ex['video_id'].decode()))
-  want, _ = faces.crop_face(src, box=detect.box_from_five_points(five), margin=cb.MARGIN,
-                            size=cb.CROP_SIZE)
+  want, _ = faces.crop_face(src, landmarks=five, spec=cb.CROP)
   got = np.asarray(Image.open(io.BytesIO(bu.encode_image(want))))  # same JPEG round trip
   assert np.abs(ex['image'].astype(int) - got.astype(int)).mean() < 1.0
 

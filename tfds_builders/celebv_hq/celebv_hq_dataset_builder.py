@@ -17,11 +17,11 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vaflax import circumplex
+from vaflax import circumplex, faces
 from vaflax.data import builder_utils as bu
 from vaflax.data import video_io
 
-CROP_SIZE = 256
+CROP = faces.CropSpec(margin=0.0, size=256)  # the square of the json bbox, as the official script
 FPS = 25  # frames are resampled to this rate
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
@@ -80,18 +80,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=bu.frame_features(
-            CROP_SIZE, audio_samples_per_frame=SAMPLES_PER_FRAME, extra={
+            CROP.size, audio_samples_per_frame=SAMPLES_PER_FRAME, extra={
                 'audio_mask': tfds.features.Scalar(dtype=np.float32),
                 'appearance': tfds.features.Tensor(shape=(NUM_APPEARANCE,), dtype=np.uint8),
                 'action': tfds.features.Tensor(shape=(NUM_ACTION,), dtype=np.uint8),
             }),
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(
-            fps=FPS, sample_rate=SAMPLE_RATE, crop_size=CROP_SIZE,
+            fps=FPS, sample_rate=SAMPLE_RATE, crop=CROP.to_dict(),
             emotion_names=list(EMOTION_NAMES), appearance_names=[], action_names=[],
             va_scale='derived from emotion via vaflax.circumplex.EMOTION_VA (Russell & Mehrabian '
                      '1977), in [-1, 1]; contempt and unknown labels unmapped (va_mask 0)',
-            crop='official download_and_process.py square of the json bbox',
+            crop_note='official download_and_process.py square of the json bbox',
             split_rule='md5(ytb_id) % 10: 8 validation, 9 test, else train'),
         homepage='https://celebv-hq.github.io/',
     )
@@ -124,8 +124,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     for key in sorted(clips):
       ytb = clips[key].get('ytb_id') if isinstance(clips[key], dict) else None
       by_split[ytb_split(str(ytb or key))].append(key)
-    return {s: self._generate_examples(s, keys, clips, videos, root)
-            for s, keys in by_split.items()}
+    return bu.non_empty_splits(self, {s: self._generate_examples(s, keys, clips, videos, root)
+            for s, keys in by_split.items()})
 
   def _generate_examples(self, split, keys, clips, videos, root):
     writer = bu.SplitWriter(split)
@@ -151,8 +151,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       attrs = dict(appearance=np.asarray(clip['attributes']['appearance'], np.uint8),
                    action=np.asarray(clip['attributes']['action'], np.uint8))
       frames = video_io.face_frames(
-          path, fps=FPS, sample_rate=SAMPLE_RATE, crop_size=CROP_SIZE, box_fn=box_fn,
-          skips=writer.skips, margin=0.0, item=f'{key} ({rel})', **span)
+          path, fps=FPS, sample_rate=SAMPLE_RATE, spec=CROP, box_fn=box_fn,
+          skips=writer.skips, item=f'{key} ({rel})', **span)
       emotion_at = _emotion_timeline(clip['attributes']['emotion'])
 
       def examples(frames=frames, emotion_at=emotion_at, attrs=attrs, rel=rel):

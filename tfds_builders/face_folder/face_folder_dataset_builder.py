@@ -21,8 +21,7 @@ from PIL import Image, ImageOps
 from vaflax import detect, faces
 from vaflax.data import builder_utils as bu
 
-CROP_SIZE = 256
-MARGIN = 0.2  # crop_face margin around the Haar box (brows to mouth) so the chin is in
+CROP = faces.CropSpec(size=256)  # the default box crop: margin 0.2 around the Haar box, chin in
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif')
 VIDEO_EXTS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg', '.wmv', '.flv')
 
@@ -106,18 +105,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     return self.dataset_info_from_configs(
-        features=bu.frame_features(CROP_SIZE, extra={
+        features=bu.frame_features(CROP.size, extra={
             'face_box': tfds.features.Tensor(shape=(4,), dtype=np.float32),
             'face_score': tfds.features.Scalar(dtype=np.float32),
             'face_index': tfds.features.Scalar(dtype=np.int32),
         }),
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(
-            crop_size=CROP_SIZE, emotion_names=[],
+            crop=CROP.to_dict(), emotion_names=[],
             va_scale='none: no valence/arousal labels (va_mask 0)',
             video_stride=cfg.video_stride, min_face=cfg.min_face, max_faces=cfg.max_faces,
             face_detector=f'vaflax.detect (OpenCV Haar {detect.CASCADE}), largest first, '
-                          f'crop_face margin {MARGIN}'),
+                          f'crop_face margin {CROP.margin}'),
         homepage='https://github.com/vaflax/vaflax',
     )
 
@@ -128,10 +127,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       raise bu.BadInputError(
           root, f'no image or video files found (found {len(media)} other files, e.g. '
           f'{[m for m, _ in media[:5]]})', self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip())
-    return {'train': self._generate_examples(root, media)}
+    return bu.non_empty_splits(self, {'train': self._generate_examples(root, media)})
 
   def _example(self, rgb, det, rel, frame, face_index):
-    crop, _ = faces.crop_face(rgb, box=det[:4], margin=MARGIN, size=CROP_SIZE)
+    crop, _ = faces.crop_face(rgb, box=det[:4], spec=CROP)
     return bu.default_example(
         image=bu.encode_image(crop), file=rel, frame=frame, face_index=face_index,
         face_box=np.asarray(det[:4], np.float32), face_score=float(det[4]))

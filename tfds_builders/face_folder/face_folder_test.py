@@ -70,13 +70,13 @@ def test_face_boxes_and_crops(custom):
   for ex in src:
     rel = ex['file'].decode()
     np.testing.assert_array_equal(ex['va_mask'], [0, 0])
-    assert ex['emotion'] == -1 and ex['image'].shape == (ff.CROP_SIZE, ff.CROP_SIZE, 3)
+    assert ex['emotion'] == -1 and ex['image'].shape == (ff.CROP.size, ff.CROP.size, 3)
     if rel in mk.FACES:  # Haar boxes vary ~10 % with scale around the mapped astronaut box
       want = mk.FACES[rel][int(ex['face_index'])]
       np.testing.assert_allclose(ex['face_box'], want, atol=0.15 * want[2])
       seen[rel] = seen.get(rel, 0) + 1
       img = ff.read_photo(os.path.join(DUMMY, rel))
-      ref, _ = faces.crop_face(img, box=ex['face_box'], margin=ff.MARGIN, size=ff.CROP_SIZE)
+      ref, _ = faces.crop_face(img, box=ex['face_box'], spec=ff.CROP)
       assert np.abs(ex['image'].astype(int) - ref.astype(int)).mean() < 3.0
     else:  # video frames: the face drifts 1 source px per frame to the left
       t = int(ex['frame'])

@@ -14,11 +14,11 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vaflax import circumplex
+from vaflax import circumplex, faces
 from vaflax.data import builder_utils as bu
 
 SIDE = 48
-CROP_SIZE = SIDE  # the images are already face crops; stored as is (upscaling adds nothing)
+CROP = faces.CropSpec(margin=0.0, size=SIDE)  # already face crops, stored as is (no upscaling)
 # Kaggle's emotion codes 0-6 (datasets.md section 6).
 EMOTION_NAMES = ['angry', 'disgust', 'fear', 'happy', 'sad', 'surprise', 'neutral']
 USAGE_TO_SPLIT = {'Training': 'train', 'PublicTest': 'validation', 'PrivateTest': 'test'}
@@ -60,13 +60,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=bu.frame_features(CROP_SIZE, encoding='png', extra={
+        features=bu.frame_features(CROP.size, encoding='png', extra={
             'ferplus_votes': tfds.features.Tensor(shape=(10,), dtype=np.int32),
             'ferplus_emotion': tfds.features.Scalar(dtype=np.int32),
         }),
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(
-            crop_size=CROP_SIZE, emotion_names=EMOTION_NAMES,
+            crop=CROP.to_dict(), emotion_names=EMOTION_NAMES,
+            split_rule='Usage column: Training -> train, PublicTest -> validation, '
+                       'PrivateTest -> test',
             va_scale='derived from emotion via vaflax.circumplex.EMOTION_VA (Russell & Mehrabian '
                      '1977), in [-1, 1]',
             ferplus=False, ferplus_vote_names=FERPLUS_COLUMNS,
@@ -86,7 +88,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if fp:
       ferplus = _read_ferplus(fp[0], path)
       self.info.metadata['ferplus'] = True
-    return {s: self._generate_examples(s, path, ferplus) for s in USAGE_TO_SPLIT.values()}
+    return bu.non_empty_splits(
+        self, {s: self._generate_examples(s, path, ferplus) for s in USAGE_TO_SPLIT.values()})
 
   def _generate_examples(self, split, path, ferplus):
     writer = bu.SplitWriter(split)

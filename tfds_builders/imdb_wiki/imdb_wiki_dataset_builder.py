@@ -21,8 +21,7 @@ import tensorflow_datasets as tfds
 from vaflax import faces
 from vaflax.data import builder_utils as bu
 
-CROP_SIZE = 256
-MARGIN = 0.2  # crop_face margin around the face box, as in the other builders
+CROP = faces.CropSpec(size=256)  # box crop, margin 0.2 around the face box, as the other builders
 SOURCES = ('imdb', 'wiki')
 # The *_crop images are the detector's box plus 40 % of its width/height on each side, cut at the
 # image border (dataset homepage: "faces only ... with 40 % margin"). Where that cut is not at
@@ -182,7 +181,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     return self.dataset_info_from_configs(
-        features=bu.frame_features(CROP_SIZE, extra={
+        features=bu.frame_features(CROP.size, extra={
             'gender': tfds.features.Scalar(dtype=np.int32),
             'age': tfds.features.Scalar(dtype=np.float32),
             'face_score': tfds.features.Scalar(dtype=np.float32),
@@ -193,20 +192,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         }),
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(
-            crop_size=CROP_SIZE, emotion_names=[],
+            crop=CROP.to_dict(), emotion_names=[],
             va_scale='none: no valence/arousal labels (va_mask 0)',
             min_face_score=cfg.min_face_score,
             max_second_face_score=cfg.max_second_face_score,
             gender_names=['female', 'male'],
-            crop=f'face_location (1-based x1 y1 x2 y2) -> box; in *_crop images the box is at '
+            crop_note=f'face_location (1-based x1 y1 x2 y2) -> box; in *_crop images the box is at '
                  f'(min(x, {CROP_RELEASE_MARGIN} w), min(y, {CROP_RELEASE_MARGIN} h)); '
-                 f'crop_face margin {MARGIN}'),
+                 f'crop_face margin {CROP.margin}'),
         homepage='https://data.vision.ee.ethz.ch/cvl/rrothe/imdb-wiki/',
     )
 
   def _split_generators(self, dl_manager):
     root = os.fspath(dl_manager.manual_dir)
-    return {'train': self._generate_examples(root, find_sources(root))}
+    return bu.non_empty_splits(self, {'train': self._generate_examples(root, find_sources(root))})
 
   def _keep(self, meta, i, skips, rel) -> bool:
     cfg = self.builder_config
@@ -247,7 +246,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if not box_inside(box, *img.shape[:2]):
           writer.skips.skip('face_location outside the image', f'{rel} ({loc.tolist()})')
           continue
-        crop, _ = faces.crop_face(img, box=box, margin=MARGIN, size=CROP_SIZE)
+        crop, _ = faces.crop_face(img, box=box, spec=CROP)
         g, cid = meta['gender'][i], meta['celeb_id'][i]
         ex = bu.default_example(
             image=bu.encode_image(crop), file=rel,

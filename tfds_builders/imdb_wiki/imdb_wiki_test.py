@@ -59,10 +59,10 @@ def test_crop_box_against_face_location(builder):
     _, want = mk.crop_release(orig, box)
     np.testing.assert_allclose(ex['face_box'], want, atol=1.0)
     img = bu.read_image(os.path.join(DUMMY, rel))
-    ref, _ = faces.crop_face(img, box=ex['face_box'], margin=iw.MARGIN, size=iw.CROP_SIZE)
+    ref, _ = faces.crop_face(img, box=ex['face_box'], spec=iw.CROP)
     assert np.abs(ex['image'].astype(int) - ref.astype(int)).mean() < 3.0
     # The green marker drawn at the face centre lands at the crop centre.
-    c = iw.CROP_SIZE // 2
+    c = iw.CROP.size // 2
     px = ex['image'][c - 3 : c + 4, c - 3 : c + 4].reshape(-1, 3).astype(int).mean(0)
     assert px[1] > 170 and px[0] < 110 and px[2] < 110, (rel, px)
   # The cut-at-the-border case really is one: its face is less than 0.4 w from the left edge.

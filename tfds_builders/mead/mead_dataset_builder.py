@@ -17,15 +17,14 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vaflax import circumplex, detect
+from vaflax import circumplex, detect, faces
 from vaflax.data import builder_utils as bu
 from vaflax.data import video_io
 
-CROP_SIZE = 256
+CROP = faces.CropSpec(size=256)  # box crop, margin 0.2 around the Haar box (brows to mouth)
 FPS = 30  # MEAD is commonly 30 fps (datasets.md section 7, unverified): the frame grid rate
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 533
-MARGIN = 0.2
 VIEWS = ('front', 'down', 'top', 'left_30', 'left_60', 'right_30', 'right_60')
 # Folder names (datasets.md section 7); 'surprise' is a spelling seen in third-party lists.
 EMOTION_NAMES = ['angry', 'contempt', 'disgusted', 'fear', 'happy', 'neutral', 'sad', 'surprised']
@@ -70,7 +69,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=bu.frame_features(
-            CROP_SIZE, audio_samples_per_frame=SAMPLES_PER_FRAME, extra={
+            CROP.size, audio_samples_per_frame=SAMPLES_PER_FRAME, extra={
                 'audio_mask': tfds.features.Scalar(dtype=np.float32),
                 'intensity': tfds.features.Scalar(dtype=np.int32),
                 'view': tfds.features.Text(),
@@ -78,12 +77,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(
             fps=FPS, frame_stride=self.builder_config.frame_stride,
-            views=list(self.builder_config.views), sample_rate=SAMPLE_RATE, crop_size=CROP_SIZE,
+            views=list(self.builder_config.views), sample_rate=SAMPLE_RATE, crop=CROP.to_dict(),
             emotion_names=EMOTION_NAMES,
             va_scale='derived from emotion via vaflax.circumplex.EMOTION_VA (Russell & Mehrabian '
                      '1977), in [-1, 1]; contempt unmapped (va_mask 0)',
             face_detector=f'vaflax.detect (OpenCV Haar {detect.CASCADE}), largest face, '
-                          f'margin {MARGIN}',
+                          f'margin {CROP.margin}',
             split_rule='md5(actor) % 10: 8 validation, 9 test, else train'),
         homepage='https://wywu.github.io/projects/MEAD/MEAD.html',
     )
@@ -97,7 +96,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     by_split = {'train': [], 'validation': [], 'test': []}
     for actor, path in actors:
       by_split[actor_split(actor)].append((actor, path))
-    return {s: self._generate_examples(s, a, root) for s, a in by_split.items()}
+    return bu.non_empty_splits(
+        self, {s: self._generate_examples(s, a, root) for s, a in by_split.items()})
 
   def _generate_examples(self, split, actors, root):
     cfg = self.builder_config
@@ -124,8 +124,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                         va_mask=np.ones((2,), np.float32), va_derived=True)
         frames = video_io.face_frames(
             os.path.join(actor_dir, 'video', rel), fps=FPS, sample_rate=SAMPLE_RATE,
-            crop_size=CROP_SIZE, box_fn=video_io.largest_face, skips=writer.skips,
-            stride=cfg.frame_stride, margin=MARGIN, item=item,
+            spec=CROP, box_fn=video_io.largest_face, skips=writer.skips,
+            stride=cfg.frame_stride, item=item,
             audio_path=audio if os.path.isfile(audio) else None)
         vid = f'{actor}/{m["view"]}/{emotion}/level_{level}/{m["clip"]}'
         yield from writer.emit(vid, (bu.default_example(file=item, **f, **labels)

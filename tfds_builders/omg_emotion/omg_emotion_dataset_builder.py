@@ -16,15 +16,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from vaflax import detect
+from vaflax import detect, faces
 from vaflax.data import builder_utils as bu
 from vaflax.data import video_io
 
-CROP_SIZE = 256
+CROP = faces.CropSpec(size=256)  # box crop, margin 0.2 around the Haar box (brows to mouth)
 FPS = 25  # frames are resampled to this rate; YouTube sources mix 24/25/30 fps
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
-MARGIN = 0.2  # crop_face margin around the Haar box (brows to chin) so the whole face is in
 
 # EmotionMaxVote codes 0-6 (README of github.com/knowledgetechnologyuhh/OMGEmotionChallenge).
 EMOTION_NAMES = ['anger', 'disgust', 'fear', 'happy', 'neutral', 'sad', 'surprise']
@@ -57,14 +56,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=bu.frame_features(
-            CROP_SIZE, audio_samples_per_frame=SAMPLES_PER_FRAME,
+            CROP.size, audio_samples_per_frame=SAMPLES_PER_FRAME,
             extra={'audio_mask': tfds.features.Scalar(dtype=np.float32)}),
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(
-            fps=FPS, sample_rate=SAMPLE_RATE, crop_size=CROP_SIZE, emotion_names=EMOTION_NAMES,
+            fps=FPS, sample_rate=SAMPLE_RATE, crop=CROP.to_dict(), emotion_names=EMOTION_NAMES,
             va_scale='valence_raw in [-1, 1] (kept); arousal_raw in [0, 1] -> arousal = 2a - 1',
-            face_detector=f'vaflax.detect (OpenCV Haar {detect.CASCADE}), largest face, margin {MARGIN}',
-            test_labels=True),
+            face_detector=f'vaflax.detect (OpenCV Haar {detect.CASCADE}), largest face',
+            test_labels=True,
+            split_rule='the official split: omg_TrainVideos.csv -> train, '
+                       'omg_ValidationVideos.csv -> validation, omg_TestVideos_*.csv -> test'),
         homepage='https://github.com/knowledgetechnologyuhh/OMGEmotionChallenge',
     )
 
@@ -73,20 +74,25 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     csvs = {}
     for split, names in SPLIT_CSVS.items():
       found = [p for n in names for p in bu.find_paths(root, n, max_depth=4, want_dir=False)]
-      if not found:
-        raise bu.BadInputError(
-            os.path.join(root, names[0]), 'annotation csv not found under manual_dir',
-            self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip())
-      csvs[split] = found[0]
-    if os.path.basename(csvs['test']) != SPLIT_CSVS['test'][0]:
+      csvs[split] = found[0] if found else None
+    if not any(csvs.values()):
+      raise bu.BadInputError(
+          os.path.join(root, SPLIT_CSVS['train'][0]), 'no annotation csv found under manual_dir',
+          self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip())
+    if csvs['test'] and os.path.basename(csvs['test']) != SPLIT_CSVS['test'][0]:
       logging.warning('%s not found: the test split has no labels (va_mask 0, emotion -1)',
                       SPLIT_CSVS['test'][0])
       self.info.metadata['test_labels'] = False
     videos = _index_videos(root)
-    return {s: self._generate_examples(s, p, videos, root) for s, p in csvs.items()}
+    return bu.non_empty_splits(
+        self, {s: self._generate_examples(s, p, videos, root) for s, p in csvs.items()})
 
   def _generate_examples(self, split, csv_path, videos, root):
     writer = bu.SplitWriter(split)
+    if csv_path is None:  # a partial download: this split's csv is not there
+      writer.skips.skip(f'{" or ".join(SPLIT_CSVS[split])} not found: split empty', root)
+      writer.finish(self)
+      return
     for row_no, row in _read_rows(csv_path, writer.skips):
       item = f'{os.path.basename(csv_path)}:{row_no}'
       labels = _labels(row, item, writer.skips)
@@ -104,8 +110,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           continue
       rel = os.path.relpath(path, root)
       frames = video_io.face_frames(
-          path, fps=FPS, sample_rate=SAMPLE_RATE, crop_size=CROP_SIZE, box_fn=video_io.largest_face,
-          skips=writer.skips, margin=MARGIN, item=rel, **span)
+          path, fps=FPS, sample_rate=SAMPLE_RATE, spec=CROP, box_fn=video_io.largest_face,
+          skips=writer.skips, item=rel, **span)
       vid_id = f'{vid}/{os.path.splitext(utt)[0]}'
       yield from writer.emit(vid_id, (bu.default_example(file=rel, **f, **labels) for f in frames))
     writer.finish(self)

@@ -105,3 +105,38 @@ def test_missing_csv_is_a_clear_error(tmp_path):
   (tmp_path / 'm' / 'x.txt').write_text('nothing here')
   with pytest.raises(ValueError, match='omg_TrainVideos.csv'):
     build.build('omg_emotion', str(tmp_path / 'd'), manual_dir=str(tmp_path / 'm'), verbose=False)
+
+
+def test_truncated_clip_is_counted(tmp_path):
+  """A clip cut short (half its bytes, index intact) keeps the frames that decode and is counted
+  with how many of the declared frames came; a whole clip is not."""
+  import av  # noqa: PLC0415
+
+  from tfds_builders.omg_emotion import make_dummy_data as mk  # noqa: PLC0415
+  from tfds_builders.omg_emotion.omg_emotion_dataset_builder import CROP  # noqa: PLC0415
+  from vaflax.data import builder_utils as bu  # noqa: PLC0415
+  from vaflax.data import video_io  # noqa: PLC0415
+
+  whole = tmp_path / 'whole.mp4'
+  # faststart: the index comes first (as in streamed downloads), so it survives the cut.
+  with av.open(str(whole), 'w', options={'movflags': 'faststart'}) as out:
+    vs = video_io.add_video_stream(out, 25, 96, 64, preset='ultrafast')
+    for f in mk.face_frames(4, 30, left=True):
+      for p in video_io.encode_rgb(vs, f):
+        out.mux(p)
+    for p in vs.encode():
+      out.mux(p)
+  data = whole.read_bytes()
+  (tmp_path / 'cut.mp4').write_bytes(data[: len(data) // 2])
+  box = lambda rgb: (0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0]))  # noqa: E731
+  counts = {}
+  for name in ('whole', 'cut'):
+    skips = bu.SkipLog('train')
+    n = sum(1 for _ in video_io.face_frames(tmp_path / f'{name}.mp4', fps=25, sample_rate=16000,
+                                            spec=CROP, box_fn=box, skips=skips, item=name))
+    counts[name] = (n, dict(skips.counts), skips.examples)
+  assert counts['whole'] == (30, {}, {})
+  n, cut, examples = counts['cut']
+  reason = 'clip shorter than its container declares: decoded frames kept (truncated file?)'
+  assert 0 < n < 30 and cut == {reason: 1}
+  assert examples[reason] == [f'cut ({n} of 30 frames)']

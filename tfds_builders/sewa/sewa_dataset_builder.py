@@ -21,11 +21,10 @@ from vaflax import faces
 from vaflax.data import builder_utils as bu
 from vaflax.data import video_io
 
-CROP_SIZE = 256
+CROP = faces.CropSpec(size=256)  # the default box crop around the Haar box, as in other builders
 FPS = 10  # the AVEC CES label rate (0.1 s hop, AVEC2019 CES_data.py)
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
-MARGIN = 0.2  # crop_face margin around the Haar box, as in the other video builders
 MAX_HOLD = 20  # frames (2 s) a missed detection may reuse the last face box: webcam, one sitter
 PARTITIONS = {'train': 'Train', 'validation': 'Devel', 'test': 'Test'}
 _LABEL_FILE = re.compile(r'^(Train|Devel|Test)(?:_([A-Za-z]{2}))?_(\d+)\.csv$')
@@ -52,15 +51,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=bu.frame_features(
-            CROP_SIZE, audio_samples_per_frame=SAMPLES_PER_FRAME,
+            CROP.size, audio_samples_per_frame=SAMPLES_PER_FRAME,
             extra={'liking': tfds.features.Scalar(dtype=np.float32),
                    'face_mask': tfds.features.Scalar(dtype=np.float32),
                    'audio_mask': tfds.features.Scalar(dtype=np.float32)}),
         disable_shuffling=True,  # frames of a recording stay consecutive
         metadata=tfds.core.MetadataDict(
-            fps=FPS, sample_rate=SAMPLE_RATE, crop_size=CROP_SIZE, emotion_names=[],
+            fps=FPS, sample_rate=SAMPLE_RATE, crop=CROP.to_dict(), emotion_names=[],
             va_scale='AVEC gold standard, valence/arousal in [-1, 1] kept as is',
-            face_detector=f'vaflax.detect (OpenCV Haar), margin {MARGIN}, box held <= {MAX_HOLD}'
+            split_rule='label file name: Train_* -> train, Devel_* -> validation, '
+                       'Test_* -> test',
+            face_detector=f'vaflax.detect (OpenCV Haar), box held <= {MAX_HOLD}'
                           ' frames'),
         homepage='https://db.sewaproject.eu/',
     )
@@ -70,13 +71,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     labels, media = _index(root)
     by_split = {s: sorted((n, p) for n, p in labels.items() if n.startswith(prefix + '_'))
                 for s, prefix in PARTITIONS.items()}
-    for split in ('train', 'validation'):
-      if not by_split[split]:
-        raise bu.BadInputError(
-            root, f'no {PARTITIONS[split]}_*.csv label file found under manual_dir',
-            self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip())
-    return {s: self._generate_examples(s, files, media, root)
-            for s, files in by_split.items() if files}
+    if not any(by_split.values()):
+      raise bu.BadInputError(root, 'no Train_*.csv label file (nor Devel_, Test_) found under '
+                             'manual_dir', self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip())
+    # A partial download builds the partitions it has; the others are named as empty.
+    return bu.non_empty_splits(self, {s: self._generate_examples(s, files, media, root)
+                                      for s, files in by_split.items()})
 
   def _generate_examples(self, split, files, media, root):
     writer = bu.SplitWriter(split)
@@ -175,7 +175,7 @@ def _recording_examples(name, rows, video, audio_path, root, skips):
     skips.skip(f'audio unreadable ({type(e).__name__}): zero audio, audio_mask 0', name)
   if audio is None:
     skips.skip('no audio: zero audio, audio_mask 0', name, log=False)
-  blank = bu.encode_image(np.zeros((CROP_SIZE, CROP_SIZE, 3), np.uint8))
+  blank = bu.encode_image(np.zeros((CROP.size, CROP.size, 3), np.uint8))
   first_k, last_k = min(rows), max(rows)
   seen, box, held, n = set(), None, MAX_HOLD + 1, 0
   try:
@@ -196,7 +196,7 @@ def _recording_examples(name, rows, video, audio_path, root, skips):
       face = box is not None and held <= MAX_HOLD
       image = blank
       if face:
-        crop, _ = faces.crop_face(rgb, box=box, margin=MARGIN, size=CROP_SIZE)
+        crop, _ = faces.crop_face(rgb, box=box, spec=CROP)
         image = bu.encode_image(crop)
       else:
         skips.skip(NO_FACE, f'{name}#{k}', log=False)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vaflax import faces
 from vaflax.data import builder_utils as bu
 from vaflax.data import synthetic_faces as sf
 
-CROP_SIZE = 112
+# Faces are drawn directly as crops, framed like the default box crop of a Haar box.
+CROP = faces.CropSpec(size=112)
 FRAMES_PER_CLIP = 24
 CLIPS_PER_IDENTITY = 4  # each identity shows several unrelated VA trajectories
 # (number of clips, seed offset) per split; offsets keep identities disjoint across splits.
@@ -28,24 +30,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=bu.frame_features(
-            CROP_SIZE, encoding='png', audio_samples_per_frame=sf.SAMPLES_PER_FRAME),
+            CROP.size, encoding='png', audio_samples_per_frame=sf.SAMPLES_PER_FRAME),
         disable_shuffling=True,  # records stay in (clip, frame) order: windows are index ranges
         metadata=tfds.core.MetadataDict(
-            fps=sf.FPS, sample_rate=sf.SAMPLE_RATE, crop_size=CROP_SIZE, emotion_names=[],
+            fps=sf.FPS, sample_rate=sf.SAMPLE_RATE, crop=CROP.to_dict(), emotion_names=[],
             va_scale='generated directly in [-1, 1]'),
         homepage='https://github.com/vaflax/vaflax',
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    return {name: self._generate_examples(name) for name in SPLITS}
+    return bu.non_empty_splits(self, {name: self._generate_examples(name) for name in SPLITS})
 
   def _generate_examples(self, split):
     num_clips, offset = SPLITS[split]
     writer = bu.SplitWriter(split)
     for c in range(num_clips):
       frames, lms, va, audio = sf.make_clip(
-          offset + c, FRAMES_PER_CLIP, CROP_SIZE, identity_seed=offset + c // CLIPS_PER_IDENTITY)
+          offset + c, FRAMES_PER_CLIP, CROP.size, identity_seed=offset + c // CLIPS_PER_IDENTITY)
       vid = f'{split}_{c:04d}'
       yield from writer.emit(vid, (
           bu.default_example(
@@ -53,7 +55,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
               valence=float(va[t, 0]), arousal=float(va[t, 1]),
               va_mask=np.ones((2,), np.float32),
               valence_raw=float(va[t, 0]), arousal_raw=float(va[t, 1]),
-              landmarks=(lms[t] / CROP_SIZE).astype(np.float32), landmarks_mask=1.0,
+              landmarks=(lms[t] / CROP.size).astype(np.float32), landmarks_mask=1.0,
               frame=t, file=f'{vid}/{t:05d}', audio=audio[t])
           for t in range(FRAMES_PER_CLIP)))
     writer.finish(self)

@@ -78,6 +78,11 @@ def summary(b: tfds.core.DatasetBuilder, seconds: float | None = None) -> str:
     lines.append(f'  {split:<12s} {info.num_examples:>9d} examples')
     for reason, s in (skipped.get(split) or {}).items():
       lines.append(f'    skipped {s["count"]:>6d}  {reason}  (e.g. {", ".join(s["examples"][:2])})')
+  md = b.info.metadata or {}
+  for split, rule in sorted((md.get('empty_splits') or {}).items()):
+    lines.append(f'  {split:<12s}     EMPTY: nothing under manual_dir falls in it (split rule: {rule})')
+    for reason, s in (skipped.get(split) or {}).items():
+      lines.append(f'    skipped {s["count"]:>6d}  {reason}  (e.g. {", ".join(s["examples"][:2])})')
   return '\n'.join(lines)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import io
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 
@@ -33,6 +34,7 @@ from absl import logging
 from PIL import Image, ImageOps
 
 NUM_LANDMARKS = 68
+_END = object()
 
 
 class BadInputError(ValueError):
@@ -194,13 +196,42 @@ class SplitWriter:
   def finish(self, builder: tfds.core.GeneratorBasedBuilder) -> None:
     md = builder.info.metadata
     videos = dict(md.get('videos', {}))
-    videos[self.split] = self.videos
+    if self.next_key:  # an empty split is not built (non_empty_splits): no table for it
+      videos[self.split] = self.videos
     md['videos'] = videos
     skipped = dict(md.get('skipped', {}))
     skipped[self.split] = self.skips.summary()
     md['skipped'] = skipped
-    if self.next_key == 0:
-      raise BadInputError(
-          builder.name, f'split {self.split!r} has no usable example',
-          'check the manual_dir layout against the builder README; skipped: '
-          f'{dict(self.skips.counts)}')
+
+
+def non_empty_splits(builder: tfds.core.GeneratorBasedBuilder, generators: dict) -> dict:
+  """The split generators of `generators` that yield at least one example, for
+  `_split_generators` to return: a partial download (some of a dataset's archives) builds the
+  splits it has. Each generator is started up to its first example here (TFDS cannot write an
+  empty split); an empty one has already run to its end, so its skips are recorded. Empty splits
+  are logged with the builder's split rule (`metadata['split_rule']`) and listed in
+  `metadata['empty_splits']` ({split: rule}); the build summary names them. Only a build with no
+  example at all is an error."""
+  md = builder.info.metadata
+  rule = md.get('split_rule') or 'the split of each item is given by the dataset files'
+  out, empty = {}, {}
+  for split, gen in generators.items():
+    it = iter(gen)
+    first = next(it, _END)
+    if first is _END:
+      empty[split] = rule
+      continue
+    out[split] = itertools.chain([first], it)
+  md['empty_splits'] = empty
+  skipped = md.get('skipped', {})
+  if not out:
+    counts = {s: {r: v['count'] for r, v in (skipped.get(s) or {}).items()} for s in generators}
+    raise BadInputError(
+        builder.name, f'no usable example in any split ({", ".join(generators) or "none"})',
+        f'check the manual_dir layout against the builder README; skipped: {counts}')
+  for split in empty:
+    counts = {r: v['count'] for r, v in (skipped.get(split) or {}).items()}
+    logging.warning('%s: split %r is empty: nothing under manual_dir falls in it (split rule: '
+                    '%s); building %s. Skipped: %s', builder.name, split, rule,
+                    ', '.join(out), counts or 'nothing')
+  return out

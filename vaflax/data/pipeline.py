@@ -326,3 +326,19 @@ class EvalData:
 
 def dataset_info(name: str, data_dir: str) -> tfds.core.DatasetInfo:
   return build_lib.make_builder(name, os.path.expanduser(data_dir)).info
+
+
+def crop_spec(config) -> dict:
+  """The crop spec (`faces.CropSpec.to_dict()`) recorded in the metadata of the training data, for
+  `config.crop` (vaflax/train.py); {} when the build records none (built before crop specs were).
+  A mixture whose sources were cut differently is logged: its first source's spec is recorded."""
+  specs = {}
+  for name, _ in parse_mixture(config.input.dataset):
+    md = dataset_info(name, config.input.data_dir).metadata or {}
+    specs[name] = dict(md['crop']) if isinstance(md.get('crop'), dict) else {}
+  first = next(iter(specs.values()))
+  if any(s != first for s in specs.values()):
+    logging.warning('config.input.dataset mixes crops %s; recording %s (the first) for predict',
+                    specs, first)
+  return first
+

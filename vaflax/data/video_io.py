@@ -137,13 +137,16 @@ class Video:
 
 
 def iter_frames(path, *, fps: float, start: float | None = None, end: float | None = None,
-                stride: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
+                stride: int = 1, ended: dict | None = None
+                ) -> Iterator[tuple[int, float, np.ndarray]]:
   """Yields (k, time, rgb uint8 HxWx3) for grid frames k = 0, stride, 2*stride, ... of a clip.
 
   `time` is the grid time on the container timeline; the clip time of frame k is k / fps.
 
   The clip starts at `start` (default: the first decoded frame) and ends at `end` (default: the
   end of the stream). Decoding streams: at most two source frames are held at a time.
+  `ended`, when given, receives {'truncated', 'decoded', 'declared'} once the stream ran out
+  before `end`: truncated is True when fewer frames decoded than the container declares.
   """
   with Video(path) as video:
     half = 0.5 / (video.fps or fps)  # half a source frame: the time span a frame stands for
@@ -172,12 +175,30 @@ def iter_frames(path, *, fps: float, start: float | None = None, end: float | No
       prev = (t, frame)
       if t >= stop:
         break
+    else:
+      if ended is not None:
+        ended.update(_ran_out(video, start, stop, prev, half))
     if prev is not None:
       last = min(prev[0] + half, stop)
       while grid(k) < last:
         if grid(k) >= prev[0] - half and k % stride == 0:
           yield k, grid(k), prev[1].to_ndarray(format='rgb24')
         k += 1
+
+
+def _ran_out(video: Video, start, stop, prev, half) -> dict:
+  """Whether a stream that ran out before `stop` ended early. From the start of the file the
+  decoded frames are counted against the declared ones; after a seek (their count then starts
+  mid-file) the last frame's time is compared with the declared duration, to 1.5 frames."""
+  declared = video.num_frames or 0
+  if start is None:
+    return {'truncated': video.truncated, 'decoded': video.decoded, 'declared': declared}
+  dur = min(video.duration or 0.0, stop)
+  last = prev[0] if prev is not None else start
+  fps = 0.5 / half
+  short = bool(video.duration) and last + 1.5 / fps < dur
+  return {'truncated': short, 'decoded': int(round((last - start) * fps)) + (prev is not None),
+          'declared': int(round((dur - start) * fps))}
 
 
 def largest_face(rgb_HxWx3: np.ndarray) -> tuple[float, float, float, float] | None:
@@ -238,10 +259,14 @@ def write_mp4(path, frames_TxHxWx3: np.ndarray, fps: int, *, audio: np.ndarray |
         out.mux(p)
 
 
-def face_frames(path, *, fps: float, sample_rate: int, crop_size: int, box_fn, skips,
+def face_frames(path, *, fps: float, sample_rate: int, spec: faces.CropSpec, box_fn, skips,
                 start: float | None = None, end: float | None = None, stride: int = 1,
-                margin: float = 0.2, item: str | None = None, audio_path=None) -> Iterator[dict]:
+                item: str | None = None, audio_path=None) -> Iterator[dict]:
   """Face-crop examples of one clip: image (JPEG), frame, audio, audio_mask (labels: caller).
+
+  The crops are `faces.crop_face(rgb, box=box_fn(rgb), spec=spec)`. A clip whose data ends
+  before the frames its container declares (a truncated download) keeps the frames that decode
+  and is counted in `skips` ('clip shorter than its container declares: ...').
 
   The audio comes from `audio_path` (a separate audio file on the same timeline) when given,
   else from the video file itself.
@@ -258,8 +283,10 @@ def face_frames(path, *, fps: float, sample_rate: int, crop_size: int, box_fn, s
   except (av.error.FFmpegError, OSError, ValueError) as e:
     audio_error = e
   n = 0
+  ended = {}
   try:
-    for k, t, rgb in iter_frames(path, fps=fps, start=start, end=end, stride=stride):
+    for k, t, rgb in iter_frames(path, fps=fps, start=start, end=end, stride=stride,
+                                 ended=ended):
       if n == 0 and audio_error is not None:
         skips.skip(f'audio unreadable, frames kept with audio_mask 0 '
                    f'({type(audio_error).__name__})', item)
@@ -268,7 +295,7 @@ def face_frames(path, *, fps: float, sample_rate: int, crop_size: int, box_fn, s
       if box is None:
         skips.skip('no face found in frame', f'{item}#{k}')
         continue
-      crop, _ = faces.crop_face(rgb, box=box, margin=margin, size=crop_size)
+      crop, _ = faces.crop_face(rgb, box=box, spec=spec)
       if audio is not None:
         chunk, covered = audio.chunk(t, spf)
       else:
@@ -279,5 +306,8 @@ def face_frames(path, *, fps: float, sample_rate: int, crop_size: int, box_fn, s
     reason = 'unreadable video' if n == 0 else 'video breaks while decoding (earlier frames kept)'
     skips.skip(f'{reason} ({type(e).__name__})', item)
     return
+  if ended.get('truncated'):
+    skips.skip('clip shorter than its container declares: decoded frames kept (truncated file?)',
+               f"{item} ({ended['decoded']} of {ended['declared']} frames)")
   if n == 0:
     skips.skip('video has no frame in the clip span', item)

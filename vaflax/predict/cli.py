@@ -14,7 +14,7 @@ import os
 import sys
 
 from vaflax.predict.decode import IMAGE_EXTS, VIDEO_EXTS, InputError
-from vaflax.predict.model import DEFAULT_MARGIN, Predictor
+from vaflax.predict.model import Predictor
 from vaflax.predict.pipeline import Options, predict_file
 
 
@@ -79,8 +79,8 @@ def main(argv=None) -> int:
   ap.add_argument('--flip_tta', action='store_true')
   ap.add_argument('--batch_size', type=int, default=32)
   ap.add_argument('--checkpoint_step', type=int, default=None)
-  ap.add_argument('--crop_size', type=int, default=0, help="0: the training dataset's")
-  ap.add_argument('--crop_margin', type=float, default=DEFAULT_MARGIN)
+  ap.add_argument('--crop_size', type=int, default=0, help="0: the run's crop spec")
+  ap.add_argument('--crop_margin', type=float, default=None, help="default: the run's crop spec")
   ap.add_argument('--data_dir', default=None, help="TFDS data dir (for the dataset's crop size)")
   ap.add_argument('--quiet', action='store_true', help='no progress line')
   ap.add_argument('--cropped', action='store_true',

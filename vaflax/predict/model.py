@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
 
 from vaflax import faces
 
-# The framing of every builder that crops Haar boxes (face_folder, mead, omg_emotion, ...) and of
-# the synthetic set: crop_face margin 0.2 around the (brows-to-mouth) Haar box.
-DEFAULT_MARGIN = 0.2
-DEFAULT_CROP_SIZE = 112
+
+def run_crop_spec(config, dataset_md: dict | None = None) -> tuple[faces.CropSpec, str]:
+  """(the crop spec of a run, where it came from). A run records its training data's spec in
+  `config.crop` (vaflax/train.py); a run without one (trained before crops were recorded, or
+  converted weights) gets the spec in its dataset's metadata when that build has one, else
+  `faces.DEFAULT_CROP` (box crop, margin 0.2) at the dataset's `crop_size` (older builds), else
+  at 112 px."""
+  crop = config.get('crop') if hasattr(config, 'get') else None
+  if crop:
+    return faces.CropSpec.from_dict(crop.to_dict() if hasattr(crop, 'to_dict') else crop), 'run'
+  md = dataset_md or {}
+  if isinstance(md.get('crop'), dict):
+    return faces.CropSpec.from_dict(md['crop']), 'dataset'
+  if md.get('crop_size'):
+    return faces.CropSpec(size=int(md['crop_size'])), 'default'
+  return faces.DEFAULT_CROP, 'default'
 
 
 class Predictor:
   """A run's model restored on one device, with the crop and preprocessing of its training data."""
 
   def __init__(self, workdir: str, *, checkpoint_step: int | None = None, batch_size: int = 32,
-               flip: bool = False, crop_size: int | None = None, crop_margin: float = DEFAULT_MARGIN,
-               data_dir: str | None = None, overrides=()):
+               flip: bool = False, crop_size: int | None = None,
+               crop_margin: float | None = None, data_dir: str | None = None, overrides=()):
     import jax  # noqa: PLC0415 -- after flag parsing
     from flax import nnx  # noqa: PLC0415
 
@@ -38,8 +51,12 @@ class Predictor:
     self._pp, self.uses_audio = ops_lib.build_inputs(pp, image_size=config.image_size)
     self.pp_spec = pp.format(image_size=config.image_size)
     self.batch_size = max(1, batch_size // self.window) if self.window else max(1, batch_size)
-    self.crop_margin = float(crop_margin)
-    self.crop_size, self.sample_rate, self.audio_samples = self._data_spec(crop_size)
+    self.crop_spec, self.sample_rate, self.audio_samples = self._data_spec()
+    # --crop_size / --crop_margin override the run's spec (a deliberate mismatch, for studies).
+    if crop_size:
+      self.crop_spec = dataclasses.replace(self.crop_spec, size=int(crop_size))
+    if crop_margin is not None:
+      self.crop_spec = dataclasses.replace(self.crop_spec, margin=float(crop_margin))
     model_def, self._state = nnx.split(run.model())
     predict_fn = tasks.get(config.task).predict_fn
     if flip:
@@ -62,8 +79,8 @@ class Predictor:
     self._features = jax.jit(features)
     self.model_name = config.model_name
 
-  def _data_spec(self, crop_size):
-    """(crop size, audio sample rate, samples per frame) of the run's (first) dataset."""
+  def _data_spec(self):
+    """(crop spec, audio sample rate, samples per frame) of the run and its (first) dataset."""
     from vaflax.data import pipeline  # noqa: PLC0415
 
     name = pipeline.parse_mixture(self.config.input.dataset)[0][0]
@@ -74,23 +91,31 @@ class Predictor:
     except Exception as e:  # noqa: BLE001 -- builder code or data dir unavailable: use defaults
       print(f'note: no dataset info for {name} ({type(e).__name__}); using defaults',
             file=sys.stderr)
-    if not crop_size:
-      crop_size = int(md.get('crop_size') or 0)
-      if not crop_size:
-        crop_size = DEFAULT_CROP_SIZE
-        # The framing (margin and pp_eval crops) does not depend on it; only the resampling does.
-        print(f'note: crop size of {name} unknown; using {crop_size} (set --crop_size)',
-              file=sys.stderr)
+    spec, source = run_crop_spec(self.config, md)
+    if source != 'run':
+      print(f'note: {self.workdir} records no crop spec (config.crop); using '
+            f'{"the spec of " + name if source == "dataset" else "the default"}: '
+            f'{spec.to_dict()}', file=sys.stderr)
     sr, spf = int(md.get('sample_rate') or 16000), 0
     if self.uses_audio:
       try:
         spf = int(feats['audio'].shape[0])
       except (KeyError, TypeError, IndexError):
         spf = sr // int(md.get('fps') or 25)
-    return int(crop_size), sr, spf
+    return spec, sr, spf
 
-  def crop(self, rgb_HxWx3, box) -> np.ndarray:
-    return faces.crop_face(rgb_HxWx3, box=box, margin=self.crop_margin, size=self.crop_size)[0]
+  @property
+  def crop_size(self) -> int:
+    return self.crop_spec.size
+
+  @property
+  def crop_margin(self) -> float:
+    return self.crop_spec.margin
+
+  def crop(self, rgb_HxWx3, box, landmarks=None) -> np.ndarray:
+    """The model-input crop of a face: aligned on its landmarks when the run's spec says so
+    and the detector gave them (`Face.landmarks`), else the box crop."""
+    return faces.crop_face(rgb_HxWx3, box=box, landmarks=landmarks, spec=self.crop_spec)[0]
 
   def audio_chunk(self, audio, t: float):
     """The audio of the frame at time t; None for a video-only model or a video without audio

@@ -93,11 +93,13 @@ def predict_file(predictor: Predictor, path, out_dir: str, opts: Options, stem: 
       processed += 1
       found = finder(rgb, tracker.live_boxes())
       assigned, dropped = tracker.update([f.box for f in found])
+      landmarks = {f.box: f.landmarks for f in found}  # the tracker hands back the same boxes
       for fid in dropped:
         batcher.end_track(fid)
       with_face += bool(assigned)
       for fid, box in assigned:
-        inputs = predictor.preprocess(predictor.crop(rgb, box), predictor.audio_chunk(audio, t))
+        crop = predictor.crop(rgb, box, landmarks.get(box))
+        inputs = predictor.preprocess(crop, predictor.audio_chunk(audio, t))
         batcher.add(fid, inputs)
         rows.append(outputs.Row(k, t, fid, *box))
       progress.update(processed)
