@@ -113,9 +113,12 @@ def get_config(arg=None):
   c.model.head_blocks = 4  # emotion head blocks, each halving the map: 64 -> 4 (EmoNet)
   c.model.pool = 'max' if a.arch == 'emonet' else 'avg'  # the FAN's 2x2 pooling
   c.model.head = a.arch  # emotion head: 'vaflax' or 'emonet' (vaflax/models/fan.py)
+  c.model.remat = False  # recompute each hourglass in the backward pass (memory for compute)
   c.frozen = 'fan(/|$)' if a.stage == 'frozen' else ''  # FAN fixed: no update, running BN statistics
   c.model.detach_heatmaps = True  # only the landmark loss shapes the heatmaps (the attention)
-  c.model.dtype = 'float32'  # compute dtype (bfloat16 on GPU/TPU; params stay float32)
+  # bfloat16 compute, float32 parameters, float32 head/loss/CCC reductions (docs/scaling.md);
+  # runlocal computes in float32 (a CPU emulates bfloat16 slowly).
+  c.model.dtype = 'bfloat16'
   c.init_from = a.init  # model weights from another run (stage=frozen: the landmarks run)
 
   c.input.dataset = a.dataset
@@ -151,6 +154,7 @@ def get_config(arg=None):
   c.checkpoint_every_steps = 5000
 
   if a.runlocal:
+    c.model.dtype = 'float32'
     c.input.dataset = 'synthetic_va'
     c.model.num_stacks = 1
     c.model.hourglass_depth = 2  # 16x16 heatmaps -> 4x4

@@ -44,7 +44,9 @@ def get_config(arg=None):
   c.model.num_bins = a.bins  # 0: tanh regression; 20: binned head of Deng et al.
   c.model.quadrant_head = False  # add 4-way quadrant logits
   c.model.dropout = 0.0  # dropout in the head
-  c.model.dtype = 'float32'  # compute dtype (bfloat16 on GPU/TPU; params stay float32)
+  # bfloat16 compute, float32 parameters, float32 head/loss/CCC reductions (docs/scaling.md);
+  # runlocal computes in float32 (a CPU emulates bfloat16 slowly).
+  c.model.dtype = 'bfloat16'
   c.model.zero_init_residual = False  # zero-init the last BN of each block
   c.model.remat = False  # rematerialise blocks to save memory
   c.input.dataset = a.dataset
@@ -62,6 +64,7 @@ def get_config(arg=None):
     c.init_from = f'{a.pretrained}:backbone=backbone'
     common.imagenet_inputs(c)
   if a.runlocal:
+    c.model.dtype = 'float32'
     c.input.dataset = 'synthetic_va'
     c.model.depth = 18
     c.model.width = 32

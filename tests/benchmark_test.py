@@ -79,3 +79,29 @@ def test_cli_json_fields(synthetic_data_dir):
                                 + m['temp_size'])
   assert m['alias_size'] > 0  # the state is donated
   assert out['compile_s'] > 0 and len(out['load_average']) == 3
+
+
+def test_a_step_that_does_not_fit_fails_before_training():
+  """vaflax/aot.py: the compiled step's memory estimate against the device's limit (GPU/TPU
+  report one; CPU does not, and then nothing is refused)."""
+  import types  # noqa: PLC0415
+
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  import pytest  # noqa: PLC0415
+
+  from vaflax import aot  # noqa: PLC0415
+
+  compiled = jax.jit(lambda x: (x @ x.T).sum()).lower(jnp.ones((256, 512))).compile()
+  info = {'compile_s': 0.1, 'memory_bytes': aot.memory_report(compiled)}
+  peak = info['memory_bytes']['peak_estimate']
+  assert peak >= 256 * 512 * 4  # at least its argument
+
+  def device(limit):
+    return types.SimpleNamespace(device_kind='Fake GPU',
+                                 memory_stats=lambda: {'bytes_limit': limit})
+
+  assert 'of ' in aot.check_fits(info, device(peak + 1))  # fits: the line names the limit
+  with pytest.raises(aot.DoesNotFitError, match='does not fit.*batch_size'):
+    aot.check_fits(info, device(peak - 1))
+  assert 'GiB' in aot.check_fits(info, jax.devices('cpu')[0])  # no limit on CPU: no refusal

@@ -243,6 +243,7 @@ def test_resnet_recipe_starts_from_converted_weights(tmp_path):
                    f'--workdir={out}']) == 0
   c = resnet_va.get_config(f'variant=50,bins=20,pretrained={out}')
   c.model.width = 4  # the reduced-width fixture; torchvision's own weights have the default 64
+  c.model.dtype = 'float32'  # the recipe computes in bfloat16; parity is a float32 check
   assert 'normalize((0.485, 0.456, 0.406)' in c.input.pp_train
   model = runs.make_model(c, nnx.Rngs(7))
   train.init_from(c, model)

@@ -172,14 +172,17 @@ def test_bf16_fan_computes_in_bf16_with_float32_outputs():
 
 @pytest.mark.parametrize('name,kwargs', [
     ('resnet', RESNET),
-    ('vit', dict(variant='mu/8', image_size=32, head_zero_init=False))], ids=['resnet', 'vit'])
+    ('vit', dict(variant='mu/8', image_size=32, head_zero_init=False)),
+    ('fan', FAN)], ids=['resnet', 'vit', 'fan'])
 def test_remat_gives_the_same_gradients(name, kwargs):
   batch = jax.tree.map(jnp.asarray, _image_batch(2))
   l0, _, g0 = _loss_and_grads(name, dict(kwargs, remat=False), batch)
   l1, _, g1 = _loss_and_grads(name, dict(kwargs, remat=True), batch)
   assert l1 == pytest.approx(l0, rel=1e-6)
   for a, b in zip(g1, g0, strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # atol: gradients that are zero in exact arithmetic (a conv bias before a train-mode
+    # BatchNorm) come out as float32 round-off (~1e-7 .. 1e-6) in both.
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
 
 
 def test_vit_fsdp_params_sharded_and_step_matches_one_device():

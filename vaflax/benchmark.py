@@ -26,6 +26,8 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vaflax.aot import compile_step, memory_report, step_flops  # noqa: F401 (re-exported)
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/<x>.py[:args]).',
                                           lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per phase (fed and cached).')
@@ -68,41 +70,6 @@ def _percentile(xs, q):
   import numpy as np  # noqa: PLC0415
 
   return float(np.percentile(np.asarray(xs, np.float64), q))
-
-
-def memory_report(compiled) -> dict | None:
-  """XLA's memory analysis of a compiled step, in bytes per device (None where not given)."""
-  mem = compiled.memory_analysis()
-  if mem is None:
-    return None
-  memory = {k: int(getattr(mem, f'{k}_in_bytes', 0)) for k in
-            ('argument_size', 'output_size', 'alias_size', 'temp_size', 'generated_code_size')}
-  # Live at the peak: inputs + outputs not aliased to (donated) inputs + scratch.
-  memory['peak_estimate'] = (memory['argument_size'] + memory['output_size']
-                             - memory['alias_size'] + memory['temp_size'])
-  return memory
-
-
-def step_flops(compiled, num_devices: int) -> float | None:
-  """XLA's FLOP count of one call of a compiled step, over all devices (None where not given)."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, list | tuple):  # older jax: one dict per partition
-    cost = cost[0] if cost else None
-  # The compiled module is the per-device SPMD program: scale its FLOPs by the device count.
-  flops = float(cost.get('flops', 0.0)) * num_devices if cost else 0.0
-  return flops or None
-
-
-def compile_step(setup, batch, step_arg):
-  """Compiles `setup.train_step` (vaflax.train.make_setup's) ahead of time for this batch.
-
-  Returns (compiled step, {'compile_s', 'memory_bytes', 'flops_per_step'}).
-  """
-  t0 = time.perf_counter()
-  compiled = setup.train_step.lower(setup.state, batch, step_arg).compile()
-  compile_s = time.perf_counter() - t0
-  return compiled, {'compile_s': compile_s, 'memory_bytes': memory_report(compiled),
-                    'flops_per_step': step_flops(compiled, setup.mesh.devices.size)}
 
 
 def model_flops_utilization(flops_per_step, step_s: float, peak: float | None,

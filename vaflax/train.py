@@ -22,6 +22,7 @@ import optax
 from absl import logging
 from flax import nnx
 
+from vaflax import aot
 from vaflax import checkpoint as ckpt_lib
 from vaflax import circumplex, optim, runs, sharding, tasks, writers
 from vaflax import metrics as metrics_lib
@@ -267,6 +268,18 @@ def init_from(config, model_state) -> None:
     print(report.summary(), flush=True)
 
 
+def _compiled_step(setup, state, gbatch, step_arg):
+  """The train step compiled ahead of time, its memory estimate printed (vaflax/aot.py): a
+  configuration that does not fit the device fails here, in seconds. Train batches have one
+  shape (drop_remainder), so the loop calls the compiled step for every one of them."""
+  compiled, info = aot.compile_step(setup, gbatch, step_arg, state)
+  line = aot.check_fits(info, setup.mesh.devices.flat[0])
+  logging.info('%s', line)
+  if jax.process_index() == 0:
+    print(line, flush=True)
+  return compiled
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains config.task/config.model_name on config.input; returns the final eval metrics."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -354,10 +367,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   with _SigtermFlag() as sigterm:
     step = start_step
     t_start = time.time()
+    step_fn = setup.train_step
     while step < total:
       batch = next(train_iter)
       gbatch = sharding.to_global(batch, setup.mesh)
-      state, metrics, ok = setup.train_step(state, gbatch, jnp.asarray(step, jnp.int32))
+      step_arg = jnp.asarray(step, jnp.int32)
+      if step == start_step:
+        step_fn = _compiled_step(setup, state, gbatch, step_arg)
+      state, metrics, ok = step_fn(state, gbatch, step_arg)
       if last is not None:
         check(last, step + 1)
       last = (step, ok, batch.get('index', np.zeros((1,))))

@@ -84,6 +84,8 @@ def convert(fmt: str, path: str, variant: str = '', src: dict | None = None) -> 
   src = reader.read_checkpoint(path) if src is None else src
   try:
     config = mod.make_config(src, variant)
+    if 'dtype' in config.model:  # the reference's float32 (the paper configs train in bfloat16)
+      config.model.dtype = 'float32'
     mapping = mod.map_weights(src, config)
   except KeyError as e:
     raise ckpt_lib.CheckpointMismatchError(

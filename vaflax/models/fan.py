@@ -209,13 +209,14 @@ class FAN(nnx.Module):
   heatmaps, all at (H/4, W/4)."""
 
   def __init__(self, *, num_stacks: int, depth: int, width: int, num_landmarks: int,
-               pool: str = 'avg', rngs: nnx.Rngs, dtype):
+               pool: str = 'avg', remat: bool = False, rngs: nnx.Rngs, dtype):
     if width % 8:  # the stem's width/2 block splits its channels in quarters
       raise ValueError(f'FAN width must be divisible by 8, got {width}')
     if pool not in POOLS:
       raise ValueError(f'FAN pool must be one of {POOLS}, got {pool!r}')
     self.depth = depth
     self.pool = pool
+    self.remat = remat
     self.dtype = dtype
     # FAN stem for width 256: 7x7/2 conv to 64, blocks 64->128, pool, 128->128, 128->256.
     self.stem_conv = _conv(3, width // 4, 7, stride=2, use_bias=True, rngs=rngs, dtype=dtype)
@@ -248,7 +249,11 @@ class FAN(nnx.Module):
     prev = stem_BxhxwxC
     heatmaps, stack_feats = [], []
     for i in range(len(self.hourglass)):
-      f = self.top[i](self.hourglass[i](prev))
+      # remat: each hourglass recomputed in the backward pass (~1/3 more compute, the largest
+      # activations of the model not kept).
+      hg = (nnx.remat(lambda m, x: m(x))(self.hourglass[i], prev) if self.remat
+            else self.hourglass[i](prev))
+      f = self.top[i](hg)
       feats = nnx.relu(self.last_bn[i](self.last_conv[i](f)))
       hm_BxhxwxL = self.heatmap[i](feats)
       heatmaps.append(hm_BxhxwxL)
@@ -287,7 +292,8 @@ class Model(nnx.Module):
   def __init__(self, *, num_stacks: int = 2, hourglass_depth: int = 4, width: int = 256,
                num_landmarks: int = 68, num_emotions: int = 0, head_width: int = 256,
                head_blocks: int = 4, detach_heatmaps: bool = True, pool: str = 'avg',
-               head: str = 'vaflax', dtype: str = 'float32', rngs: nnx.Rngs):
+               head: str = 'vaflax', remat: bool = False, dtype: str = 'float32',
+               rngs: nnx.Rngs):
     if num_stacks < 1 or hourglass_depth < 1:
       raise ValueError(f'num_stacks and hourglass_depth must be >= 1, got {num_stacks}, '
                        f'{hourglass_depth}')
@@ -299,7 +305,7 @@ class Model(nnx.Module):
     self.num_landmarks = num_landmarks
     self.head_kind = head
     self.fan = FAN(num_stacks=num_stacks, depth=hourglass_depth, width=width,
-                   num_landmarks=num_landmarks, pool=pool, rngs=rngs, dtype=dt)
+                   num_landmarks=num_landmarks, pool=pool, remat=remat, rngs=rngs, dtype=dt)
     if head == 'emonet':
       self.head_in = _conv((num_stacks + 1) * width, head_width, 1, use_bias=True, rngs=rngs,
                            dtype=dt)
