@@ -94,6 +94,11 @@ class VideoFrames:
 
 def open_input(path, stride: int = 1) -> ImageFrames | VideoFrames:
   """The frame stream of an image (by its extension) or a video (anything else)."""
+  try:
+    if os.path.getsize(path) == 0:
+      raise InputError(f'{path}: empty file (0 bytes)')
+  except OSError as e:
+    raise InputError(f'{path}: cannot read ({type(e).__name__}: {e.strerror})') from None
   if os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTS:
     return ImageFrames(path)
   return VideoFrames(path, stride)
