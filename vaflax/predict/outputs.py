@@ -81,6 +81,30 @@ def write_csv(path, rows: list[Row], va_Nx2, quadrant_N, head_N=None) -> str:
   return path
 
 
+def records(rows: list[Row], va_Nx2, quadrant_N, head_N=None) -> dict[str, np.ndarray]:
+  """The CSV's columns as arrays (NaN / '' where a frame has no face): vaflax.api's
+  `predict_video`."""
+  names = np.array(circumplex.QUADRANT_NAMES + ('',), object)  # index -1 -> ''
+  lm = np.full((len(rows), len(KEYPOINTS), 2), np.nan)
+  for i, r in enumerate(rows):
+    if r.landmarks is not None and np.shape(r.landmarks) == lm.shape[1:]:
+      lm[i] = r.landmarks
+  cols = {'frame': np.array([r.frame for r in rows], np.int64),
+          'time_s': np.array([r.time_s for r in rows], np.float64),
+          'face_id': np.array([r.face_id for r in rows], np.int64)}
+  for c in ('x', 'y', 'w', 'h'):
+    cols[c] = np.array([getattr(r, c) for r in rows], np.float64)
+  cols['det_score'] = np.array([r.score for r in rows], np.float64)
+  for k, name in enumerate(KEYPOINTS):
+    cols[f'lm_{name}_x'], cols[f'lm_{name}_y'] = lm[:, k, 0], lm[:, k, 1]
+  va = np.asarray(va_Nx2, np.float64).reshape(-1, 2)
+  cols['valence'], cols['arousal'] = va[:, 0], va[:, 1]
+  cols['quadrant'] = names[np.asarray(quadrant_N, np.int64)]
+  if head_N is not None:
+    cols['quadrant_head'] = names[np.asarray(head_N, np.int64)]
+  return cols
+
+
 def write_crop(path, crop_HxWx3) -> str:
   from PIL import Image  # noqa: PLC0415
 

@@ -167,32 +167,39 @@ def error_summary(path, stem: str, out_dir: str, error: str, rel: str | None = N
   return summary
 
 
-def finish_clip(predictor: Predictor, clip: Clip, info: dict, va_face, head_face, opts: Options,
-                rel: str | None = None) -> dict:
-  """Writes the clip's CSV, plots, overlay and, last, its JSON (the mark that it is complete);
-  returns the summary. `va_face`, `head_face`: the Batcher's predictions of the face rows."""
-  if not clip.processed:
-    return error_summary(clip.path, clip.stem, clip.out_dir,
-                         info.get('warning') or 'no frame could be decoded', rel)
+class Resolved(NamedTuple):
+  """A clip's per-row arrays once the model has spoken; rows without a face: NaN VA, -1 ids."""
+
+  va: np.ndarray  # (rows, 2), smoothed per track and clipped to [-1, 1]
+  quadrant: np.ndarray  # (rows,) circumplex.va_to_quadrant of va
+  head: np.ndarray | None  # (rows,) the model's quadrant head, when it has one
+  face_id: np.ndarray  # (rows,)
+  has_face: np.ndarray  # (rows,) bool
+
+
+def resolve(clip: Clip, va_face, head_face, opts: Options) -> Resolved:
+  """The clip's rows with the Batcher's predictions of its face rows (`Batcher.take`)."""
   n = len(clip.rows)
-  face_id = np.array([r.face_id for r in clip.rows], np.int64)
+  face_id = np.array([r.face_id for r in clip.rows], np.int64).reshape(-1)
   has_face = face_id != outputs.NO_FACE
   va = np.full((n, 2), np.nan)
   if has_face.any():
     va[has_face] = np.clip(tracking.smooth_tracks(np.asarray(va_face).reshape(-1, 2),
                                                   face_id[has_face], opts.smooth,
                                                   opts.smooth_window), -1.0, 1.0)
-  quad = circumplex.va_to_quadrant(va).astype(np.int64)  # -1 where no face
+  quad = circumplex.va_to_quadrant(va).astype(np.int64).reshape(-1)  # -1 where no face
   head = None
   if head_face is not None:
     head = np.full((n,), -1, np.int64)
     head[has_face] = head_face
-  stem, out_dir = clip.stem, clip.out_dir
-  base = os.path.join(out_dir, stem)
-  os.makedirs(os.path.dirname(base), exist_ok=True)
-  files = {'csv': outputs.write_csv(base + '.csv', clip.rows, va, quad, head)}
+  return Resolved(va, quad, head, face_id, has_face)
+
+
+def summarize(predictor: Predictor, clip: Clip, info: dict, res: Resolved, opts: Options,
+              rel: str | None = None) -> dict:
+  """The clip's JSON summary (without 'files')."""
   elapsed = time.time() - clip.t_start
-  is_video = info['kind'] == 'video'
+  f = res.has_face
   summary = {
       'input': os.path.abspath(clip.path), 'path': rel or os.path.basename(clip.path),
       'status': 'partial' if info.get('warning') else 'ok', 'error': info.get('warning') or '',
@@ -204,23 +211,39 @@ def finish_clip(predictor: Predictor, clip: Clip, info: dict, va_face, head_face
       'frames_decoded': info['frames_decoded'],
       'frame_stride': opts.frame_stride, 'frames_processed': clip.processed,
       'frames_with_face': clip.with_face, 'frames_without_face': clip.processed - clip.with_face,
-      'faces': opts.faces, 'num_rows': int(has_face.sum()), 'csv_rows': n,
-      'num_face_ids': len(np.unique(face_id[has_face])),
+      'faces': opts.faces, 'num_rows': int(f.sum()), 'csv_rows': len(clip.rows),
+      'num_face_ids': len(np.unique(res.face_id[f])),
       'smoothing': {'method': opts.smooth, 'window': opts.smooth_window},
       'crop': {'margin': predictor.crop_margin, 'size': predictor.crop_size,
                'pp_eval': predictor.pp_spec},
       'seconds': elapsed, 'frames_per_second': clip.processed / max(elapsed, 1e-9),
   }
-  summary.update(outputs.va_summary(va[has_face], quad[has_face], face_id[has_face],
-                                    clip.processed))
+  summary.update(outputs.va_summary(res.va[f], res.quadrant[f], res.face_id[f], clip.processed))
   if info.get('warning'):
     summary['warning'] = info['warning']
+  return summary
+
+
+def finish_clip(predictor: Predictor, clip: Clip, info: dict, va_face, head_face, opts: Options,
+                rel: str | None = None) -> dict:
+  """Writes the clip's CSV, plots, overlay and, last, its JSON (the mark that it is complete);
+  returns the summary. `va_face`, `head_face`: the Batcher's predictions of the face rows."""
+  if not clip.processed:
+    return error_summary(clip.path, clip.stem, clip.out_dir,
+                         info.get('warning') or 'no frame could be decoded', rel)
+  res = resolve(clip, va_face, head_face, opts)
+  base = os.path.join(clip.out_dir, clip.stem)
+  os.makedirs(os.path.dirname(base), exist_ok=True)
+  files = {'csv': outputs.write_csv(base + '.csv', clip.rows, res.va, res.quadrant, res.head)}
+  summary = summarize(predictor, clip, info, res, opts, rel)
+  f = res.has_face
   face_rows = [r for r in clip.rows if r.face_id != outputs.NO_FACE]
   if face_rows and opts.plots:
-    files.update(outputs.write_plots(out_dir, stem, face_rows, va[has_face], is_video))
-  if opts.overlay and is_video:
+    files.update(outputs.write_plots(clip.out_dir, clip.stem, face_rows, res.va[f],
+                                     info['kind'] == 'video'))
+  if opts.overlay and info['kind'] == 'video':
     files['overlay_mp4'] = outputs.write_overlay(clip.path, base + '_overlay.mp4', face_rows,
-                                                 va[has_face], quad[has_face], info['fps'])
+                                                 res.va[f], res.quadrant[f], info['fps'])
   if opts.save_crops and face_rows:
     files['crops_dir'] = base + '_crops'
   summary['files'] = files
@@ -233,24 +256,31 @@ def crops_dir(out_dir: str, stem: str, opts: Options) -> str | None:
   return os.path.join(out_dir, f'{stem}_crops') if opts.save_crops else None
 
 
-def predict_file(predictor: Predictor, path, out_dir: str, opts: Options, stem: str | None = None
-                 ) -> dict:
-  """Predicts one image or video; writes DIR/<stem>.csv, .json and plots; returns the summary.
+def predict_clip(predictor: Predictor, path, opts: Options, stem: str = '',
+                 out_dir: str = '') -> tuple[Clip, dict, np.ndarray, np.ndarray | None]:
+  """One input on its own Batcher: (clip, source info, face-row VA, face-row head classes).
   Raises decode.InputError when the input cannot be read at all."""
   opts.check()
-  path = os.fspath(path)
-  stem = stem or os.path.splitext(os.path.basename(path))[0]
   batcher = Batcher(predictor)
   clip = Clip(path, stem, out_dir)
-  progress = _ProgressLine(stem, None, opts.progress)
+  progress = _ProgressLine(stem or os.path.basename(os.fspath(path)), None, opts.progress)
 
   def emit(frame):
     clip.add(batcher, frame)
     progress.update(clip.processed)
 
-  info = scan(predictor, path, opts, emit, crops_dir(out_dir, stem, opts))
+  info = scan(predictor, path, opts, emit, crops_dir(out_dir, stem, opts) if out_dir else None)
   clip.end(batcher)
   batcher.flush()
   va, head = batcher.take(clip.targets)
   progress.update(clip.processed, final=info['kind'] == 'video')
+  return clip, info, va, head
+
+
+def predict_file(predictor: Predictor, path, out_dir: str, opts: Options, stem: str | None = None
+                 ) -> dict:
+  """Predicts one image or video; writes DIR/<stem>.csv, .json and plots; returns the summary.
+  Raises decode.InputError when the input cannot be read at all."""
+  stem = stem or os.path.splitext(os.path.basename(os.fspath(path)))[0]
+  clip, info, va, head = predict_clip(predictor, path, opts, stem, out_dir)
   return finish_clip(predictor, clip, info, va, head, opts)
