@@ -1,6 +1,6 @@
 import csv
-import os
 import json
+import os
 
 import cv2
 import numpy as np
