@@ -423,3 +423,14 @@ def test_predict_video_api_matches_the_csv(predictor, media, tmp_path):
     want = [float(r[col]) if r[col] else np.nan for r in rows]
     np.testing.assert_allclose(np.asarray(records[col], np.float64), want, atol=1e-4)
   assert s['dominant_quadrant'] == json.load(open(tmp_path / 'astro.json'))['dominant_quadrant']
+
+
+def test_save_crops_writes_the_model_input_crop(predictor, media, tmp_path):
+  s = predict.predict_file(predictor, media / 'astro_still.png', str(tmp_path),
+                           predict.Options(save_crops=True, plots=False, progress=False))
+  row = _rows(tmp_path / 'astro_still.csv')[0]
+  saved = np.asarray(Image.open(tmp_path / 'astro_still_crops' / f"0_{row['face_id']}.png"))
+  want = predictor.crop(skimage.data.astronaut(), tuple(float(row[c]) for c in 'xywh'))
+  assert want.shape == (112, 112, 3)  # the synthetic set's crop size, before pp_eval
+  np.testing.assert_array_equal(saved, want)  # PNG: the exact pixels the model was given
+  assert s['files']['crops_dir'] == str(tmp_path / 'astro_still_crops')

@@ -25,6 +25,7 @@ from vaflax.predict.batching import Batcher
 from vaflax.predict.decode import IMAGE_EXTS, VIDEO_EXTS, InputError
 
 LIST_EXTS = ('.txt', '.lst', '.list')  # a file with one input path per line
+FLUSH_AFTER_S = 2.0  # longest wait of a scanned clip for a batch to fill while decoders stall
 
 
 class Input(NamedTuple):
@@ -164,6 +165,7 @@ def predict_many(predictor, inputs: list[Input], out_dir: str, opts: pipeline.Op
   batcher = Batcher(predictor)
   clips: dict[int, pipeline.Clip] = {}
   waiting: dict[int, tuple[pipeline.Clip, object]] = {}  # scanned, waiting for predictions
+  since: dict[int, float] = {}  # when each waiting clip was scanned
   done: list[dict] = []
 
   def clip(i):
@@ -188,6 +190,7 @@ def predict_many(predictor, inputs: list[Input], out_dir: str, opts: pipeline.Op
 
   def finish_ready():
     for i in [i for i, (c, _) in waiting.items() if batcher.resolved(c.targets)]:
+      since.pop(i)
       finish(i, *waiting.pop(i))
 
   pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix='decode')
@@ -204,9 +207,13 @@ def predict_many(predictor, inputs: list[Input], out_dir: str, opts: pipeline.Op
         continue
       try:
         kind, i, x = q.get(timeout=0.2)
-      except queue.Empty:  # the decoders are behind: do not hold finished clips back
-        batcher.flush()
-        finish_ready()
+      except queue.Empty:
+        # The decoders are behind. A scanned clip whose last crops wait for a full batch gets
+        # them sent after FLUSH_AFTER_S: its outputs are not held back for long, and short
+        # stalls do not cost padded batches.
+        if waiting and time.time() - min(since.values()) > FLUSH_AFTER_S:
+          batcher.flush()
+          finish_ready()
         continue
       if kind == 'frame':
         clip(i).add(batcher, x)
@@ -215,6 +222,7 @@ def predict_many(predictor, inputs: list[Input], out_dir: str, opts: pipeline.Op
         c = clips.pop(i, None) or pipeline.Clip(inputs[i].path, inputs[i].stem, out_dir, key=i)
         c.end(batcher)
         waiting[i] = (c, x)
+        since[i] = time.time()
       finish_ready()
   finally:
     stop.set()
