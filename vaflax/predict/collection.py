@@ -66,6 +66,9 @@ def list_inputs(path, exclude=None) -> tuple[str, list[Input], list[str]]:
   if not os.path.isdir(path):
     raise InputError(f'--input={path}: no such file or folder')
   skip = os.path.realpath(exclude) if exclude else None
+  if skip == os.path.realpath(path):  # its plots would be the next run's inputs
+    raise InputError(f'--output={exclude} is the input folder: write the outputs elsewhere '
+                     '(a sub-folder is fine)')
   rels, ignored = [], []
   for dirpath, dirnames, filenames in os.walk(path):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith('.')
