@@ -261,15 +261,18 @@ def predict_clip(predictor: Predictor, path, opts: Options, stem: str = '',
   """One input on its own Batcher: (clip, source info, face-row VA, face-row head classes).
   Raises decode.InputError when the input cannot be read at all."""
   opts.check()
-  batcher = Batcher(predictor)
+  made: list[Batcher] = []  # made at the first frame: an unreadable input needs no model
   clip = Clip(path, stem, out_dir)
   progress = _ProgressLine(stem or os.path.basename(os.fspath(path)), None, opts.progress)
 
   def emit(frame):
-    clip.add(batcher, frame)
+    if not made:
+      made.append(Batcher(predictor))
+    clip.add(made[0], frame)
     progress.update(clip.processed)
 
   info = scan(predictor, path, opts, emit, crops_dir(out_dir, stem, opts) if out_dir else None)
+  batcher = made[0] if made else Batcher(predictor)
   clip.end(batcher)
   batcher.flush()
   va, head = batcher.take(clip.targets)
