@@ -17,8 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import tempfile
 import time
+
+
+def _cpu_seconds() -> float:
+  r = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process
+  return r.ru_utime + r.ru_stime
 
 
 def main():
@@ -48,7 +54,8 @@ def main():
   opts = predict.Options(plots=False, progress=False)
   predict.predict_file(p, inputs[0].path, os.path.join(tmp, 'warmup'), opts)  # compile
 
-  t0 = time.perf_counter()
+  load0 = os.getloadavg()
+  c0, t0 = _cpu_seconds(), time.perf_counter()
   frames = 0
   for inp in inputs:
     try:
@@ -56,18 +63,23 @@ def main():
                                      stem=inp.stem)['frames_processed']
     except predict.InputError:
       pass
-  one = time.perf_counter() - t0
+  one, cpu_one = time.perf_counter() - t0, _cpu_seconds() - c0
 
-  t0 = time.perf_counter()
+  c0, t0 = _cpu_seconds(), time.perf_counter()
   res = predict.run(p, clips, os.path.join(tmp, 'folder'), opts, workers=a.workers)
-  folder = time.perf_counter() - t0
+  folder, cpu_folder = time.perf_counter() - t0, _cpu_seconds() - c0
+  load1 = os.getloadavg()
   frames_f = sum(int(r['frames']) for r in res.rows)
   assert frames_f == frames, (frames_f, frames)
 
   print(f'{len(inputs)} inputs, {frames} frames; {platform.processor() or platform.machine()}, '
         f'{os.cpu_count()} CPUs, batch {a.batch_size}, {a.workers} decoding threads')
-  print(f'one by one : {frames / one:7.1f} frames/s ({one:.1f} s)')
-  print(f'folder run : {frames / folder:7.1f} frames/s ({folder:.1f} s), '
+  print(f'load average before {load0[0]:.1f}, after {load1[0]:.1f} (other processes share the CPUs)')
+  # cores busy = CPU seconds / wall seconds: how much of the machine each run got and used.
+  print(f'one by one : {frames / one:7.1f} frames/s ({one:.1f} s; {1000 * cpu_one / frames:.0f} '
+        f'CPU ms/frame, {cpu_one / one:.2f} cores busy)')
+  print(f'folder run : {frames / folder:7.1f} frames/s ({folder:.1f} s; '
+        f'{1000 * cpu_folder / frames:.0f} CPU ms/frame, {cpu_folder / folder:.2f} cores busy), '
         f'{one / folder:.2f}x')
 
 
