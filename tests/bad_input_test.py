@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 
 import av
 import numpy as np
@@ -203,13 +204,13 @@ def test_predict_names_every_unreadable_image_and_video(bad_media, tmp_path, cap
     with pytest.raises(predict.InputError,
                        match=f'^{re.escape(p)}: cannot (read as an image|open as a video)'):
       predict.predict_file(None, p, str(tmp_path), predict.Options(progress=False))
-  # A folder of them: every file is reported (none silently dropped), nothing is written.
-  summaries, errors = predict.run(None, str(d), str(tmp_path / 'out'),
-                                  predict.Options(progress=False))
-  assert summaries == [] and len(errors) == len(names)
-  assert sorted(os.path.basename(e.split(':')[0]) for e in errors) == names
-  err = capsys.readouterr().err
-  assert all(f'error: {d / n}: cannot' in err for n in names)
+  # A folder of them: every file gets an error row with its reason (none silently dropped).
+  stub = types.SimpleNamespace(window=0, batch_size=8)  # no model is reached: nothing decodes
+  res = predict.run(stub, str(d), str(tmp_path / 'out'), predict.Options(progress=False))
+  assert [r['path'] for r in res.rows] == names and {r['status'] for r in res.rows} == {'error'}
+  for r in res.rows:
+    assert re.match(f'^{re.escape(str(d / r["path"]))}: cannot (read as an image|open as a '
+                    'video)', r['error']), r
 
 
 def test_video_that_ends_early_is_reported(tmp_path):

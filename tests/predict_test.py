@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 
 import cv2
 import numpy as np
@@ -62,12 +63,19 @@ def _rows(path):
 def test_video_end_to_end(predictor, media, tmp_path):
   opts = predict.Options(overlay=True, progress=False)
   s = predict.predict_file(predictor, media / 'astro.mp4', str(tmp_path), opts)
-  rows = _rows(tmp_path / 'astro.csv')
-  assert list(rows[0]) == list(predict.CSV_COLUMNS)
+  all_rows = _rows(tmp_path / 'astro.csv')
+  assert list(all_rows[0]) == list(predict.CSV_COLUMNS)
   assert s['frames_processed'] == N and s['fps'] == FPS and s['frames_with_face'] >= N - 2
+  # Every processed frame has a row; a frame without a face has face_id -1 and empty fields.
+  assert [int(r['frame']) for r in all_rows] == list(range(N))
+  rows = [r for r in all_rows if r['face_id'] != '-1']
+  assert all(set(r.values()) == {''} | {r['frame'], r['time_s'], '-1'} for r in all_rows
+             if r['face_id'] == '-1')
   assert len(rows) == s['frames_with_face'] and {r['face_id'] for r in rows} == {'0'}
   assert s['frames_without_face'] == N - s['frames_with_face']
   for r in rows:
+    assert float(r['det_score']) > 0  # Haar: merged windows; no landmarks, so empty lm_ fields
+    assert all(r[c] == '' for c in predict.CSV_COLUMNS if c.startswith('lm_'))
     k = int(r['frame'])
     assert float(r['time_s']) == pytest.approx(k / FPS, abs=1e-3)
     x, y, w, h = (float(r[c]) for c in 'xywh')
@@ -131,6 +139,7 @@ def test_stride_and_smoothing(predictor, media, tmp_path):
   assert (tmp_path / 'again' / 'astro.csv').read_bytes() == csv0
   r0, r1 = _rows(tmp_path / 'raw' / 'astro.csv'), _rows(tmp_path / 'sm' / 'astro.csv')
   assert [int(r['frame']) for r in r0] == [int(r['frame']) for r in r1] == list(range(0, N, 3))
+  r0, r1 = ([r for r in rs if r['face_id'] != '-1'] for rs in (r0, r1))
   for c in ('frame', 'time_s', 'face_id', 'x', 'y', 'w', 'h'):
     assert [r[c] for r in r0] == [r[c] for r in r1]
   v = np.array([float(r['valence']) for r in r0])
@@ -173,24 +182,29 @@ def test_no_face_video_unreadable_file_and_folder(predictor, media, tmp_path, ca
       progress=False))
   assert s['frames_processed'] == 10 and s['frames_with_face'] == 0 and s['num_rows'] == 0
   assert 'no face' in s['note'] and s['dominant_quadrant'] is None
-  assert _rows(tmp_path / 'noface.csv') == []
-  assert open(tmp_path / 'noface.csv').read().strip() == ','.join(predict.CSV_COLUMNS)
+  rows = _rows(tmp_path / 'noface.csv')
+  assert [(r['frame'], r['face_id'], r['valence']) for r in rows] == [
+      (str(k), '-1', '') for k in range(10)]
   assert json.load(open(tmp_path / 'noface.json'))['frames_without_face'] == 10
   with pytest.raises(predict.InputError, match='broken.mp4: cannot open as a video'):
     predict.predict_file(predictor, media / 'broken.mp4', str(tmp_path), predict.Options())
 
-  # The CLI: a folder with a bad file processes the others, names the bad one, exits 1; a
-  # video without a face alone exits 0.
+  # The CLI: a folder with a bad file processes the others, gives the bad one an error row,
+  # exits 0 and ends with the counts.
   (media / 'notes.txt').write_text('ignored')
   out = tmp_path / 'folder'
   argv = [f'--workdir={predictor.workdir}', f'--output={out}', '--quiet', '--batch_size=8',
           f'--data_dir={predictor.config.input.data_dir}']
   rc = predict.main(argv + [f'--input={media}'])
-  err = capsys.readouterr().err
-  assert rc == 1 and 'broken.mp4: cannot open as a video' in err and '1 of 4 inputs failed' in err
-  assert 'notes.txt: not an image or video' in err
+  cap = capsys.readouterr()
+  assert rc == 0 and cap.out.strip().splitlines()[-1] == (
+      '4 inputs: 3 ok, 0 partial, 1 error (0 already done)')
+  assert 'notes.txt: not an image or video' in cap.err
+  table = {r['path']: r for r in _rows(out / 'summary.csv')}
+  assert table['broken.mp4']['status'] == 'error'
+  assert 'broken.mp4: cannot open as a video' in table['broken.mp4']['error']
   assert sorted(p.name for p in out.glob('*.csv')) == ['astro.csv', 'astro_still.csv',
-                                                        'noface.csv']
+                                                        'noface.csv', 'summary.csv']
   still = _rows(out / 'astro_still.csv')
   assert len(still) == 1 and still[0]['frame'] == '0'
   x, y, w, h = (float(still[0][c]) for c in 'xywh')
@@ -211,7 +225,7 @@ class _FakeWindowPredictor:
   def dispatch(self, items):
     frames = np.stack([it['image'] for it in items])  # (B, T, 1, 1, 1)
     self.batches.append(frames.shape)
-    v = frames[:, :, 0, 0, 0]
+    v = frames.reshape(len(items), -1)  # (B, T), or (B, 1) for a frame model
     return {'va': np.stack([v, -v], -1)}, len(items)
 
   @staticmethod
@@ -253,3 +267,170 @@ def test_face_finder_takes_any_detector_and_maps_window_results_to_the_frame():
   assert calls[1] == (100, 100)
   assert near[0].box == (110.0, 60.0, 50.0, 50.0) and near[0].score == 0.9  # window at (85, 35)
   np.testing.assert_allclose(near[0].landmarks, [[125, 85], [145, 85]])
+
+
+def _faststart_truncated(src, dst):
+  """The first half of a remux of `src` with its index (moov) first: FFmpeg opens it and
+  decodes the frames before the cut, like a download cut short."""
+  import av  # noqa: PLC0415
+
+  full = dst.with_suffix('.full.mp4')
+  with av.open(str(src)) as i, av.open(str(full), 'w', options={'movflags': 'faststart'}) as o:
+    s = i.streams.video[0]
+    out = o.add_stream_from_template(s)
+    for p in i.demux(s):
+      if p.dts is not None:
+        p.stream = out
+        o.mux(p)
+  data = full.read_bytes()
+  full.unlink()
+  dst.write_bytes(data[: len(data) // 2])
+
+
+def test_collection_bad_inputs_resume_after_a_kill_and_shards(predictor, media, tmp_path,
+                                                              monkeypatch):
+  from vaflax.predict import collection, summary  # noqa: PLC0415
+
+  src = tmp_path / 'clips'
+  (src / 'sub').mkdir(parents=True)
+  for name in ('a.mp4', 'sub/b.mp4', 'sub/c.mp4'):
+    (src / name).write_bytes((media / 'astro.mp4').read_bytes())
+  (src / 'still.png').write_bytes((media / 'astro_still.png').read_bytes())
+  (src / 'empty.mp4').write_bytes(b'')
+  (src / 'text.mp4').write_text('not a video\n' * 20)
+  _faststart_truncated(media / 'astro.mp4', src / 'sub' / 'cut.mp4')
+  out = tmp_path / 'out'
+  opts = predict.Options(frame_stride=2, plots=False, progress=False)
+
+  # A run killed after its second finished input (Ctrl-C lands in the model thread).
+  finished = []
+
+  def on_done(s):
+    finished.append(s['path'])
+    if len(finished) == 2:
+      raise KeyboardInterrupt
+
+  _, inputs, _ = collection.list_inputs(src)
+  with pytest.raises(KeyboardInterrupt):
+    collection.predict_many(predictor, inputs, str(out), opts, workers=2, on_done=on_done)
+  kept = {p: (out / f'{os.path.splitext(p)[0]}.json').stat().st_mtime_ns for p in finished}
+  assert len(kept) == 2 and not list(out.rglob('*.part*'))
+
+  res = collection.run(predictor, src, str(out), opts, workers=2)
+  assert res.skipped == 2  # the two finished inputs were not redone ...
+  assert {p: (out / f'{os.path.splitext(p)[0]}.json').stat().st_mtime_ns for p in kept} == kept
+  rows = {r['path']: r for r in res.rows}  # ... and every input has exactly one row
+  assert sorted(rows) == sorted(i.rel for i in inputs) == [
+      'a.mp4', 'empty.mp4', 'still.png', 'sub/b.mp4', 'sub/c.mp4', 'sub/cut.mp4', 'text.mp4']
+  assert [r['path'] for r in summary.read_table(str(out))] == sorted(rows)
+  assert rows['empty.mp4']['status'] == 'error' and 'empty file' in rows['empty.mp4']['error']
+  assert rows['text.mp4']['status'] == 'error' and 'cannot open' in rows['text.mp4']['error']
+  cut = rows['sub/cut.mp4']
+  assert cut['status'] == 'partial' and 'truncated' in cut['error']
+  assert 0 < int(cut['frames']) < N // 2
+  for p in ('a.mp4', 'sub/b.mp4', 'sub/c.mp4'):
+    r = rows[p]
+    assert r['status'] == 'ok' and int(r['frames']) == N // 2 and int(r['face_frames']) >= 13
+    assert r['quadrant'] in circumplex.QUADRANT_NAMES
+    assert sum(float(r[c]) for c in summary.SHARE_COLUMNS) == pytest.approx(1.0, abs=1e-3)
+  # Clips that shared device batches got what the clip alone gets.
+  alone = predict.predict_file(predictor, src / 'a.mp4', str(tmp_path / 'alone'), opts)
+  for x, y in zip(_rows(tmp_path / 'alone' / 'a.csv'), _rows(out / 'sub' / 'b.csv'), strict=True):
+    assert x['frame'] == y['frame'] and x['x'] == y['x']
+    assert float(x['valence']) == pytest.approx(float(y['valence']), abs=2e-4)
+  assert float(rows['a.mp4']['valence_mean']) == pytest.approx(alone['valence']['mean'], abs=1e-4)
+
+  # --overwrite redoes an input; a changed input is redone without it.
+  (src / 'still.png').touch()
+  again = collection.run(predictor, src, str(out), opts)
+  assert again.skipped == len(inputs) - 1
+
+  # Shards: each takes its inputs by itself (here from SLURM's variables), writes its table;
+  # the folder reads as one table with every input once.
+  for k in (0, 1):
+    monkeypatch.setenv('SLURM_PROCID', str(k))
+    monkeypatch.setenv('SLURM_NTASKS', '2')
+    shard = collection.parse_shard('auto')
+    assert shard == (k + 1, 2)
+    assert collection.run(predictor, src, str(out), opts, shard=shard).skipped == sum(
+        collection.in_shard(i.rel, shard) for i in inputs)
+  assert (out / 'summary-1of2.csv').exists() and (out / 'summary-2of2.csv').exists()
+  assert [r['path'] for r in summary.read_table(str(out))] == sorted(rows)
+  assert predict.main(['--merge', f'--output={out}']) == 0
+  (out / 'summary-2of2.csv').unlink()
+  with pytest.raises(ValueError, match='summary-2of2.csv'):
+    summary.read_table(str(out))
+
+
+def test_parse_shard_and_hash_partition():
+  from vaflax.predict import collection  # noqa: PLC0415
+
+  assert collection.parse_shard('3/8') == (3, 8)
+  assert collection.parse_shard('auto', {}) == (1, 1)
+  assert collection.parse_shard('auto', {'JAX_PROCESS_ID': '1', 'JAX_NUM_PROCESSES': '4'}) == (2, 4)
+  assert collection.parse_shard('auto', {'TPU_WORKER_ID': '0', 'TPU_WORKER_HOSTNAMES': 'a,b'}) == (
+      1, 2)
+  for bad in ('0/2', '3/2', 'x'):
+    with pytest.raises(ValueError, match='--shard'):
+      collection.parse_shard(bad)
+  rels = [f'd{i // 10}/clip{i}.mp4' for i in range(200)]
+  owners = [[k for k in range(1, 4) if collection.in_shard(r, (k, 3))] for r in rels]
+  assert all(len(o) == 1 for o in owners)  # each input in exactly one shard ...
+  sizes = np.bincount([o[0] for o in owners])[1:]
+  assert sizes.min() > 40  # ... and the shards are about equal (200 / 3)
+  # The hash is of the bytes of the path: fixed values, the same on every machine.
+  assert [collection.in_shard('a.mp4', (k, 4)) for k in range(1, 5)].count(True) == 1
+
+
+def test_batcher_shares_batches_between_clips():
+  p = _FakeWindowPredictor()
+  p.window, p.batch_size = 0, 4
+  b = predict.Batcher(p)
+  value = lambda x: {'image': np.full((1, 1, 1), x, np.float32)}  # noqa: E731
+  a_rows = [b.add(('a', 0), value(x)) for x in (1.0, 2.0, 3.0)]
+  b_rows = [b.add(('b', 0), value(x)) for x in (10.0, 20.0)]
+  assert not b.resolved(a_rows)  # a's third crop waits in the batch that b's crops fill
+  b.flush()
+  assert p.batches == [(4, 1, 1, 1), (1, 1, 1, 1)]  # one batch held crops of both clips
+  va, head = b.take(a_rows)
+  np.testing.assert_array_equal(va[:, 0], [1, 2, 3])
+  assert head is None and b.resolved(b_rows)
+  np.testing.assert_array_equal(b.take(b_rows)[0][:, 1], [-10, -20])
+
+
+def test_clip_quadrant_rule():
+  from vaflax.predict import outputs  # noqa: PLC0415
+
+  assert outputs.clip_quadrant([5, 1, 0, 0], [-0.5, -0.5]) == 0  # most rows wins
+  assert outputs.clip_quadrant([3, 0, 0, 3], [0.2, -0.1]) == 3  # tie: the mean VA's quadrant
+  assert outputs.clip_quadrant([0, 2, 2, 0], [0.3, 0.3]) == 1  # mean outside the tie: lowest id
+
+
+def test_predict_video_api_matches_the_csv(predictor, media, tmp_path):
+  import vaflax  # noqa: PLC0415
+
+  run = vaflax.load(predictor.workdir, batch_size=8,
+                    overrides=[f'input.data_dir={predictor.config.input.data_dir}'])
+  records, s = run.predict_video(media / 'astro.mp4', frame_stride=3)
+  predict.predict_file(predictor, media / 'astro.mp4', str(tmp_path),
+                       predict.Options(frame_stride=3, plots=False, progress=False))
+  rows = _rows(tmp_path / 'astro.csv')
+  assert isinstance(records, dict) or hasattr(records, 'iloc')  # dict without pandas
+  assert list(records) == list(predict.CSV_COLUMNS)
+  assert s['frames_processed'] == len(rows) == len(records['frame']) == N // 3
+  np.testing.assert_array_equal(records['frame'], [int(r['frame']) for r in rows])
+  for col in ('valence', 'arousal', 'x', 'det_score'):
+    want = [float(r[col]) if r[col] else np.nan for r in rows]
+    np.testing.assert_allclose(np.asarray(records[col], np.float64), want, atol=1e-4)
+  assert s['dominant_quadrant'] == json.load(open(tmp_path / 'astro.json'))['dominant_quadrant']
+
+
+def test_save_crops_writes_the_model_input_crop(predictor, media, tmp_path):
+  s = predict.predict_file(predictor, media / 'astro_still.png', str(tmp_path),
+                           predict.Options(save_crops=True, plots=False, progress=False))
+  row = _rows(tmp_path / 'astro_still.csv')[0]
+  saved = np.asarray(Image.open(tmp_path / 'astro_still_crops' / f"0_{row['face_id']}.png"))
+  want = predictor.crop(skimage.data.astronaut(), tuple(float(row[c]) for c in 'xywh'))
+  assert want.shape == (112, 112, 3)  # the synthetic set's crop size, before pp_eval
+  np.testing.assert_array_equal(saved, want)  # PNG: the exact pixels the model was given
+  assert s['files']['crops_dir'] == str(tmp_path / 'astro_still_crops')

@@ -5,6 +5,7 @@
   out = run.predict(faces_NxHxWx3)                 # uint8 face crops
   out['valence'], out['arousal']                   # (N,) float32 NumPy arrays
   feats_NxD = run.embed(faces_NxHxWx3)              # the features the VA head reads
+  frames, summary = run.predict_video('clip.mp4')    # per-frame records (faces found by predict)
 
 Crops go through the run's own evaluation preprocessing (its `input.pp_eval`: crop, resize to
 the model's input size, value range or ImageNet normalisation) exactly as predict does
@@ -60,6 +61,29 @@ class Run:
     if 'expression_logits' in cat:
       res['expression'] = cat['expression_logits'].astype(np.float32)
     return res
+
+  def predict_video(self, path, *, frame_stride: int = 1, smooth: str = 'none',
+                    smooth_window: int = 5, faces: str = 'largest', min_face: int = 40,
+                    detect_every: int = 10, max_age: int = 5):
+    """(records, summary) of a video (or an image) as `python -m vaflax.predict` sees it, without
+    writing files. records: one row per face per processed frame and one (face_id -1, NaN VA)
+    per frame without a face, with the CSV's columns (docs/predict.md); a pandas DataFrame when
+    pandas is installed, else a dict of NumPy arrays. summary: the per-clip JSON summary.
+    Raises vaflax.predict.InputError when the file cannot be read."""
+    from vaflax.predict import outputs, pipeline  # noqa: PLC0415
+
+    opts = pipeline.Options(frame_stride=frame_stride, smooth=smooth, smooth_window=smooth_window,
+                            faces=faces, min_face=min_face, detect_every=detect_every,
+                            max_age=max_age, plots=False, progress=False)
+    clip, info, va, head = pipeline.predict_clip(self._predictor, path, opts)
+    res = pipeline.resolve(clip, va, head, opts)
+    summary = pipeline.summarize(self._predictor, clip, info, res, opts)
+    cols = outputs.records(clip.rows, res.va, res.quadrant, res.head)
+    try:
+      import pandas  # noqa: PLC0415
+    except ImportError:
+      return cols, summary
+    return pandas.DataFrame(cols), summary
 
   def embed(self, faces) -> np.ndarray:
     """(N, D) features: for a ResNet the global-average-pooled last stage (torchvision's `fc`

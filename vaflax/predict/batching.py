@@ -11,6 +11,10 @@ class Batcher:
   `add` numbers the rows (one per face per frame) in the order it sees them; `finish` returns
   every row's prediction. Dispatch is asynchronous (jax), so at most two batches wait on the
   device while the caller decodes and detects.
+
+  One Batcher can serve many clips at once (vaflax/predict/collection.py): track keys are then
+  (clip, face_id), crops of several clips share a batch, and `resolved` / `take` hand each clip
+  its rows as soon as their batches have come back.
   """
 
   def __init__(self, model):
@@ -21,6 +25,7 @@ class Batcher:
     self._inflight = []
     self._va: dict[int, np.ndarray] = {}
     self._quadrant: dict[int, int] = {}
+    self.has_quadrant = False  # the model has a quadrant head (known once a batch came back)
     self.rows = 0
 
   def add(self, face_id: int, inputs: dict) -> int:
@@ -64,19 +69,34 @@ class Batcher:
     for j, rows in enumerate(targets):
       va = out['va'][j].reshape(-1, 2)
       q = out['quadrant'][j].reshape(-1) if 'quadrant' in out else None
+      self.has_quadrant = q is not None
       for k, r in enumerate(rows):
         self._va[r] = va[k]
         if q is not None:
           self._quadrant[r] = int(q[k])
 
-  def finish(self) -> tuple[np.ndarray, np.ndarray | None]:
-    """(va (rows, 2) float64, the quadrant head's class per row or None)."""
-    for fid in list(self._tracks):
-      self.end_track(fid)
+  def flush(self):
+    """Sends the queued crops as a (padded) batch and waits for every batch in flight. Partial
+    windows of live tracks stay queued."""
     self._dispatch()
     while self._inflight:
       self._collect()
-    va = np.array([self._va[r] for r in range(self.rows)], np.float64).reshape(-1, 2)
-    quadrant = (np.array([self._quadrant[r] for r in range(self.rows)], np.int64)
-                if self._quadrant else None)
+
+  def resolved(self, rows) -> bool:
+    """Whether every one of `rows` has its prediction."""
+    return all(r in self._va for r in rows)
+
+  def take(self, rows) -> tuple[np.ndarray, np.ndarray | None]:
+    """(va (len(rows), 2) float64, the quadrant head's class per row or None) of resolved rows,
+    forgotten here afterwards."""
+    va = np.array([self._va.pop(r) for r in rows], np.float64).reshape(-1, 2)
+    quadrant = (np.array([self._quadrant.pop(r) for r in rows], np.int64).reshape(-1)
+                if self.has_quadrant else None)
     return va, quadrant
+
+  def finish(self) -> tuple[np.ndarray, np.ndarray | None]:
+    """(va (rows, 2) float64, the quadrant head's class per row or None) of every row."""
+    for fid in list(self._tracks):
+      self.end_track(fid)
+    self.flush()
+    return self.take(range(self.rows))

@@ -24,40 +24,59 @@ def _softmax(logits_NxE):
   return z / z.sum(-1, keepdims=True)
 
 
+def _read(path):
+  try:
+    return read_image(path), None
+  except InputError as e:
+    return None, str(e)
+
+
+def score_crops(run, paths: list[str], chunk: int = 512, workers: int = 4):
+  """Yields (index, {'valence', 'arousal'[, 'quadrant', 'expression']} of one crop, or None,
+  error or None) for each path, in order, `chunk` images at a time (memory stays bounded for
+  a whole test set); images are read by `workers` threads. Used by `--cropped` and vaflax.abaw."""
+  from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+  with ThreadPoolExecutor(workers) as pool:
+    for start in range(0, len(paths), chunk):
+      read = list(pool.map(_read, paths[start:start + chunk]))
+      ok = [j for j, (img, _) in enumerate(read) if img is not None]
+      # Crops of any sizes: the run's preprocessing resizes each, then they share device batches.
+      pred = run.predict([read[j][0] for j in ok]) if ok else {}
+      where = {j: n for n, j in enumerate(ok)}
+      for j, (_, err) in enumerate(read):
+        if err is not None:
+          yield start + j, None, err
+        else:
+          yield start + j, {k: v[where[j]] for k, v in pred.items()}, None
+
+
 def predict_crops(run, files: list[str], out_dir: str, root: str) -> tuple[str, int, int]:
   """Scores each image file as one face crop with `run` (vaflax.api.Run); returns (CSV path,
   rows ok, rows with an error)."""
+  from vaflax.predict.outputs import atomic  # noqa: PLC0415
+
   os.makedirs(out_dir, exist_ok=True)
-  images, rows = [], []
-  for path in files:
-    if not path.lower().endswith(IMAGE_EXTS):
-      rows.append({'path': path, 'error': 'not an image (--cropped takes face-crop images)'})
-      continue
-    try:
-      images.append(read_image(path))
-      rows.append({'path': path, 'image': len(images) - 1})
-    except InputError as e:
-      rows.append({'path': path, 'error': str(e)})
-  # Crops of any sizes: the run's preprocessing resizes each, then they share device batches.
-  pred = run.predict(images) if images else {}
+  images = [p for p in files if p.lower().endswith(IMAGE_EXTS)]
+  scored = {images[i]: (out, err) for i, out, err in score_crops(run, images)}
   names = list(circumplex.AFFECTNET_EMOTIONS)
-  n_expr = pred['expression'].shape[-1] if 'expression' in pred else 0
+  n_expr = next((len(out['expression']) for out, _ in scored.values()
+                 if out is not None and 'expression' in out), 0)
   expr_cols = [f'expr_{names[k] if k < len(names) else k}' for k in range(n_expr)]
   path_csv = os.path.join(out_dir, CSV_NAME)
   ok = 0
-  with open(path_csv + '.tmp', 'w', newline='') as f:
+  with atomic(path_csv) as tmp, open(tmp, 'w', newline='') as f:
     w = csv.writer(f)
     w.writerow(['path', 'status', 'error', 'valence', 'arousal', 'quadrant', *expr_cols])
-    for r in rows:
-      rel = os.path.relpath(r['path'], root)
-      if 'error' in r:
-        w.writerow([rel, 'error', r['error'], '', '', '', *([''] * n_expr)])
+    for path in files:
+      rel = os.path.relpath(path, root)
+      out, err = scored.get(path, (None, 'not an image (--cropped takes face-crop images)'))
+      if err is not None:
+        w.writerow([rel, 'error', err, '', '', '', *([''] * n_expr)])
         continue
-      i = r['image']
-      v, a = float(pred['valence'][i]), float(pred['arousal'][i])
+      v, a = float(out['valence']), float(out['arousal'])
       quadrant = circumplex.quadrant_name(int(circumplex.va_to_quadrant(np.array([v, a]))))
-      probs = _softmax(pred['expression'][i]) if n_expr else []
+      probs = _softmax(out['expression'][None])[0] if n_expr else []
       w.writerow([rel, 'ok', '', f'{v:.6f}', f'{a:.6f}', quadrant, *(f'{x:.6f}' for x in probs)])
       ok += 1
-  os.replace(path_csv + '.tmp', path_csv)
-  return path_csv, ok, len(rows) - ok
+  return path_csv, ok, len(files) - ok

@@ -94,6 +94,14 @@ class VideoFrames:
 
 def open_input(path, stride: int = 1) -> ImageFrames | VideoFrames:
   """The frame stream of an image (by its extension) or a video (anything else)."""
-  if os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTS:
+  is_image = os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTS
+  what = 'cannot read as an image' if is_image else 'cannot open as a video'
+  try:
+    size = os.path.getsize(path)
+  except OSError as e:
+    raise InputError(f'{path}: {what} ({type(e).__name__}: {e.strerror})') from None
+  if size == 0:
+    raise InputError(f'{path}: {what} (empty file, 0 bytes)')
+  if is_image:
     return ImageFrames(path)
   return VideoFrames(path, stride)

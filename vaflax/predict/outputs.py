@@ -1,43 +1,114 @@
-"""What predict writes for one input: per-frame CSV, per-clip JSON summary, plots, overlay video."""
+"""What predict writes for one input: per-frame CSV, per-clip JSON summary, plots, overlay video,
+face crops. Every file is written under a temporary name and renamed into place (`atomic`), so
+a file that exists is complete, whatever killed the run."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import math
 import os
 from typing import NamedTuple
 
 import numpy as np
 
-from vaflax import circumplex
+from vaflax import circumplex, faces
 
-CSV_COLUMNS = ('frame', 'time_s', 'face_id', 'x', 'y', 'w', 'h', 'valence', 'arousal', 'quadrant')
+# The canonical keypoint order of predict's Face.landmarks (/work/notes/faces_contract.md).
+KEYPOINTS = faces.KEYPOINTS  # the detector's landmarks, in the one canonical order
+LANDMARK_COLUMNS = tuple(f'lm_{n}_{c}' for n in KEYPOINTS for c in 'xy')
+CSV_COLUMNS = ('frame', 'time_s', 'face_id', 'x', 'y', 'w', 'h', 'det_score', *LANDMARK_COLUMNS,
+               'valence', 'arousal', 'quadrant')
+NO_FACE = -1  # face_id of the row of a processed frame in which no face was found
 
 
 class Row(NamedTuple):
-  """One face in one processed frame."""
+  """One face in one processed frame, or (face_id -1, NaN box) a frame without a face."""
 
   frame: int
   time_s: float
   face_id: int
-  x: float
-  y: float
-  w: float
-  h: float
+  x: float = math.nan
+  y: float = math.nan
+  w: float = math.nan
+  h: float = math.nan
+  score: float = math.nan  # the detector's score
+  landmarks: np.ndarray | None = None  # (len(KEYPOINTS), 2) source pixels
+
+
+@contextlib.contextmanager
+def atomic(path):
+  """Yields a temporary name with the same extension (writers pick the format from it); renames
+  it to `path` when the block ends without an exception, removes it otherwise."""
+  root, ext = os.path.splitext(os.fspath(path))
+  tmp = f'{root}.part{os.getpid()}{ext}'
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _num(x, fmt) -> str:
+  return '' if x is None or not math.isfinite(x) else format(x, fmt)
 
 
 def write_csv(path, rows: list[Row], va_Nx2, quadrant_N, head_N=None) -> str:
-  """One line per row; `head_N` (the model's quadrant head) adds a quadrant_head column."""
+  """One line per row (faceless frames: face_id -1 and empty fields); `head_N` (the model's
+  quadrant head) adds a quadrant_head column. Rows without a face have NaN VA and quadrant -1."""
   names = circumplex.QUADRANT_NAMES
-  with open(path, 'w', newline='') as f:
+  n_lm = len(KEYPOINTS)
+  with atomic(path) as tmp, open(tmp, 'w', newline='') as f:
     w = csv.writer(f)
     w.writerow(list(CSV_COLUMNS) + (['quadrant_head'] if head_N is not None else []))
     for i, r in enumerate(rows):
-      line = [r.frame, f'{r.time_s:.4f}', r.face_id] + [f'{v:g}' for v in (r.x, r.y, r.w, r.h)]
-      line += [f'{va_Nx2[i, 0]:.4f}', f'{va_Nx2[i, 1]:.4f}', names[quadrant_N[i]]]
+      line = [r.frame, f'{r.time_s:.4f}', r.face_id]
+      line += [_num(v, 'g') for v in (r.x, r.y, r.w, r.h)] + [_num(r.score, '.4f')]
+      lm = r.landmarks
+      if lm is not None and np.shape(lm) == (n_lm, 2):
+        line += [f'{v:.1f}' for v in np.asarray(lm, np.float64).reshape(-1)]
+      else:  # no face, a detector without landmarks (Haar), or another keypoint set
+        line += [''] * (2 * n_lm)
+      q = int(quadrant_N[i])
+      line += [_num(va_Nx2[i, 0], '.4f'), _num(va_Nx2[i, 1], '.4f'), names[q] if q >= 0 else '']
       if head_N is not None:
-        line.append(names[head_N[i]])
+        line.append(names[head_N[i]] if head_N[i] >= 0 else '')
       w.writerow(line)
+  return path
+
+
+def records(rows: list[Row], va_Nx2, quadrant_N, head_N=None) -> dict[str, np.ndarray]:
+  """The CSV's columns as arrays (NaN / '' where a frame has no face): vaflax.api's
+  `predict_video`."""
+  names = np.array(circumplex.QUADRANT_NAMES + ('',), object)  # index -1 -> ''
+  lm = np.full((len(rows), len(KEYPOINTS), 2), np.nan)
+  for i, r in enumerate(rows):
+    if r.landmarks is not None and np.shape(r.landmarks) == lm.shape[1:]:
+      lm[i] = r.landmarks
+  cols = {'frame': np.array([r.frame for r in rows], np.int64),
+          'time_s': np.array([r.time_s for r in rows], np.float64),
+          'face_id': np.array([r.face_id for r in rows], np.int64)}
+  for c in ('x', 'y', 'w', 'h'):
+    cols[c] = np.array([getattr(r, c) for r in rows], np.float64)
+  cols['det_score'] = np.array([r.score for r in rows], np.float64)
+  for k, name in enumerate(KEYPOINTS):
+    cols[f'lm_{name}_x'], cols[f'lm_{name}_y'] = lm[:, k, 0], lm[:, k, 1]
+  va = np.asarray(va_Nx2, np.float64).reshape(-1, 2)
+  cols['valence'], cols['arousal'] = va[:, 0], va[:, 1]
+  cols['quadrant'] = names[np.asarray(quadrant_N, np.int64)]
+  if head_N is not None:
+    cols['quadrant_head'] = names[np.asarray(head_N, np.int64)]
+  return cols
+
+
+def write_crop(path, crop_HxWx3) -> str:
+  from PIL import Image  # noqa: PLC0415
+
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with atomic(path) as tmp:
+    Image.fromarray(np.ascontiguousarray(crop_HxWx3)).save(tmp, format='PNG')
   return path
 
 
@@ -47,6 +118,16 @@ def _stats(x) -> dict:
           'max': float(x.max())}
 
 
+def clip_quadrant(counts_Q, mean_va) -> int:
+  """A clip's quadrant (docs/quadrants.md, "A clip's quadrant"): the one with the most face
+  rows; a tie goes to the quadrant of the mean VA when it is among the tied, else to the
+  lowest id."""
+  counts_Q = np.asarray(counts_Q)
+  tied = np.flatnonzero(counts_Q == counts_Q.max())
+  of_mean = int(circumplex.va_to_quadrant(np.asarray(mean_va, np.float64)))
+  return of_mean if of_mean in tied else int(tied[0])
+
+
 def va_summary(va_Nx2, quadrant_N, face_id_N, processed: int) -> dict:
   """The pooled VA statistics, quadrant shares and per-face means of a clip's rows."""
   if not len(va_Nx2):
@@ -54,11 +135,12 @@ def va_summary(va_Nx2, quadrant_N, face_id_N, processed: int) -> dict:
             'dominant_quadrant': None, 'per_face': [],
             'note': f'no face found in any of the {processed} processed frames'}
   names = circumplex.QUADRANT_NAMES[:circumplex.NUM_QUADRANTS]
-  share = np.bincount(quadrant_N, minlength=len(names))[: len(names)] / len(quadrant_N)
+  counts = np.bincount(quadrant_N, minlength=len(names))[: len(names)]
+  share = counts / len(quadrant_N)
   return {
       'valence': _stats(va_Nx2[:, 0]), 'arousal': _stats(va_Nx2[:, 1]),
       'quadrant_share': {n: float(s) for n, s in zip(names, share, strict=True)},
-      'dominant_quadrant': names[int(np.argmax(share))],
+      'dominant_quadrant': names[clip_quadrant(counts, va_Nx2.mean(0))],
       'per_face': [{'face_id': int(f), 'frames': int(np.sum(face_id_N == f)),
                     'valence_mean': float(va_Nx2[face_id_N == f, 0].mean()),
                     'arousal_mean': float(va_Nx2[face_id_N == f, 1].mean())}
@@ -67,25 +149,28 @@ def va_summary(va_Nx2, quadrant_N, face_id_N, processed: int) -> dict:
 
 
 def write_json(path, summary: dict) -> str:
-  with open(path, 'w') as f:
+  with atomic(path) as tmp, open(tmp, 'w') as f:
     json.dump(summary, f, indent=2)
   return path
 
 
 def write_plots(out_dir, stem, rows: list[Row], va_Nx2, is_video: bool) -> dict:
-  """Trajectory on the circumplex (and VA over time for a video) of the face seen most."""
+  """Trajectory on the circumplex (and VA over time for a video) of the face seen most; `rows`
+  and `va_Nx2` are the rows with a face."""
   from vaflax import plots  # noqa: PLC0415
 
   face_id = np.array([r.face_id for r in rows], np.int64)
   main_id = int(np.bincount(face_id).argmax())
   sel = face_id == main_id
   times = np.array([r.time_s for r in rows], np.float64)[sel]
-  label = f'{stem}, face {main_id}'
-  files = {'trajectory_png': plots.circumplex_trajectory(
-      os.path.join(out_dir, f'{stem}_trajectory.png'), va_Nx2[sel], times, title=label)}
+  label = f'{os.path.basename(stem)}, face {main_id}'
+  files = {'trajectory_png': os.path.join(out_dir, f'{stem}_trajectory.png')}
+  with atomic(files['trajectory_png']) as tmp:
+    plots.circumplex_trajectory(tmp, va_Nx2[sel], times, title=label)
   if is_video:
-    files['va_time_png'] = plots.va_over_time(
-        os.path.join(out_dir, f'{stem}_va_time.png'), times, va_Nx2[sel], title=label)
+    files['va_time_png'] = os.path.join(out_dir, f'{stem}_va_time.png')
+    with atomic(files['va_time_png']) as tmp:
+      plots.va_over_time(tmp, times, va_Nx2[sel], title=label)
   return files
 
 
@@ -95,7 +180,7 @@ _COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 3
 
 def write_overlay(path, out_path, rows: list[Row], va_Nx2, quadrant_N, fps) -> str:
   """Re-decodes the video and draws each face box with its VA and quadrant (last values held
-  on frames skipped by --frame_stride)."""
+  on frames skipped by --frame_stride); `rows` are the rows with a face."""
   import av  # noqa: PLC0415
   import cv2  # noqa: PLC0415
 
@@ -106,7 +191,7 @@ def write_overlay(path, out_path, rows: list[Row], va_Nx2, quadrant_N, fps) -> s
     by_frame.setdefault(int(r.frame), []).append(i)
   current: list[int] = []
   font = cv2.FONT_HERSHEY_SIMPLEX
-  with video_io.Video(path) as src, av.open(out_path, 'w') as out:
+  with atomic(out_path) as tmp, video_io.Video(path) as src, av.open(tmp, 'w') as out:
     vs = None
     for k, (_, frame) in enumerate(src.frames()):
       rgb = np.ascontiguousarray(frame.to_ndarray(format='rgb24'))

@@ -1,4 +1,11 @@
-"""One input through predict: frames -> faces -> tracks -> crops -> model -> outputs."""
+"""One input through predict: frames -> faces -> tracks -> crops -> model -> outputs.
+
+Three steps, so that many inputs can share them (vaflax/predict/collection.py): `scan` (decode,
+detect, track, crop, preprocess; a decoding thread) hands each processed `Frame` to a callback;
+a `Clip` gathers one input's frames and queues its crops on a Batcher (the model thread);
+`finish_clip` writes the outputs once the Batcher has its predictions. `predict_file` runs the
+three for one input.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import dataclasses
 import os
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,6 +34,7 @@ class Options:
   max_age: int = 5  # processed frames a face track survives without being found
   overlay: bool = False  # also write <stem>_overlay.mp4
   plots: bool = True
+  save_crops: bool = False  # also write each model-input crop to <stem>_crops/<frame>_<face_id>.png
   progress: bool = True
 
   def check(self):
@@ -69,75 +78,212 @@ def _read_audio(path, sample_rate):
     return None
 
 
-def predict_file(predictor: Predictor, path, out_dir: str, opts: Options, stem: str | None = None
-                 ) -> dict:
-  """Predicts one image or video; writes DIR/<stem>.csv, .json and plots; returns the summary."""
-  opts.check()
-  path = os.fspath(path)
-  stem = stem or os.path.splitext(os.path.basename(path))[0]
-  t_start = time.time()
+class Frame(NamedTuple):
+  """One processed frame: its faces (face_id, Face, model inputs) and the tracks it ended."""
+
+  index: int
+  time_s: float
+  faces: list
+  dropped: list
+
+
+def scan(predictor: Predictor, path, opts: Options, emit, crops_dir: str | None = None) -> dict:
+  """Decodes `path`, finds, tracks and crops its faces, calls `emit(Frame)` per processed frame;
+  returns what the source says of itself (kind, fps, duration, decoded frames, warning).
+  Raises decode.InputError when the input cannot be read at all."""
   source = decode.open_input(path, opts.frame_stride)
   is_video = source.kind == 'video'
   audio = _read_audio(path, predictor.sample_rate) if is_video and predictor.uses_audio else None
-
-  rows: list[outputs.Row] = []
-  batcher = Batcher(predictor)
   tracker = tracking.FaceTracker(max_age=opts.max_age)
   finder = detection.FaceFinder(opts.min_face, opts.detect_every, opts.faces == 'largest')
-  total = source.num_frames
-  progress = _ProgressLine(stem, -(-total // opts.frame_stride) if total else None,
-                           opts.progress and is_video)
-  processed = with_face = 0
   try:
     for k, t, rgb in source:
-      processed += 1
       found = finder(rgb, tracker.live_boxes())
       assigned, dropped = tracker.update([f.box for f in found])
-      landmarks = {f.box: f.landmarks for f in found}  # the tracker hands back the same boxes
-      for fid in dropped:
-        batcher.end_track(fid)
-      with_face += bool(assigned)
-      for fid, box in assigned:
-        crop = predictor.crop(rgb, box, landmarks.get(box))
+      faces = []
+      for (fid, box), face in zip(assigned, found, strict=True):
+        crop = predictor.crop(rgb, box, face.landmarks)  # aligned when the run's spec says so
+        if crops_dir:
+          outputs.write_crop(os.path.join(crops_dir, f'{k}_{fid}.png'), crop)
         inputs = predictor.preprocess(crop, predictor.audio_chunk(audio, t))
-        batcher.add(fid, inputs)
-        rows.append(outputs.Row(k, t, fid, *box))
-      progress.update(processed)
-    va, head = batcher.finish()
+        faces.append((fid, face, inputs))
+      emit(Frame(k, t, faces, dropped))
   finally:
     source.close()
-  progress.update(processed, final=True)
+  return {'kind': source.kind, 'fps': source.fps, 'duration_s': source.duration,
+          'frames_decoded': source.decoded, 'warning': source.warning}
 
-  face_id = np.array([r.face_id for r in rows], np.int64)
-  va = np.clip(tracking.smooth_tracks(va, face_id, opts.smooth, opts.smooth_window), -1.0, 1.0)
-  quad = circumplex.va_to_quadrant(va) if len(va) else np.zeros((0,), np.int32)
 
-  os.makedirs(out_dir, exist_ok=True)
-  files = {'csv': outputs.write_csv(os.path.join(out_dir, f'{stem}.csv'), rows, va, quad, head)}
-  elapsed = time.time() - t_start
+class Clip:
+  """One input's rows as its frames arrive on the model side; `key` tells its tracks apart
+  from other clips' on a shared Batcher."""
+
+  def __init__(self, path, stem: str, out_dir: str, key=0):
+    self.path, self.stem, self.out_dir, self.key = os.fspath(path), stem, out_dir, key
+    self.rows: list[outputs.Row] = []
+    self.targets: list[int] = []  # the Batcher row of each face row
+    self._live: set[int] = set()
+    self.processed = self.with_face = 0
+    self.t_start = time.time()
+
+  def add(self, batcher: Batcher, frame: Frame):
+    self.processed += 1
+    self.with_face += bool(frame.faces)
+    for fid in frame.dropped:
+      batcher.end_track((self.key, fid))
+      self._live.discard(fid)
+    if not frame.faces:  # every processed frame has a row (issue 15)
+      self.rows.append(outputs.Row(frame.index, frame.time_s, outputs.NO_FACE))
+    for fid, face, inputs in frame.faces:
+      self.targets.append(batcher.add((self.key, fid), inputs))
+      self._live.add(fid)
+      self.rows.append(outputs.Row(frame.index, frame.time_s, fid, *face.box, float(face.score),
+                                   face.landmarks))
+
+  def end(self, batcher: Batcher):
+    """The input is fully scanned: its tracks' partial windows go to the model."""
+    for fid in sorted(self._live):
+      batcher.end_track((self.key, fid))
+    self._live.clear()
+
+
+def source_stat(path) -> dict:
+  """What says an input changed since its outputs were written (vaflax/predict/collection.py)."""
+  st = os.stat(path)
+  return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
+
+
+def error_summary(path, stem: str, out_dir: str, error: str, rel: str | None = None) -> dict:
+  """The JSON of an input that gave no frame: status 'error' and the reason."""
+  path = os.fspath(path)
+  summary = {'input': os.path.abspath(path), 'path': rel or os.path.basename(path),
+             'status': 'error', 'error': error, 'frames_processed': 0, 'frames_with_face': 0,
+             'duration_s': None, 'valence': None, 'arousal': None, 'quadrant_share': None,
+             'dominant_quadrant': None, 'source': source_stat(path) if os.path.exists(path) else None}
+  json_path = os.path.join(out_dir, f'{stem}.json')
+  os.makedirs(os.path.dirname(json_path), exist_ok=True)
+  summary['files'] = {'json': json_path}
+  outputs.write_json(json_path, summary)
+  return summary
+
+
+class Resolved(NamedTuple):
+  """A clip's per-row arrays once the model has spoken; rows without a face: NaN VA, -1 ids."""
+
+  va: np.ndarray  # (rows, 2), smoothed per track and clipped to [-1, 1]
+  quadrant: np.ndarray  # (rows,) circumplex.va_to_quadrant of va
+  head: np.ndarray | None  # (rows,) the model's quadrant head, when it has one
+  face_id: np.ndarray  # (rows,)
+  has_face: np.ndarray  # (rows,) bool
+
+
+def resolve(clip: Clip, va_face, head_face, opts: Options) -> Resolved:
+  """The clip's rows with the Batcher's predictions of its face rows (`Batcher.take`)."""
+  n = len(clip.rows)
+  face_id = np.array([r.face_id for r in clip.rows], np.int64).reshape(-1)
+  has_face = face_id != outputs.NO_FACE
+  va = np.full((n, 2), np.nan)
+  if has_face.any():
+    va[has_face] = np.clip(tracking.smooth_tracks(np.asarray(va_face).reshape(-1, 2),
+                                                  face_id[has_face], opts.smooth,
+                                                  opts.smooth_window), -1.0, 1.0)
+  quad = circumplex.va_to_quadrant(va).astype(np.int64).reshape(-1)  # -1 where no face
+  head = None
+  if head_face is not None:
+    head = np.full((n,), -1, np.int64)
+    head[has_face] = head_face
+  return Resolved(va, quad, head, face_id, has_face)
+
+
+def summarize(predictor: Predictor, clip: Clip, info: dict, res: Resolved, opts: Options,
+              rel: str | None = None) -> dict:
+  """The clip's JSON summary (without 'files')."""
+  elapsed = time.time() - clip.t_start
+  f = res.has_face
   summary = {
-      'input': os.path.abspath(path), 'kind': source.kind,
+      'input': os.path.abspath(clip.path), 'path': rel or os.path.basename(clip.path),
+      'status': 'partial' if info.get('warning') else 'ok', 'error': info.get('warning') or '',
+      'kind': info['kind'], 'source': source_stat(clip.path),
       'workdir': predictor.workdir, 'checkpoint_step': predictor.step,
       'model_name': predictor.config.model_name,
       'window': predictor.window, 'audio': predictor.uses_audio, 'flip_tta': predictor.flip,
-      'fps': source.fps, 'duration_s': source.duration, 'frames_decoded': source.decoded,
-      'frame_stride': opts.frame_stride, 'frames_processed': processed,
-      'frames_with_face': with_face, 'frames_without_face': processed - with_face,
-      'faces': opts.faces, 'num_rows': len(va), 'num_face_ids': len(np.unique(face_id)),
+      'fps': info['fps'], 'duration_s': info['duration_s'],
+      'frames_decoded': info['frames_decoded'],
+      'frame_stride': opts.frame_stride, 'frames_processed': clip.processed,
+      'frames_with_face': clip.with_face, 'frames_without_face': clip.processed - clip.with_face,
+      'faces': opts.faces, 'num_rows': int(f.sum()), 'csv_rows': len(clip.rows),
+      'num_face_ids': len(np.unique(res.face_id[f])),
       'smoothing': {'method': opts.smooth, 'window': opts.smooth_window},
       'crop': {'margin': predictor.crop_margin, 'size': predictor.crop_size,
                'pp_eval': predictor.pp_spec},
-      'seconds': elapsed, 'frames_per_second': processed / max(elapsed, 1e-9),
+      'seconds': elapsed, 'frames_per_second': clip.processed / max(elapsed, 1e-9),
   }
-  summary.update(outputs.va_summary(va, quad, face_id, processed))
-  if source.warning:
-    summary['warning'] = source.warning
-  if len(va) and opts.plots:
-    files.update(outputs.write_plots(out_dir, stem, rows, va, is_video))
-  if opts.overlay and is_video:
-    files['overlay_mp4'] = outputs.write_overlay(
-        path, os.path.join(out_dir, f'{stem}_overlay.mp4'), rows, va, quad, source.fps)
+  summary.update(outputs.va_summary(res.va[f], res.quadrant[f], res.face_id[f], clip.processed))
+  if info.get('warning'):
+    summary['warning'] = info['warning']
+  return summary
+
+
+def finish_clip(predictor: Predictor, clip: Clip, info: dict, va_face, head_face, opts: Options,
+                rel: str | None = None) -> dict:
+  """Writes the clip's CSV, plots, overlay and, last, its JSON (the mark that it is complete);
+  returns the summary. `va_face`, `head_face`: the Batcher's predictions of the face rows."""
+  if not clip.processed:
+    return error_summary(clip.path, clip.stem, clip.out_dir,
+                         info.get('warning') or 'no frame could be decoded', rel)
+  res = resolve(clip, va_face, head_face, opts)
+  base = os.path.join(clip.out_dir, clip.stem)
+  os.makedirs(os.path.dirname(base), exist_ok=True)
+  files = {'csv': outputs.write_csv(base + '.csv', clip.rows, res.va, res.quadrant, res.head)}
+  summary = summarize(predictor, clip, info, res, opts, rel)
+  f = res.has_face
+  face_rows = [r for r in clip.rows if r.face_id != outputs.NO_FACE]
+  if face_rows and opts.plots:
+    files.update(outputs.write_plots(clip.out_dir, clip.stem, face_rows, res.va[f],
+                                     info['kind'] == 'video'))
+  if opts.overlay and info['kind'] == 'video':
+    files['overlay_mp4'] = outputs.write_overlay(clip.path, base + '_overlay.mp4', face_rows,
+                                                 res.va[f], res.quadrant[f], info['fps'])
+  if opts.save_crops and face_rows:
+    files['crops_dir'] = base + '_crops'
   summary['files'] = files
-  files['json'] = os.path.join(out_dir, f'{stem}.json')
+  files['json'] = base + '.json'
   outputs.write_json(files['json'], summary)
   return summary
+
+
+def crops_dir(out_dir: str, stem: str, opts: Options) -> str | None:
+  return os.path.join(out_dir, f'{stem}_crops') if opts.save_crops else None
+
+
+def predict_clip(predictor: Predictor, path, opts: Options, stem: str = '',
+                 out_dir: str = '') -> tuple[Clip, dict, np.ndarray, np.ndarray | None]:
+  """One input on its own Batcher: (clip, source info, face-row VA, face-row head classes).
+  Raises decode.InputError when the input cannot be read at all."""
+  opts.check()
+  made: list[Batcher] = []  # made at the first frame: an unreadable input needs no model
+  clip = Clip(path, stem, out_dir)
+  progress = _ProgressLine(stem or os.path.basename(os.fspath(path)), None, opts.progress)
+
+  def emit(frame):
+    if not made:
+      made.append(Batcher(predictor))
+    clip.add(made[0], frame)
+    progress.update(clip.processed)
+
+  info = scan(predictor, path, opts, emit, crops_dir(out_dir, stem, opts) if out_dir else None)
+  batcher = made[0] if made else Batcher(predictor)
+  clip.end(batcher)
+  batcher.flush()
+  va, head = batcher.take(clip.targets)
+  progress.update(clip.processed, final=info['kind'] == 'video')
+  return clip, info, va, head
+
+
+def predict_file(predictor: Predictor, path, out_dir: str, opts: Options, stem: str | None = None
+                 ) -> dict:
+  """Predicts one image or video; writes DIR/<stem>.csv, .json and plots; returns the summary.
+  Raises decode.InputError when the input cannot be read at all."""
+  stem = stem or os.path.splitext(os.path.basename(os.fspath(path)))[0]
+  clip, info, va, head = predict_clip(predictor, path, opts, stem, out_dir)
+  return finish_clip(predictor, clip, info, va, head, opts)

@@ -1,0 +1,224 @@
+r"""ABAW valence-arousal submissions from Aff-Wild2's `cropped_aligned` faces, and their score.
+
+  python -m vaflax.abaw --workdir=W --sample=SAMPLE --frames=DIR --output=FILE
+  python -m vaflax.abaw --workdir=W --frames=DIR --labels=ANN_DIR --output=FILE   # validation
+  python -m vaflax.abaw --predictions=FILE --labels=ANN_DIR                      # score a file
+
+SAMPLE is the organisers' sample file (header `image_location,valence,arousal`; its first column
+lists every frame of every test video, e.g. `6-30-1920x1080_left/00001.jpg`). DIR is the
+`cropped_aligned` folder (DIR/<video>/<frame>.jpg). Each listed frame with a crop is scored as
+`python -m vaflax.predict --cropped` scores a crop (vaflax/predict/cropped.py); the others are
+filled by `fill`'s rule. The output has the sample's rows in its order, under its header.
+With --labels (an annotation folder such as `.../VA_Estimation_Challenge/Validation_Set`) and no
+sample, the rows are every line of every annotation file; the file is then scored with the ABAW
+metric, the mean of the valence and arousal CCCs over the annotated frames (docs/abaw.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+HEADER = 'image_location,valence,arousal'
+INVALID = -5.0  # Aff-Wild2's "not annotated" marker
+
+
+def read_sample(path) -> tuple[str, list[str]]:
+  """(header line as written, image locations in order) of a sample or prediction file."""
+  with open(path, encoding='utf-8-sig') as f:
+    lines = [ln.rstrip('\r\n') for ln in f]
+  while lines and not lines[-1].strip():
+    lines.pop()
+  if not lines or lines[0].split(',')[0].strip() != 'image_location':
+    raise ValueError(f'{path}: the first line must be the header {HEADER!r}; got '
+                     f'{lines[0][:80] if lines else "an empty file"!r}')
+  locs = [ln.split(',')[0].strip() for ln in lines[1:]]
+  for k, loc in enumerate(locs, start=2):
+    if '/' not in loc:
+      raise ValueError(f'{path}:{k}: {loc!r} is not <video>/<frame>.jpg')
+  return lines[0], locs
+
+
+def read_labels(ann_dir) -> dict[str, np.ndarray]:
+  """{video: (frames, 2) VA, NaN where not annotated (-5) or unusable} of the annotation folder,
+  read by the affwild2_va builder's reader (tfds_builders/affwild2_va)."""
+  from tfds_builders.affwild2_va import affwild2_va_dataset_builder as aw  # noqa: PLC0415
+  from vaflax.data import builder_utils as bu  # noqa: PLC0415
+
+  names = sorted(f for f in os.listdir(ann_dir) if f.endswith('.txt'))
+  if not names:
+    raise ValueError(f'{ann_dir}: no annotation .txt file')
+  skips = bu.SkipLog('labels')
+  out = {}
+  for name in names:
+    lines = aw._read_annotation(os.path.join(ann_dir, name), skips)  # noqa: SLF001
+    va = np.array([(np.nan, np.nan) if x is None else x for x in lines], np.float64).reshape(-1, 2)
+    va[(va == INVALID) | (np.abs(va) > 1)] = np.nan
+    out[name[:-len('.txt')]] = va
+  return out
+
+
+def label_locations(labels: dict[str, np.ndarray]) -> list[str]:
+  """Every annotation line as an image location: line k of <video>.txt <-> <video>/<k:05d>.jpg
+  (1-based, as cropped_aligned names its files; /work/shared/datasets.md)."""
+  return [f'{v}/{k:05d}.jpg' for v in sorted(labels) for k in range(1, len(labels[v]) + 1)]
+
+
+def _videos(locs: list[str]) -> dict[str, np.ndarray]:
+  """{video: row indices in order} of image locations `<video>/<frame>`."""
+  out: dict[str, list[int]] = {}
+  for i, loc in enumerate(locs):
+    out.setdefault(loc.rsplit('/', 1)[0], []).append(i)
+  return {v: np.array(ix) for v, ix in out.items()}
+
+
+def fill(va_Nx2: np.ndarray, locs: list[str]) -> tuple[np.ndarray, dict]:
+  """Fills the rows without a prediction (NaN), video by video (rows in the order listed):
+  between two predicted rows, linear interpolation by position; before the first or after the
+  last predicted row, the video's mean prediction; in a video without any, 0. Returns the
+  filled copy and the counts per rule."""
+  va = np.array(va_Nx2, np.float64)
+  counts = {'predicted': 0, 'interpolated': 0, 'video_mean': 0, 'zero': 0}
+  for ix in _videos(locs).values():
+    v = va[ix]
+    have = np.isfinite(v).all(1)
+    counts['predicted'] += int(have.sum())
+    if not have.any():
+      va[ix] = 0.0
+      counts['zero'] += len(ix)
+      continue
+    pos = np.arange(len(ix))
+    known = pos[have]
+    inside = ~have & (pos > known[0]) & (pos < known[-1])
+    outside = ~have & ~inside
+    for d in range(2):
+      v[inside, d] = np.interp(pos[inside], known, v[have, d])
+    v[outside] = v[have].mean(0)
+    va[ix] = v
+    counts['interpolated'] += int(inside.sum())
+    counts['video_mean'] += int(outside.sum())
+  return va, counts
+
+
+def predict(run, locs: list[str], frames_dir: str, chunk: int = 512) -> tuple[np.ndarray, dict]:
+  """(N, 2) VA of each location's crop, NaN where there is no crop or it cannot be read; and
+  counts of those."""
+  from vaflax.predict import cropped  # noqa: PLC0415
+
+  va = np.full((len(locs), 2), np.nan)
+  paths = [os.path.join(frames_dir, *loc.split('/')) for loc in locs]
+  present = [i for i, p in enumerate(paths) if os.path.isfile(p)]
+  unreadable = []
+  for j, out, err in cropped.score_crops(run, [paths[i] for i in present], chunk):
+    if err is not None:
+      unreadable.append(err)
+    else:
+      va[present[j], 0], va[present[j], 1] = out['valence'], out['arousal']
+  for e in unreadable[:5]:
+    print(f'note: unreadable crop, filled: {e}', file=sys.stderr)
+  return va, {'no_crop': len(locs) - len(present), 'unreadable': len(unreadable)}
+
+
+def write(path, header: str, locs: list[str], va_Nx2) -> str:
+  """The submission: `header`, then `location,valence,arousal` per row (6 decimals, clipped to
+  [-1, 1]), written under a temporary name and renamed."""
+  va = np.clip(np.asarray(va_Nx2, np.float64), -1.0, 1.0)
+  if not np.isfinite(va).all():
+    raise ValueError('non-finite values left after filling')
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.part{os.getpid()}'
+  with open(tmp, 'w', newline='') as f:
+    f.write(header + '\n')
+    for loc, (v, a) in zip(locs, va, strict=True):
+      f.write(f'{loc},{v:.6f},{a:.6f}\n')
+  os.replace(tmp, path)
+  return path
+
+
+def read_predictions(path) -> dict[str, tuple[float, float]]:
+  _, locs = read_sample(path)
+  with open(path, encoding='utf-8-sig') as f:
+    lines = [ln.strip() for ln in f][1:len(locs) + 1]
+  out = {}
+  for k, (loc, ln) in enumerate(zip(locs, lines, strict=True), start=2):
+    parts = ln.split(',')
+    try:
+      out[loc] = (float(parts[1]), float(parts[2]))
+    except (IndexError, ValueError):
+      raise ValueError(f'{path}:{k}: {ln!r} is not location,valence,arousal') from None
+  return out
+
+
+def score(pred: dict[str, tuple[float, float]], labels: dict[str, np.ndarray]) -> dict:
+  """ABAW metrics of predictions against the labels: pooled CCC (vaflax/metrics.py) over every
+  annotated frame; raises ValueError when an annotated frame has no prediction."""
+  from vaflax import metrics  # noqa: PLC0415
+
+  p, t = [], []
+  missing = []
+  for v in sorted(labels):
+    for k, lab in enumerate(labels[v], start=1):
+      if not np.isfinite(lab).all():
+        continue
+      loc = f'{v}/{k:05d}.jpg'
+      if loc not in pred:
+        missing.append(loc)
+        continue
+      p.append(pred[loc])
+      t.append(lab)
+  if missing:
+    raise ValueError(f'{len(missing)} annotated frames have no prediction, e.g. {missing[:3]}')
+  out = metrics.va_metrics(np.array(p).reshape(-1, 2), np.array(t).reshape(-1, 2))
+  out['frames'] = len(t)
+  out['abaw_score'] = out['ccc_mean']  # P_VA = (CCC_valence + CCC_arousal) / 2
+  return out
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog='python -m vaflax.abaw', description=__doc__.split('\n')[0])
+  ap.add_argument('--workdir', help='the trained run')
+  ap.add_argument('--sample', help="the organisers' sample file (the rows to write)")
+  ap.add_argument('--frames', help='the cropped_aligned folder: FRAMES/<video>/<frame>.jpg')
+  ap.add_argument('--output', help='the submission file to write')
+  ap.add_argument('--labels', help='annotation folder (<video>.txt): score the file')
+  ap.add_argument('--predictions', help='with --labels: score this existing file, predict nothing')
+  ap.add_argument('--batch_size', type=int, default=64)
+  ap.add_argument('--checkpoint_step', type=int, default=None)
+  a = ap.parse_args(argv)
+  try:
+    labels = read_labels(a.labels) if a.labels else None
+    if a.predictions:
+      if labels is None:
+        ap.error('--predictions needs --labels')
+      path = a.predictions
+    else:
+      if not (a.workdir and a.frames and a.output and (a.sample or labels is not None)):
+        ap.error('need --workdir, --frames, --output and --sample (or --labels)')
+      if not os.path.isdir(a.frames):
+        raise FileNotFoundError(f'--frames={a.frames}: no such folder')
+      header, locs = read_sample(a.sample) if a.sample else (HEADER, label_locations(labels))
+      from vaflax import api  # noqa: PLC0415
+
+      run = api.load(a.workdir, step=a.checkpoint_step, batch_size=a.batch_size)
+      va, missing = predict(run, locs, a.frames)
+      va, counts = fill(va, locs)
+      path = write(a.output, header, locs, va)
+      print(f"{len(locs)} rows in {len(_videos(locs))} videos: {counts['predicted']} predicted; "
+            f"filled {counts['interpolated']} by interpolation, {counts['video_mean']} by the "
+            f"video's mean, {counts['zero']} with 0 ({missing['no_crop']} without a crop, "
+            f"{missing['unreadable']} unreadable) -> {path}")
+    if labels is not None:
+      s = score(read_predictions(path), labels)
+      print(f"{path}: {s['frames']} annotated frames: CCC valence {s['ccc_valence']:.4f}, "
+            f"arousal {s['ccc_arousal']:.4f}; ABAW score (mean) {s['abaw_score']:.4f}")
+  except (OSError, ValueError, KeyError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
