@@ -15,7 +15,7 @@ import numpy as np
 
 from vaflax import circumplex, faces
 
-# The canonical keypoint order of predict's Face.landmarks (/work/notes/faces_contract.md).
+# The canonical keypoint order of predict's Face.landmarks (vaflax/faces.py).
 KEYPOINTS = faces.KEYPOINTS  # the detector's landmarks, in the one canonical order
 LANDMARK_COLUMNS = tuple(f'lm_{n}_{c}' for n in KEYPOINTS for c in 'xy')
 CSV_COLUMNS = ('frame', 'time_s', 'face_id', 'x', 'y', 'w', 'h', 'det_score', *LANDMARK_COLUMNS,
