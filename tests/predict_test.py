@@ -434,3 +434,17 @@ def test_save_crops_writes_the_model_input_crop(predictor, media, tmp_path):
   assert want.shape == (112, 112, 3)  # the synthetic set's crop size, before pp_eval
   np.testing.assert_array_equal(saved, want)  # PNG: the exact pixels the model was given
   assert s['files']['crops_dir'] == str(tmp_path / 'astro_still_crops')
+
+
+def test_the_run_records_its_crop_and_predict_cuts_it(predictor, synthetic_data_dir):
+  """The crop travels with the data (issue 15): the training loop records the crop spec of its
+  dataset's build in config.json, and predict cuts faces with exactly that spec."""
+  import json  # noqa: PLC0415
+
+  from vaflax import faces  # noqa: PLC0415
+  from vaflax.data import pipeline  # noqa: PLC0415
+
+  recorded = json.load(open(os.path.join(predictor.workdir, 'config.json')))['crop']
+  built = pipeline.dataset_info('synthetic_va', synthetic_data_dir).metadata['crop']
+  assert recorded == dict(built) and recorded['size'] > 0
+  assert predictor.crop_spec == faces.CropSpec.from_dict(recorded)
