@@ -3,6 +3,7 @@ r"""Valence/arousal of the faces in images and videos, with a trained run.
   python -m vaflax.predict --workdir=W --input=PATH --output=DIR [--frame_stride=1]
       [--smooth=none|ema|mean --smooth_window=5] [--min_face=40] [--faces=largest|all]
       [--overlay] [--flip_tta] [--batch_size=32] [--detect_every=10] [--cropped]
+      [--detector=blazeface|haar]
 
 PATH is an image, a video or a folder of them. docs/predict.md has the outputs and formats.
 """
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
   ap.add_argument('--min_face', type=int, default=d.min_face, help='smallest face side (pixels)')
   ap.add_argument('--faces', default=d.faces, choices=('largest', 'all'))
   ap.add_argument('--detect_every', type=int, default=d.detect_every)
+  ap.add_argument('--detector', default=d.detector, choices=('blazeface', 'haar'))
   ap.add_argument('--max_age', type=int, default=d.max_age)
   ap.add_argument('--overlay', action='store_true', help='also write <stem>_overlay.mp4')
   ap.add_argument('--no_plots', action='store_true')
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
     return _main_cropped(a, overrides)
   opts = Options(frame_stride=a.frame_stride, smooth=a.smooth, smooth_window=a.smooth_window,
                  min_face=a.min_face, faces=a.faces, detect_every=a.detect_every,
-                 max_age=a.max_age, overlay=a.overlay, plots=not a.no_plots,
+                 detector=a.detector, max_age=a.max_age, overlay=a.overlay, plots=not a.no_plots,
                  progress=not a.quiet)
   try:
     opts.check()

@@ -23,6 +23,7 @@ class Options:
   min_face: int = 40  # smallest face side in source pixels (smaller ones carry little expression)
   faces: str = 'largest'  # largest: one face per frame; all: every face
   detect_every: int = 10  # full-frame detection period (processed frames); between, near tracks
+  detector: str = 'blazeface'  # blazeface (CNN with landmarks) | haar (OpenCV fallback)
   max_age: int = 5  # processed frames a face track survives without being found
   overlay: bool = False  # also write <stem>_overlay.mp4
   plots: bool = True
@@ -35,6 +36,8 @@ class Options:
       raise ValueError(f'--smooth must be none, ema or mean, got {self.smooth!r}')
     if self.smooth_window < 1:
       raise ValueError(f'--smooth_window must be >= 1, got {self.smooth_window}')
+    if self.detector not in detection.DETECTORS:
+      raise ValueError(f'--detector must be one of {detection.DETECTORS}, got {self.detector!r}')
     if self.faces not in ('largest', 'all'):
       raise ValueError(f'--faces must be largest or all, got {self.faces!r}')
     if self.detect_every < 1 or self.max_age < 0 or self.min_face < 1:
@@ -83,7 +86,8 @@ def predict_file(predictor: Predictor, path, out_dir: str, opts: Options, stem: 
   rows: list[outputs.Row] = []
   batcher = Batcher(predictor)
   tracker = tracking.FaceTracker(max_age=opts.max_age)
-  finder = detection.FaceFinder(opts.min_face, opts.detect_every, opts.faces == 'largest')
+  finder = detection.FaceFinder(opts.min_face, opts.detect_every, opts.faces == 'largest',
+                                opts.detector)
   total = source.num_frames
   progress = _ProgressLine(stem, -(-total // opts.frame_stride) if total else None,
                            opts.progress and is_video)
@@ -92,7 +96,7 @@ def predict_file(predictor: Predictor, path, out_dir: str, opts: Options, stem: 
     for k, t, rgb in source:
       processed += 1
       found = finder(rgb, tracker.live_boxes())
-      assigned, dropped = tracker.update([f.box for f in found])
+      assigned, dropped = tracker.update(found)
       for fid in dropped:
         batcher.end_track(fid)
       with_face += bool(assigned)
