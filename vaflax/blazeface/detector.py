@@ -67,7 +67,8 @@ def load_model(path: str = WEIGHTS) -> model_lib.BlazeFaceFullRange:
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: BlazeFace weights missing (they ship in the vaflax package; '
                             f'rebuild them with python -m vaflax.blazeface.convert)')
-  model = model_lib.BlazeFaceFullRange(rngs=nnx.Rngs(0))
+  # Abstract first: random initial values would only be overwritten (and cost seconds eagerly).
+  model = nnx.eval_shape(lambda: model_lib.BlazeFaceFullRange(rngs=nnx.Rngs(0)))
   report = checkpoint.transfer_weights(reader.read_checkpoint(path), model, source_name=path)
   if report.missing or report.unexpected:
     raise ValueError(f'{path}: missing {report.missing[:4]}, unexpected {report.unexpected[:4]}')
@@ -144,7 +145,9 @@ def weighted_nms(boxes_Ax4, kps_AxLx2, scores_A, max_faces: int, min_score: floa
 
 
 @functools.partial(jax.jit, static_argnames=('max_faces', 'min_score'))
-def _detect(graphdef, state, x_Bx192x192x3, geometry_Bx4, max_faces, min_score):
+def _run(graphdef, state, x_Bx192x192x3, geometry_Bx4, max_faces, min_score):
+  """Detections in source pixels, and the network's raw outputs (one compiled function for both:
+  the parity test reads the raw ones)."""
   model = nnx.merge(graphdef, state)
   reg, logits = model(x_Bx192x192x3.astype(jnp.float32) / 127.5 - 1.0)
   boxes, kps, scores = decode(reg, logits)
@@ -154,7 +157,8 @@ def _detect(graphdef, state, x_Bx192x192x3, geometry_Bx4, max_faces, min_score):
   lo, hi = (boxes[..., :2] - off) / scale, (boxes[..., 2:] - off) / scale
   kps = (kps[..., CANONICAL, :] - off[:, :, None]) / scale[:, :, None]
   zero = lambda v: jnp.where(ok.reshape(ok.shape + (1,) * (v.ndim - 2)), v, 0)
-  return zero(jnp.concatenate([lo, hi - lo], -1)), zero(scores), zero(kps), ok
+  dets = (zero(jnp.concatenate([lo, hi - lo], -1)), zero(scores), zero(kps), ok)
+  return dets, (reg, logits)
 
 
 class BlazeFace:
@@ -165,8 +169,15 @@ class BlazeFace:
     self.graphdef, self.state = nnx.split(load_model(weights))
 
   def raw(self, x_Bx192x192x3):
-    """The network's outputs (regressors (B, 2304, 16), logits (B, 2304)) for a [-1, 1] input."""
-    return nnx.merge(self.graphdef, self.state)(jnp.asarray(x_Bx192x192x3, jnp.float32))
+    """The network's outputs (regressors (B, 2304, 16), logits (B, 2304)) for uint8 inputs of
+    the network's size, as they are fed to it (mapped to [-1, 1])."""
+    x = np.asarray(x_Bx192x192x3)
+    side = model_lib.INPUT_SIDE
+    if x.dtype != np.uint8 or x.shape[1:] != (side, side, 3):
+      raise ValueError(f'BlazeFace.raw: expected uint8 (B, {side}, {side}, 3), got {x.dtype} {x.shape}')
+    geometry = np.tile(np.array([1, 1, 0, 0], np.float32), (len(x), 1))
+    _, (reg, logits) = _run(self.graphdef, self.state, x, geometry, self.max_faces, self.min_score)
+    return np.asarray(reg), np.asarray(logits)
 
   def detect(self, frames_BxHxWx3) -> Detections:
     frames = np.asarray(frames_BxHxWx3)
@@ -174,5 +185,5 @@ class BlazeFace:
       raise ValueError(f'BlazeFace.detect: expected uint8 frames (B, H, W, 3), got {frames.dtype} '
                        f'{frames.shape}')
     x, geometry = letterbox(frames)
-    out = _detect(self.graphdef, self.state, x, geometry, self.max_faces, self.min_score)
-    return Detections(*(np.asarray(v) for v in out))
+    dets, _ = _run(self.graphdef, self.state, x, geometry, self.max_faces, self.min_score)
+    return Detections(*(np.asarray(v) for v in dets))
