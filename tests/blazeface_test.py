@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 import pytest
+import wheel_media  # tests/wheel_media.py
 from PIL import Image
 
-from tests import wheel_media
 from vaflax.blazeface import convert, detector, model
 
 HERE = os.path.dirname(os.path.abspath(__file__))

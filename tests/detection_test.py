@@ -4,8 +4,8 @@ from its wheel at test time), hysteresis on new faces, ids through misses."""
 import av
 import numpy as np
 import pytest
+import wheel_media  # tests/wheel_media.py
 
-from tests import wheel_media
 from vaflax.predict import detection, tracking
 
 
