@@ -20,8 +20,8 @@ Keypoints come out as BlazeFace's six (the subject's right eye, left eye, nose t
 right and left ear tragion); `detect` keeps the first four, which are vaflax's canonical
 (eye_left, eye_right, nose, mouth) with left/right as seen in the image of an upright face.
 
-Shape letters: B frames, H W frame size, A anchors (2304), Q face slots (max_faces), K
-candidates kept before NMS, L keypoints.
+Shape letters (vaflax/models/__init__.py): B frames, H W frame size, A anchors (2304), O
+candidates kept before NMS, Q face slots (max_faces), L keypoints.
 """
 
 from __future__ import annotations
@@ -115,11 +115,11 @@ def decode(reg_BxAx16, logits_BxA):
   return boxes_BxAx4, kps_BxAxLx2, scores_BxA
 
 
-def _iou_KxK(b_Kx4):
-  lo = jnp.maximum(b_Kx4[:, None, :2], b_Kx4[None, :, :2])
-  hi = jnp.minimum(b_Kx4[:, None, 2:], b_Kx4[None, :, 2:])
+def _iou_OxO(b_Ox4):
+  lo = jnp.maximum(b_Ox4[:, None, :2], b_Ox4[None, :, :2])
+  hi = jnp.minimum(b_Ox4[:, None, 2:], b_Ox4[None, :, 2:])
   inter = jnp.prod(jnp.clip(hi - lo, 0), -1)
-  area = jnp.prod(jnp.clip(b_Kx4[:, 2:] - b_Kx4[:, :2], 0), -1)
+  area = jnp.prod(jnp.clip(b_Ox4[:, 2:] - b_Ox4[:, :2], 0), -1)
   union = area[:, None] + area[None, :] - inter
   return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1), 0.0)
 
@@ -127,20 +127,20 @@ def _iou_KxK(b_Kx4):
 def weighted_nms(boxes_Ax4, kps_AxLx2, scores_A, max_faces: int, min_score: float):
   """One frame: (boxes Qx4, keypoints QxLx2, scores Q, valid Q), best first (MediaPipe's
   WEIGHTED NMS on the CANDIDATES best anchors)."""
-  s_K, idx = jax.lax.top_k(scores_A, CANDIDATES)
-  b_K, kp_K = boxes_Ax4[idx], kps_AxLx2[idx]
-  iou = _iou_KxK(b_K)
-  flat_K = jnp.concatenate([b_K, kp_K.reshape(CANDIDATES, -1)], -1)
+  s_O, idx = jax.lax.top_k(scores_A, CANDIDATES)
+  b_O, kp_O = boxes_Ax4[idx], kps_AxLx2[idx]
+  iou = _iou_OxO(b_O)
+  flat_O = jnp.concatenate([b_O, kp_O.reshape(CANDIDATES, -1)], -1)
 
-  def pick(alive_K, _):
-    best = jnp.argmax(alive_K)  # candidates are sorted by score: the first alive is the best
-    ok = alive_K[best]
-    group = alive_K & ((iou[best] > NMS_IOU) | (jnp.arange(CANDIDATES) == best))
-    w = jnp.where(group, s_K, 0.0)
-    mean = (w @ flat_K) / jnp.maximum(w.sum(), 1e-12)
-    return alive_K & ~group, (mean, s_K[best], ok)
+  def pick(alive_O, _):
+    best = jnp.argmax(alive_O)  # candidates are sorted by score: the first alive is the best
+    ok = alive_O[best]
+    group = alive_O & ((iou[best] > NMS_IOU) | (jnp.arange(CANDIDATES) == best))
+    w = jnp.where(group, s_O, 0.0)
+    mean = (w @ flat_O) / jnp.maximum(w.sum(), 1e-12)
+    return alive_O & ~group, (mean, s_O[best], ok)
 
-  _, (flat_Q, score_Q, ok_Q) = jax.lax.scan(pick, s_K >= min_score, None, length=max_faces)
+  _, (flat_Q, score_Q, ok_Q) = jax.lax.scan(pick, s_O >= min_score, None, length=max_faces)
   return flat_Q[:, :4], flat_Q[:, 4:].reshape(max_faces, -1, 2), score_Q, ok_Q
 
 
