@@ -130,6 +130,8 @@ def test_no_face_and_bad_input(net):
   assert not net.detect(flat).valid_BxQ.any()
   with pytest.raises(ValueError, match='uint8 frames'):
     net.detect(np.zeros((1, 32, 32, 3), np.float32))
+  with pytest.raises(ValueError, match='uint8 frames'):
+    net.detect(np.zeros((1, 0, 32, 3), np.uint8))
 
 
 def test_group_photo_all_five_faces(net):

@@ -106,11 +106,10 @@ def letterbox(frames_BxHxWx3) -> tuple[np.ndarray, np.ndarray]:
 def decode(reg_BxAx16, logits_BxA):
   """Boxes (x1, y1, x2, y2), all six keypoints (192-pixel units) and probabilities per anchor."""
   a = jnp.asarray(anchors_Ax2())
-  centre = reg_BxAx16[..., 0:2] + a
-  half = reg_BxAx16[..., 2:4] / 2
-  boxes_BxAx4 = jnp.concatenate([centre - half, centre + half], -1)
-  b, n = logits_BxA.shape
-  kps_BxAxLx2 = reg_BxAx16[..., 4:].reshape(b, n, 6, 2) + a[:, None, :]
+  centre_BxAx2 = reg_BxAx16[..., 0:2] + a
+  half_BxAx2 = reg_BxAx16[..., 2:4] / 2
+  boxes_BxAx4 = jnp.concatenate([centre_BxAx2 - half_BxAx2, centre_BxAx2 + half_BxAx2], -1)
+  kps_BxAxLx2 = reg_BxAx16[..., 4:].reshape(logits_BxA.shape + (6, 2)) + a[:, None, :]
   scores_BxA = jax.nn.sigmoid(jnp.clip(logits_BxA, -SCORE_CLIP, SCORE_CLIP))
   return boxes_BxAx4, kps_BxAxLx2, scores_BxA
 
@@ -149,16 +148,19 @@ def _run(graphdef, state, x_Bx192x192x3, geometry_Bx4, max_faces, min_score):
   """Detections in source pixels, and the network's raw outputs (one compiled function for both:
   the parity test reads the raw ones)."""
   model = nnx.merge(graphdef, state)
-  reg, logits = model(x_Bx192x192x3.astype(jnp.float32) / 127.5 - 1.0)
-  boxes, kps, scores = decode(reg, logits)
-  boxes, kps, scores, ok = jax.vmap(
-      lambda b, k, s: weighted_nms(b, k, s, max_faces, min_score))(boxes, kps, scores)
-  scale, off = geometry_Bx4[:, None, :2], geometry_Bx4[:, None, 2:]
-  lo, hi = (boxes[..., :2] - off) / scale, (boxes[..., 2:] - off) / scale
-  kps = (kps[..., CANONICAL, :] - off[:, :, None]) / scale[:, :, None]
-  zero = lambda v: jnp.where(ok.reshape(ok.shape + (1,) * (v.ndim - 2)), v, 0)
-  dets = (zero(jnp.concatenate([lo, hi - lo], -1)), zero(scores), zero(kps), ok)
-  return dets, (reg, logits)
+  reg_BxAx16, logits_BxA = model(x_Bx192x192x3.astype(jnp.float32) / 127.5 - 1.0)
+  boxes_BxQx4, kps_BxQxLx2, scores_BxQ, ok_BxQ = jax.vmap(
+      lambda b, k, s: weighted_nms(b, k, s, max_faces, min_score))(
+          *decode(reg_BxAx16, logits_BxA))
+  scale_Bx1x2, off_Bx1x2 = geometry_Bx4[:, None, :2], geometry_Bx4[:, None, 2:]
+  lo_BxQx2 = (boxes_BxQx4[..., :2] - off_Bx1x2) / scale_Bx1x2
+  hi_BxQx2 = (boxes_BxQx4[..., 2:] - off_Bx1x2) / scale_Bx1x2
+  kps_BxQxLx2 = ((kps_BxQxLx2[..., CANONICAL, :] - off_Bx1x2[:, :, None])
+                 / scale_Bx1x2[:, :, None])
+  zero = lambda v: jnp.where(ok_BxQ.reshape(ok_BxQ.shape + (1,) * (v.ndim - 2)), v, 0)
+  dets = (zero(jnp.concatenate([lo_BxQx2, hi_BxQx2 - lo_BxQx2], -1)), zero(scores_BxQ),
+          zero(kps_BxQxLx2), ok_BxQ)
+  return dets, (reg_BxAx16, logits_BxA)
 
 
 class BlazeFace:
@@ -181,9 +183,10 @@ class BlazeFace:
 
   def detect(self, frames_BxHxWx3) -> Detections:
     frames = np.asarray(frames_BxHxWx3)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-      raise ValueError(f'BlazeFace.detect: expected uint8 frames (B, H, W, 3), got {frames.dtype} '
-                       f'{frames.shape}')
+    if (frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3
+        or not all(frames.shape[:3])):
+      raise ValueError(f'BlazeFace.detect: expected uint8 frames (B >= 1, H >= 1, W >= 1, 3), got '
+                       f'{frames.dtype} {frames.shape}')
     x, geometry = letterbox(frames)
     dets, _ = _run(self.graphdef, self.state, x, geometry, self.max_faces, self.min_score)
     return Detections(*(np.asarray(v) for v in dets))
