@@ -90,3 +90,23 @@ def test_new_faces_need_the_start_score_tracked_ones_do_not():
   assert len(finder(frame, [(100.0, 100.0, 50.0, 50.0)])) == 1  # continues a track: kept
   with pytest.raises(ValueError, match='--detector=dlib'):
     detection.make_detector('dlib')
+
+
+def test_small_faces_in_a_large_frame_are_found_in_tiles():
+  # 960x540 and min_face 40: one whole-frame pass would see a 40 px face at 8 px, under the ~12
+  # px BlazeFace needs, so the frame is also searched in 2 tiles of 540 px (40 px -> 14 px),
+  # overlapping by 60 px (the smallest face the whole pass sees).
+  import cv2  # noqa: PLC0415
+  import skimage.data  # noqa: PLC0415
+
+  d = detection.BlazeFaceDetector()
+  assert d.whole_frame(360, 640, 40) and d.tiles(360, 640, 40) == []
+  assert d.tiles(540, 960, 40) == [(0, 0, 540), (420, 0, 540)]
+  assert len(d.tiles(1080, 1920, 40)) == 8 and len(d.tiles(200, 4000, 10)) < 100
+  small = cv2.resize(skimage.data.astronaut(), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+  frame = np.full((540, 960, 3), 90, np.uint8)
+  frame[200:456, 380:636] = small  # across the tiles' overlap; the face is ~50 px at (469, 230)
+  (face,) = d(frame, 40)
+  x, y, w, h = face.box
+  assert abs(x + w / 2 - (380 + 113)) < 8 and abs(y + h / 2 - (200 + 60)) < 10 and 40 < w < 65
+  assert face.score > 0.75

@@ -18,10 +18,10 @@ def iou(a, b) -> float:
   return inter / union if union > 0 else 0.0
 
 
-def dedupe(boxes, thr: float = 0.5) -> list:
-  """The largest of each group of boxes that overlap by IoU >= thr."""
+def dedupe(boxes, thr: float = 0.5, key=None) -> list:
+  """The first by `key` (default: the largest) of each group of boxes that overlap by IoU >= thr."""
   out = []
-  for d in sorted(boxes, key=lambda d: -d[2] * d[3]):
+  for d in sorted(boxes, key=key or (lambda d: -d[2] * d[3])):
     if all(iou(d, o) < thr for o in out):
       out.append(d)
   return out
