@@ -43,7 +43,9 @@ WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 KEYPOINTS = ('eye_left', 'eye_right', 'nose', 'mouth')  # = vaflax.faces.KEYPOINTS (the contract)
 BLAZEFACE_KEYPOINTS = ('right_eye', 'left_eye', 'nose_tip', 'mouth_centre', 'right_ear_tragion',
                        'left_ear_tragion')  # the subject's right eye is on the image's left
-CANONICAL = (0, 1, 2, 3)  # BlazeFace keypoints -> KEYPOINTS
+# BlazeFace keypoints -> KEYPOINTS (the ear tragions are dropped).
+CANONICAL = tuple(BLAZEFACE_KEYPOINTS.index(k) for k in
+                  ('right_eye', 'left_eye', 'nose_tip', 'mouth_centre'))
 MIN_SCORE = 0.5
 NMS_IOU = 0.3
 SCORE_CLIP = 100.0
