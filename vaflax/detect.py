@@ -7,7 +7,8 @@ is more certain, but it is not a probability. The cascade ships inside opencv-py
 
 `box_from_five_points` turns the 5-point markup that aligned datasets (CelebA) and 5-point
 detectors (MTCNN, CenterFace) give into a box framed like the Haar box, so that crops made from
-landmarks and crops made from detections (face_folder, predict) look alike.
+landmarks and crops made from Haar detections (face_folder, predict --detector=haar) look alike.
+predict's default detector is BlazeFace (vaflax/blazeface).
 """
 
 from __future__ import annotations

