@@ -74,11 +74,13 @@ def test_video_end_to_end(predictor, media, tmp_path):
   assert len(rows) == s['frames_with_face'] and {r['face_id'] for r in rows} == {'0'}
   assert s['frames_without_face'] == N - s['frames_with_face']
   for r in rows:
-    assert float(r['det_score']) > 0  # Haar: merged windows; no landmarks, so empty lm_ fields
-    assert all(r[c] == '' for c in predict.CSV_COLUMNS if c.startswith('lm_'))
+    assert 0.5 <= float(r['det_score']) <= 1  # BlazeFace: a probability
     k = int(r['frame'])
     assert float(r['time_s']) == pytest.approx(k / FPS, abs=1e-3)
     x, y, w, h = (float(r[c]) for c in 'xywh')
+    lm = {n: (float(r[f'lm_{n}_x']), float(r[f'lm_{n}_y'])) for n in faces.KEYPOINTS}
+    assert all(x < px < x + w and y < py < y + h for px, py in lm.values()), (k, lm)
+    assert lm['eye_left'][0] < lm['eye_right'][0] and lm['eye_left'][1] < lm['mouth'][1]
     fx0, fy0, fx1, fy1 = _face_in_frame(k)
     assert fx0 < x + w / 2 < fx1 and fy0 < y + h / 2 < fy1, (k, x, y, w, h)
     assert 0.6 < w / (fx1 - fx0) < 1.6
