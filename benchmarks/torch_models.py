@@ -211,29 +211,32 @@ class MaskedAutoencoderViT(nn.Module):
 # --- FAN / EmoFAN (vaflax/models/fan.py; Bulat & Tzimiropoulos 2017, Toisoul et al. 2021) -------
 
 
-class ConvBlock(nn.Module):
-  """Three pre-activated 3x3 convs of C/2, C/4, C/4 channels, concatenated; residual."""
+class PublicConvBlock(nn.Module):
+  """FAN's block (three pre-activated 3x3 convs of C/2, C/4, C/4 channels, concatenated,
+  residual) under the released names (bn1..conv3, downsample); also the speed peers' block."""
 
   def __init__(self, cin, cout):
     super().__init__()
     self.bn1, self.conv1 = nn.BatchNorm2d(cin), conv3x3(cin, cout // 2)
     self.bn2, self.conv2 = nn.BatchNorm2d(cout // 2), conv3x3(cout // 2, cout // 4)
     self.bn3, self.conv3 = nn.BatchNorm2d(cout // 4), conv3x3(cout // 4, cout // 4)
-    self.proj = (None if cin == cout else
-                 nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, 1, bias=False)))
+    self.downsample = (None if cin == cout else nn.Sequential(
+        nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, 1, bias=False)))
 
   def forward(self, x):
     y1 = self.conv1(F.relu(self.bn1(x)))
     y2 = self.conv2(F.relu(self.bn2(y1)))
     y3 = self.conv3(F.relu(self.bn3(y2)))
-    return torch.cat([y1, y2, y3], 1) + (x if self.proj is None else self.proj(x))
+    res = x if self.downsample is None else self.downsample(x)
+    return torch.cat([y1, y2, y3], 1) + res
 
 
 class Hourglass(nn.Module):
   def __init__(self, depth, c):
     super().__init__()
-    self.up, self.low1, self.low3 = ConvBlock(c, c), ConvBlock(c, c), ConvBlock(c, c)
-    self.inner = Hourglass(depth - 1, c) if depth > 1 else ConvBlock(c, c)
+    self.up, self.low1 = PublicConvBlock(c, c), PublicConvBlock(c, c)
+    self.low3 = PublicConvBlock(c, c)
+    self.inner = Hourglass(depth - 1, c) if depth > 1 else PublicConvBlock(c, c)
 
   def forward(self, x):
     low = self.low3(self.inner(self.low1(F.avg_pool2d(x, 2))))
@@ -248,17 +251,18 @@ class EmoFAN(nn.Module):
     super().__init__()
     w = width
     self.stem = nn.Sequential(nn.Conv2d(3, w // 4, 7, 2, 3), nn.BatchNorm2d(w // 4), nn.ReLU())
-    self.stem2, self.stem3, self.stem4 = ConvBlock(w // 4, w // 2), ConvBlock(w // 2, w // 2), \
-        ConvBlock(w // 2, w)
+    self.stem2 = PublicConvBlock(w // 4, w // 2)
+    self.stem3, self.stem4 = PublicConvBlock(w // 2, w // 2), PublicConvBlock(w // 2, w)
     self.hourglass = nn.ModuleList([Hourglass(depth, w) for _ in range(num_stacks)])
-    self.top = nn.ModuleList([ConvBlock(w, w) for _ in range(num_stacks)])
+    self.top = nn.ModuleList([PublicConvBlock(w, w) for _ in range(num_stacks)])
     self.last = nn.ModuleList([nn.Sequential(nn.Conv2d(w, w, 1), nn.BatchNorm2d(w), nn.ReLU())
                                for _ in range(num_stacks)])
     self.heatmap = nn.ModuleList([nn.Conv2d(w, num_landmarks, 1) for _ in range(num_stacks)])
     self.remap_feat = nn.ModuleList([nn.Conv2d(w, w, 1) for _ in range(num_stacks - 1)])
     self.remap_hm = nn.ModuleList([nn.Conv2d(num_landmarks, w, 1) for _ in range(num_stacks - 1)])
-    self.head_in = ConvBlock(2 * w + num_landmarks, head_width)
-    self.head_blocks = nn.ModuleList([ConvBlock(head_width, head_width) for _ in range(head_blocks)])
+    self.head_in = PublicConvBlock(2 * w + num_landmarks, head_width)
+    self.head_blocks = nn.ModuleList([PublicConvBlock(head_width, head_width)
+                                      for _ in range(head_blocks)])
     self.head_bn = nn.BatchNorm2d(head_width)
     self.fc = nn.Sequential(nn.Linear(head_width, head_width // 2), nn.BatchNorm1d(head_width // 2),
                             nn.ReLU(), nn.Linear(head_width // 2, 2))
@@ -283,25 +287,6 @@ class EmoFAN(nn.Module):
 # --- The released FAN and EmoNet (face-alignment's models/fan.py, face-analysis/emonet's ---------
 # emonet.py): their module and parameter names, so the fixtures' keys are a real checkpoint's;
 # the width (256 in the releases) is a parameter so that the fixtures stay small.
-
-
-class PublicConvBlock(nn.Module):
-  """The same block as ConvBlock above, under the released names (bn1..conv3, downsample)."""
-
-  def __init__(self, cin, cout):
-    super().__init__()
-    self.bn1, self.conv1 = nn.BatchNorm2d(cin), conv3x3(cin, cout // 2)
-    self.bn2, self.conv2 = nn.BatchNorm2d(cout // 2), conv3x3(cout // 2, cout // 4)
-    self.bn3, self.conv3 = nn.BatchNorm2d(cout // 4), conv3x3(cout // 4, cout // 4)
-    self.downsample = (None if cin == cout else nn.Sequential(
-        nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, 1, bias=False)))
-
-  def forward(self, x):
-    y1 = self.conv1(F.relu(self.bn1(x)))
-    y2 = self.conv2(F.relu(self.bn2(y1)))
-    y3 = self.conv3(F.relu(self.bn3(y2)))
-    res = x if self.downsample is None else self.downsample(x)
-    return torch.cat([y1, y2, y3], 1) + res
 
 
 def _pool2(x, pool):
