@@ -48,9 +48,9 @@ for ((i = n - 1; i >= 0; i--)); do
     export CUDA_VISIBLE_DEVICES="$i"
   fi
   if [[ $i -eq 0 ]]; then
-    JAX_PROCESS_ID=$i "$python" -m vaflax.main "$@" > >(tee "$log") 2>&1 &
+    JAX_PROCESS_ID=$i "$python" -m "${VAFLAX_MODULE:-vaflax.main}" "$@" > >(tee "$log") 2>&1 &
   else
-    JAX_PROCESS_ID=$i "$python" -m vaflax.main "$@" > "$log" 2>&1 &
+    JAX_PROCESS_ID=$i "$python" -m "${VAFLAX_MODULE:-vaflax.main}" "$@" > "$log" 2>&1 &
   fi
   pids+=($!)
 done

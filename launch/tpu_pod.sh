@@ -10,7 +10,9 @@
 # dir too (--config.input.data_dir=gs://... or the same path on every worker).
 #
 # Environment: VAFLAX_DIR (where the repository is checked out on the workers; default ~/vaflax),
-# PYTHON (default python3; vaflax[tpu] installed there), PROJECT (gcloud project, optional).
+# PYTHON (default python3; vaflax[tpu] installed there), PROJECT (gcloud project, optional),
+# VAFLAX_MODULE (default vaflax.main; vaflax.predict: each worker predicts its own shard of a
+# collection, from TPU_WORKER_ID / TPU_WORKER_HOSTNAMES, docs/predict.md).
 # First time: put the repository on every worker and install it, e.g.
 #   gcloud compute tpus tpu-vm ssh TPU_NAME --zone ZONE --worker=all \
 #     --command='git clone <repo> ~/vaflax && cd ~/vaflax && pip install -e ".[tpu]"'
@@ -24,10 +26,11 @@ fi
 tpu="$1"; zone="$2"; shift 2
 dir="${VAFLAX_DIR:-~/vaflax}"
 python="${PYTHON:-python3}"
+module="${VAFLAX_MODULE:-vaflax.main}"
 args="$(printf ' %q' "$@")"
 log="vaflax-\$(hostname).log"
 project=()
 if [[ -n "${PROJECT:-}" ]]; then project=(--project "$PROJECT"); fi
 
 gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" "${project[@]}" --worker=all \
-  --command="set -o pipefail; cd ${dir} && VAFLAX_DISTRIBUTED=auto ${python} -m vaflax.main${args} 2>&1 | tee ${log}"
+  --command="set -o pipefail; cd ${dir} && VAFLAX_DISTRIBUTED=auto ${python} -m ${module}${args} 2>&1 | tee ${log}"

@@ -56,6 +56,13 @@ def test_slurm_script_gives_each_task_its_rank_and_the_first_node(tmp_path, per_
     assert rec['JAX_NUM_PROCESSES'] == '3'
     assert rec['JAX_COORDINATOR_ADDRESS'] == 'gpu-node-07:12355'
     assert rec['JAX_LOCAL_DEVICE_IDS'] == (str(rank % 2) if per_gpu else None)
+  # The same launcher runs predict over a collection: each task then takes its own shard.
+  env['VAFLAX_MODULE'] = 'vaflax.predict'
+  r = subprocess.run(['bash', os.path.join(REPO, 'launch/slurm_gpu.sbatch'), '--input=videos'],
+                     env=env, capture_output=True, text=True, timeout=60)
+  assert r.returncode == 0, r.stderr
+  assert json.loads((tmp_path / 'rank2.json').read_text())['argv'] == [
+      '-m', 'vaflax.predict', '--input=videos']
 
 
 def test_slurm_script_without_arguments_says_how_to_call_it(tmp_path):
