@@ -1,5 +1,3 @@
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +8,7 @@ from conftest import raw_checkpoint
 from flax import nnx
 
 from configs import common
-from vaflax import optim, stages
+from vaflax import optim
 from vaflax.models import resnet
 from vaflax.trainers import distill
 
@@ -135,42 +133,3 @@ def _weights(stage_dir, sub=None):
   model = st['model'][sub] if sub else st['model']
   return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree.leaves_with_path(model)
           if jnp.issubdtype(x.dtype, jnp.floating)}
-
-
-def test_run_teacher_students_ensemble_end_to_end(tmp_path, synthetic_data_dir):
-  from configs import distill_va  # noqa: PLC0415
-
-  c = distill_va.get_config('runlocal,students=2')
-  c.input.data_dir = synthetic_data_dir
-  c.input.eval_split = 'test'
-  c.model.width, c.model.head_hidden, c.image_size, c.batch_size = 8, 16, 32, 8
-  c.distill.teacher_total_steps, c.total_steps = 2, 2
-  c.schedule.warmup_steps = 0
-  c.log_every_steps = c.checkpoint_every_steps = 2
-  c.mesh.num_devices = 1
-  c.tensorboard = False
-  wd = str(tmp_path / 'wd')
-  res = stages.run(c, wd)
-  final = json.load(open(os.path.join(wd, 'final_metrics.json')))
-  for name in ('teacher', 'student0', 'student1', 'student_mean'):
-    for dim in ('valence', 'arousal'):
-      assert np.isfinite(final[f'val/{name}/ccc_{dim}'])
-  assert final['val/student_mean/ccc_arousal'] == pytest.approx(
-      (final['val/student0/ccc_arousal'] + final['val/student1/ccc_arousal']) / 2)
-  # The ensemble (val/ccc_*) is the mean of the students' expectations: scored independently.
-  assert final['val/ccc_valence'] != final['val/student0/ccc_valence']
-  # The students stage started from the teacher's final weights and never moved them (frozen).
-  teacher = _weights(os.path.join(wd, 'teacher'))
-  inside = _weights(os.path.join(wd, 'students'), 'teacher')
-  assert len(teacher) > 50 and teacher.keys() == inside.keys()
-  for k, v in teacher.items():
-    np.testing.assert_array_equal(v, inside[k], err_msg=k)
-  # No optimizer state for the frozen teacher.
-  _, raw = raw_checkpoint(os.path.join(wd, 'students'))
-  opt_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(raw['optimizer'])]
-  assert opt_paths and not [p for p in opt_paths if 'teacher' in p]
-  # Every stage is finished: running again trains nothing and returns the same record.
-  n_lines = len(open(os.path.join(wd, 'metrics.jsonl')).readlines())
-  again = stages.run(c, wd)
-  assert again == res
-  assert len(open(os.path.join(wd, 'metrics.jsonl')).readlines()) == n_lines

@@ -330,6 +330,33 @@ def test_preempted_at_random_steps_resumes_bit_identical(name, tmp_path, referen
       prev = kills[i - 1][0]
       assert h.calls[0] == prev and set(h.calls).isdisjoint(stages[:stages.index(prev)]), h.calls
   assert_same_run(ref, cut)
+  if name == 'distill':  # the straight run is there already: check what the recipe produced
+    _check_distill_run(ref)
+
+
+def _check_distill_run(wd):
+  """Distillation end to end (vaflax/trainers/distill.py): the students stage scores the teacher,
+  each student and the ensemble; the teacher inside it is the teacher stage's final weights,
+  frozen (unchanged, no optimizer state)."""
+  from distill_test import _weights  # noqa: PLC0415
+
+  final = json.load(open(os.path.join(wd, 'final_metrics.json')))
+  for member in ('teacher', 'student0', 'student1', 'student_mean'):
+    for dim in ('valence', 'arousal'):
+      assert np.isfinite(final[f'val/{member}/ccc_{dim}'])
+  assert final['val/student_mean/ccc_arousal'] == pytest.approx(
+      (final['val/student0/ccc_arousal'] + final['val/student1/ccc_arousal']) / 2)
+  # The ensemble (val/ccc_*) is the mean of the students' expectations: scored independently.
+  assert final['val/ccc_valence'] != final['val/student0/ccc_valence']
+  teacher = _weights(os.path.join(wd, 'teacher'))
+  inside = _weights(os.path.join(wd, 'students'), 'teacher')
+  assert len(teacher) > 50 and teacher.keys() == inside.keys()
+  for k, v in teacher.items():
+    np.testing.assert_array_equal(v, inside[k], err_msg=k)
+  _, raw = raw_checkpoint(os.path.join(wd, 'students'))
+  opt_paths = [jax.tree_util.keystr(p) for p, _ in
+               jax.tree_util.tree_leaves_with_path(raw['optimizer'])]
+  assert opt_paths and not [p for p in opt_paths if 'teacher' in p]
 
 
 def _as_killed_at(src, dst, k):

@@ -22,9 +22,8 @@ import optax
 from absl import logging
 from flax import nnx
 
-from vaflax import aot
+from vaflax import aot, circumplex, optim, runs, sharding, tasks, writers
 from vaflax import checkpoint as ckpt_lib
-from vaflax import circumplex, optim, runs, sharding, tasks, writers
 from vaflax import metrics as metrics_lib
 from vaflax.data import pipeline
 

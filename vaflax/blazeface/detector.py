@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 
 from vaflax.blazeface import model as model_lib
-from vaflax.faces import KEYPOINTS  # the one canonical keypoint order (re-exported)
+from vaflax.faces import KEYPOINTS  # noqa: F401 (re-exported: the one canonical keypoint order)
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                        'face_detection_full_range.safetensors')
