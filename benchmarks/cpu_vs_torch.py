@@ -53,6 +53,7 @@ def jax_worker(args):
 
   c = resnet_va.get_config('variant=18')
   c.batch_size, c.image_size = BATCH, SIZE
+  c.model.dtype = 'float32'  # the paper config computes in bfloat16; both sides here are float32
   c.total_steps, c.total_epochs = 10**6, 0.0
   c.optimizer.lr = 1e-4
   c.schedule.name = 'constant'

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from vaflax.models import heads
+from vaflax.models import cpu_conv, heads
 
 STAGES = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)), 50: ('bottleneck', (3, 4, 6, 3))}
 
@@ -132,11 +132,23 @@ class Bottleneck(nnx.Module):
     return nnx.relu(y + sc)
 
 
+def _set_conv_impl(module, conv_impl: str):
+  """'xla': lax.conv_general_dilated; 'cpu': vaflax/models/cpu_conv.py (same forward, a backward
+  pass that is faster on XLA:CPU); 'auto': 'cpu' when JAX's default backend is the CPU."""
+  if conv_impl not in ('auto', 'xla', 'cpu'):
+    raise ValueError(f"conv_impl must be 'auto', 'xla' or 'cpu', got {conv_impl!r}")
+  if conv_impl == 'cpu' or (conv_impl == 'auto' and jax.default_backend() == 'cpu'):
+    for _, m in nnx.iter_graph(module):
+      if isinstance(m, nnx.Conv):
+        m.conv_general_dilated = cpu_conv.conv_general_dilated
+
+
 class ResNet(nnx.Module):
   """Backbone without classifier: images (B,H,W,3) -> pooled features (B, 512 or 2048)."""
 
   def __init__(self, depth: int = 18, *, width: int = 64, dtype=jnp.float32,
-               zero_init_residual: bool = False, remat: bool = False, rngs: nnx.Rngs):
+               zero_init_residual: bool = False, remat: bool = False, conv_impl: str = 'auto',
+               rngs: nnx.Rngs):
     if depth not in STAGES:
       raise ValueError(f'ResNet depth must be one of {sorted(STAGES)}, got {depth}')
     kind, counts = STAGES[depth]
@@ -156,6 +168,7 @@ class ResNet(nnx.Module):
         cin = w * block_cls.expansion
     self.blocks = nnx.List(blocks)
     self.num_features = cin
+    _set_conv_impl(self, conv_impl)
 
   def __call__(self, x_BxHxWx3):
     x = x_BxHxWx3.astype(self.dtype)
@@ -172,10 +185,10 @@ class Model(nnx.Module):
   def __init__(self, *, depth: int = 18, width: int = 64, head_hidden: int = 128,
                num_bins: int = 0, quadrant_head: bool = False, dropout: float = 0.0,
                dtype: str = 'float32', zero_init_residual: bool = False, remat: bool = False,
-               rngs: nnx.Rngs):
+               conv_impl: str = 'auto', rngs: nnx.Rngs):
     dt = jnp.dtype(dtype)
     self.backbone = ResNet(depth, width=width, dtype=dt, zero_init_residual=zero_init_residual,
-                           remat=remat, rngs=rngs)
+                           remat=remat, conv_impl=conv_impl, rngs=rngs)
     self.head = heads.VAHead(self.backbone.num_features, head_hidden, num_bins=num_bins,
                              quadrant_head=quadrant_head, dropout=dropout, rngs=rngs)
 
