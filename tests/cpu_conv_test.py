@@ -27,7 +27,7 @@ def test_gradients_equal_lax(hw, k, stride):
                                                               dimension_numbers=_DN), x, w)
   g = jnp.asarray(rng.standard_normal(y_ref.shape, np.float32))
   np.testing.assert_array_equal(y, y_ref)
-  for got, want in zip(vjp(g), vjp_ref(g)):
+  for got, want in zip(vjp(g), vjp_ref(g), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
