@@ -1,4 +1,4 @@
-"""Convolution with a hand-written backward pass for XLA:CPU (the ResNet's `conv_impl='cpu'`).
+"""Convolution whose backward pass is arranged for XLA:CPU (the ResNet's `conv_impl='cpu'`).
 
 Same forward as `lax.conv_general_dilated`, and the backward pass is XLA's own convolution
 gradients too; only what XLA:CPU may fuse into them changes. XLA computes the weight gradient as
