@@ -53,6 +53,8 @@ def jax_worker(args):
 
   c = resnet_va.get_config('variant=18')
   c.batch_size, c.image_size = BATCH, SIZE
+  c.model.dtype = 'float32'  # the paper config computes in bfloat16; both sides here are float32
+  c.model.conv_impl = args.conv_impl
   c.total_steps, c.total_epochs = 10**6, 0.0
   c.optimizer.lr = 1e-4
   c.schedule.name = 'constant'
@@ -75,6 +77,7 @@ def jax_worker(args):
     jax.block_until_ready(step())
 
   _serve(run_one, {'side': 'jax', 'first_step_s': first, 'jax': jax.__version__,
+                   'conv_impl': args.conv_impl,
                    'xla_flags': os.environ.get('XLA_FLAGS', '')})
 
 
@@ -194,6 +197,9 @@ def main():
                   help='>= 0: run every worker on this one core (taskset) with one thread; '
                        'steadier than 2 threads on a loaded machine')
   ap.add_argument('--sides', default='jax,torch_nchw,torch_cl')
+  ap.add_argument('--conv_impl', default='auto',
+                  help="the ResNet's conv_impl (vaflax/models/resnet.py): 'auto' (= 'cpu' here) or "
+                       "'xla' (XLA's own convolution gradients, for comparison)")
   ap.add_argument('--json', default='', help='also write the summary here')
   ap.add_argument('--worker', default='', help=argparse.SUPPRESS)
   args = ap.parse_args()
@@ -215,7 +221,8 @@ def main():
   for side in args.sides.split(','):
     py = sys.executable if side == 'jax' else args.torch_python
     procs[side] = subprocess.Popen(
-        [*prefix, py, here, f'--worker={side}', f'--threads={args.threads}'], stdin=subprocess.PIPE,
+        [*prefix, py, here, f'--worker={side}', f'--threads={args.threads}',
+         f'--conv_impl={args.conv_impl}'], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, text=True, env=env)
   hello = {s: json.loads(p.stdout.readline()) for s, p in procs.items()}
   load_start = os.getloadavg()

@@ -49,6 +49,9 @@ def get_config(arg=None):
   c.model.dtype = 'bfloat16'
   c.model.zero_init_residual = False  # zero-init the last BN of each block
   c.model.remat = False  # rematerialise blocks to save memory
+  # 'auto': on the CPU, convolution gradients arranged for XLA:CPU (vaflax/models/cpu_conv.py);
+  # 'xla': XLA's own everywhere; 'cpu': the CPU arrangement everywhere.
+  c.model.conv_impl = 'auto'
   c.input.dataset = a.dataset
   c.image_size = 112
   c.batch_size = 64

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from vaflax.models import heads
+from vaflax.models import cpu_conv, heads
 
 STAGES = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)), 50: ('bottleneck', (3, 4, 6, 3))}
 
@@ -39,14 +39,31 @@ def _bn(c, *, rngs, dtype, zero=False):
 # JAX differentiates a max reduce_window through a variadic reduce_window over (value, index)
 # pairs; on XLA:CPU that made the pool's backward ~6x slower than this VJP and ~10 % of a ResNet-18
 # train step (measured while writing it; the CPU comparison is in benchmarks/RESULTS.md). Same
-# forward; the gradient of each output goes to the first
-# maximum of its window in row-major order, as in JAX's own rule and torch's max_pool2d.
+# forward; the gradient of each output goes to the first maximum of its window in row-major
+# order, as in JAX's own rule and torch's max_pool2d. Both directions are written as nine strided
+# slices of the padded input: XLA:CPU runs that forward faster than its reduce_window, and the
+# backward adds each tap's share into one of the four (row, column) parities of the input,
+# which are interleaved once (benchmarks/RESULTS.md, "CPU: convolution backward").
 _POOL_K, _POOL_S, _POOL_P = 3, 2, 1
 
 
+def _pool_taps(x_BxHxWxC):
+  """(padded input, taps): taps[i][j] (B, h, w, C) is the input at window offset (i, j) of every
+  output position."""
+  b, h, w, c = x_BxHxWxC.shape
+  k, s, p = _POOL_K, _POOL_S, _POOL_P
+  ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+  xp = jnp.pad(x_BxHxWxC, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
+  return [[lax.slice(xp, (0, i, j, 0), (b, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c),
+                     (1, s, s, 1)) for j in range(k)] for i in range(k)]
+
+
 def _max_pool_fwd_only(x_BxHxWxC):
-  return nnx.max_pool(x_BxHxWxC, (_POOL_K, _POOL_K), strides=(_POOL_S, _POOL_S),
-                      padding=((_POOL_P, _POOL_P), (_POOL_P, _POOL_P)))
+  taps = [t for row in _pool_taps(x_BxHxWxC) for t in row]
+  y = taps[0]
+  for t in taps[1:]:
+    y = jnp.maximum(y, t)
+  return y
 
 
 @jax.custom_vjp
@@ -63,22 +80,27 @@ def _stem_max_pool_bwd(res, g_BxhxwxC):
   x, y = res
   b, h, w, c = x.shape
   _, ho, wo, _ = y.shape
-  k, s, p = _POOL_K, _POOL_S, _POOL_P
-  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
-  hp, wp = h + 2 * p, w + 2 * p
+  taps = _pool_taps(x)
   taken = jnp.zeros(y.shape, bool)
-  gxp = jnp.zeros(xp.shape, g_BxhxwxC.dtype)
-  for i in range(k):
-    for j in range(k):
-      # The input pixel at window offset (i, j) of every output position.
-      hi, wj = i + s * (ho - 1) + 1, j + s * (wo - 1) + 1
-      tap = lax.slice(xp, (0, i, j, 0), (b, hi, wj, c), (1, s, s, 1))
-      hit = (tap == y) & ~taken
+  share = {}  # (i, j) -> the gradient that window offset (i, j) receives, (B, ho, wo, C)
+  for i in range(_POOL_K):
+    for j in range(_POOL_K):
+      hit = (taps[i][j] == y) & ~taken
       taken = taken | hit
-      gtap = jnp.where(hit, g_BxhxwxC, jnp.zeros_like(g_BxhxwxC))
-      # Scatter back: interior padding s-1 puts output (oh, ow) at input (i + s*oh, j + s*ow).
-      gxp = gxp + lax.pad(gtap, jnp.zeros((), gtap.dtype),
-                          ((0, 0, 0), (i, hp - hi, s - 1), (j, wp - wj, s - 1), (0, 0, 0)))
+      share[i, j] = jnp.where(hit, g_BxhxwxC, jnp.zeros_like(g_BxhxwxC))
+
+  def at(i, j):  # offset (i, j) of output (oh, ow) is padded input (2 oh + i, 2 ow + j): parity
+    # (i % 2, j % 2), cell (oh + i // 2, ow + j // 2) of a (ho + 1, wo + 1) grid of 2x2 cells.
+    di, dj = i // 2, j // 2
+    return jnp.pad(share[i, j], ((0, 0), (di, 1 - di), (dj, 1 - dj), (0, 0)))
+
+  even_even = at(0, 0) + at(0, 2) + at(2, 0) + at(2, 2)
+  even_odd = at(0, 1) + at(2, 1)
+  odd_even = at(1, 0) + at(1, 2)
+  odd_odd = at(1, 1)
+  gxp = jnp.stack([jnp.stack([even_even, even_odd], 3), jnp.stack([odd_even, odd_odd], 3)], 2)
+  gxp = gxp.reshape(b, 2 * ho + 2, 2 * wo + 2, c)
+  p = _POOL_P
   return (gxp[:, p : p + h, p : p + w, :],)
 
 
@@ -132,11 +154,23 @@ class Bottleneck(nnx.Module):
     return nnx.relu(y + sc)
 
 
+def _set_conv_impl(module, conv_impl: str):
+  """'xla': lax.conv_general_dilated; 'cpu': vaflax/models/cpu_conv.py (same forward, a backward
+  pass that is faster on XLA:CPU); 'auto': 'cpu' when JAX's default backend is the CPU."""
+  if conv_impl not in ('auto', 'xla', 'cpu'):
+    raise ValueError(f"conv_impl must be 'auto', 'xla' or 'cpu', got {conv_impl!r}")
+  if conv_impl == 'cpu' or (conv_impl == 'auto' and jax.default_backend() == 'cpu'):
+    for _, m in nnx.iter_graph(module):
+      if isinstance(m, nnx.Conv):
+        m.conv_general_dilated = cpu_conv.conv_general_dilated
+
+
 class ResNet(nnx.Module):
   """Backbone without classifier: images (B,H,W,3) -> pooled features (B, 512 or 2048)."""
 
   def __init__(self, depth: int = 18, *, width: int = 64, dtype=jnp.float32,
-               zero_init_residual: bool = False, remat: bool = False, rngs: nnx.Rngs):
+               zero_init_residual: bool = False, remat: bool = False, conv_impl: str = 'auto',
+               rngs: nnx.Rngs):
     if depth not in STAGES:
       raise ValueError(f'ResNet depth must be one of {sorted(STAGES)}, got {depth}')
     kind, counts = STAGES[depth]
@@ -156,6 +190,7 @@ class ResNet(nnx.Module):
         cin = w * block_cls.expansion
     self.blocks = nnx.List(blocks)
     self.num_features = cin
+    _set_conv_impl(self, conv_impl)
 
   def __call__(self, x_BxHxWx3):
     x = x_BxHxWx3.astype(self.dtype)
@@ -172,10 +207,10 @@ class Model(nnx.Module):
   def __init__(self, *, depth: int = 18, width: int = 64, head_hidden: int = 128,
                num_bins: int = 0, quadrant_head: bool = False, dropout: float = 0.0,
                dtype: str = 'float32', zero_init_residual: bool = False, remat: bool = False,
-               rngs: nnx.Rngs):
+               conv_impl: str = 'auto', rngs: nnx.Rngs):
     dt = jnp.dtype(dtype)
     self.backbone = ResNet(depth, width=width, dtype=dt, zero_init_residual=zero_init_residual,
-                           remat=remat, rngs=rngs)
+                           remat=remat, conv_impl=conv_impl, rngs=rngs)
     self.head = heads.VAHead(self.backbone.num_features, head_hidden, num_bins=num_bins,
                              quadrant_head=quadrant_head, dropout=dropout, rngs=rngs)
 
