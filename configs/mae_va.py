@@ -24,8 +24,9 @@ The ViT trunk is defined once in `config.vit` and `config.image_size` (every sta
 Plain config: ViT-B/16 at 224 px; MAE on the face corpora (configs/mae_pretrain.py), VA on
 Aff-Wild2 (`affwild2_va`, built with audio) with windows of 100 frames in the fusion stage.
 runlocal: the same code path on synthetic_va (faces + voice) at 48 px with a 4-block ViT of
-patch 6 and windows of 8 frames (clips have 24): MAE 300 steps, fine-tuning 3000, each fusion
-stage 300 (10 min 20 s on an idle 2-core CPU, measured).
+patch 6 (CLS pooling; the MAE on pixel targets) and windows of 8 frames (clips have 24): MAE
+300 steps, fine-tuning 3000, each fusion stage 300 (10 min 20 s on an idle 2-core CPU, measured
+2026-11-24 with the same step counts).
 
 Arguments: variant (ViT name/patch), dataset (VA data of finetune and fusion), pretrain_dataset
 (faces for the MAE; mixture parts joined by '+'), pretrained (a workdir written by
@@ -160,9 +161,8 @@ def get_config(arg=None):
     c.finetune.batch_size = 32
     c.finetune.total_epochs = 0.0
     # The small ViT needs many epochs (3000 x 32 frames = 25 passes over the 3840 training
-    # frames) to generalise to the validation identities: val CCC -0.19 / 0.31 after a
-    # 600-step run; 0.12 / 0.69 at step 1000 and 0.50 / 0.67 at step 3000 of this one
-    # (measured, docs/mae_va.md).
+    # frames) to generalise to the validation identities: val CCC 0.41 / 0.90 at step 1000,
+    # 0.57 / 0.93 at 2000, 0.62 / 0.94 at 3000 (measured 2026-11-30, docs/mae_va.md).
     c.finetune.total_steps = 3000
     c.finetune.optimizer.lr = 1e-3
     c.finetune.optimizer.layer_decay = 0.9  # 4 blocks: embeddings get 0.9 ** 5 = 0.59 x lr
