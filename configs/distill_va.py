@@ -14,7 +14,8 @@ same architecture for 3 epochs each, with the loss
 prediction is the mean of the students' expectations. Adam lr 1e-4 (beta1 0.5, authors' code),
 x0.1 every 3 epochs; Aff-Wild2 (x0.2 in the mixture) + AFEW-VA; 112x112 crops; ResNet-50 with a
 128-unit head (arch=cnn) or the frozen binned CNN + bi-GRU(64) over 32-frame windows (arch=cnn_rnn,
-init_from a binned CNN workdir, which initialises teacher and students alike). Students train
+init_from a CNN workdir, which initialises teacher and students alike; with runlocal too, e.g. the
+`cnn` stage of configs/resnet_gru_va.py:runlocal with --config.model.width=32). Students train
 together in one jitted step (a list of modules called in one trace: one compile for all), so
 they see the same batches and differ by initialisation.
 
@@ -44,6 +45,7 @@ def get_config(arg=None):
     c = resnet_va.get_config('bins=20' + local)
   elif a.arch == 'cnn_rnn':
     c = resnet_gru_va.get_config(f'window={a.window}' + local)
+    del c['cnn']  # its CNN stage: here the CNN comes from --config.init_from
   else:
     raise ValueError(f'configs/distill_va.py: arch={a.arch!r}, use cnn or cnn_rnn')
   if not a.runlocal:

@@ -80,6 +80,8 @@ def test_configs_link_the_stages():
   assert c.fusion_video_only.model.visual.width == 64
   assert c.pretrain.image_size == c.finetune.model.image_size == 32
   assert c.fusion_video_only.model.visual.image_size == 32
+  c.vit.pool_type = 'gap'  # the head and the fusion read the same pooled feature
+  assert c.finetune.model.pool_type == c.fusion_video_only.model.visual.pool_type == 'gap'
   c.fusion.total_steps = 7  # the baseline trains exactly like the fusion stage ...
   assert c.fusion_video_only.total_steps == 7
   assert c.fusion.model.use_audio and not c.fusion_video_only.model.use_audio  # ... without audio

@@ -79,6 +79,9 @@ def temporal_case(data_dir):
   from configs import resnet_gru_va  # noqa: PLC0415
 
   c = resnet_gru_va.get_config('runlocal')
+  # The CNN-RNN stage alone (its CNN stage is the supervised case above), trained end to end.
+  c.recipe, c.frozen = '', ''
+  del c['cnn']
   c.input.data_dir = data_dir
   c.model.update(width=8, head_hidden=8, gru_hidden=8, dropout=0.3)
   c.image_size = 32

@@ -102,3 +102,28 @@ def _loop_step(graphdef, batch):
   return step
 
 
+
+
+def test_cnn_rnn_recipe_trains_the_cnn_then_the_gru_on_its_frozen_features(tmp_path):
+  from configs import resnet_gru_va  # noqa: PLC0415
+  from vaflax.trainers import cnn_rnn  # noqa: PLC0415
+
+  c = resnet_gru_va.get_config('runlocal')
+  c.model.width = 24  # one override reaches both stages (the CNN's size is linked)
+  cnn, gru = cnn_rnn.recipe_stages(c, str(tmp_path))
+  assert (cnn.name, gru.name) == ('cnn', 'cnn_rnn')
+  assert cnn.config.model_name == 'resnet' and cnn.config.input.window == 0
+  assert gru.config.model_name == 'temporal' and gru.config.input.window == 8
+  assert 'cnn' not in gru.config and gru.config.recipe == ''
+  for key in ('depth', 'width', 'head_hidden'):
+    assert cnn.config.model[key] == gru.config.model[key], key
+  assert cnn.config.model.width == 24 and cnn.config.image_size == gru.config.image_size == 64
+  assert gru.config.init_from == str(tmp_path / 'cnn')
+  assert gru.config.frozen == '(backbone|head)(/|$)'
+  # A trained CNN given: no CNN stage.
+  c.init_from = '/somewhere/cnn'
+  (only,) = cnn_rnn.recipe_stages(c, str(tmp_path))
+  assert only.name == 'cnn_rnn' and only.config.init_from == '/somewhere/cnn'
+  rec = cnn_rnn.summarize(c, str(tmp_path), {
+      'cnn': {'val/ccc_valence': 0.5, 'step': 3}, 'cnn_rnn': {'val/ccc_valence': 0.7}})
+  assert rec == {'cnn/val/ccc_valence': 0.5, 'val/ccc_valence': 0.7}

@@ -1,3 +1,3 @@
 """Every task of vaflax (vaflax/tasks.py registers them on import) and the multi-stage recipes."""
 
-from vaflax.trainers import distill, emofan, fusion, mae, mae_va, supervised  # noqa: F401
+from vaflax.trainers import cnn_rnn, distill, emofan, fusion, mae, mae_va, supervised  # noqa: F401
