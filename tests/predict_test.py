@@ -450,3 +450,18 @@ def test_the_run_records_its_crop_and_predict_cuts_it(predictor, synthetic_data_
   built = pipeline.dataset_info('synthetic_va', synthetic_data_dir).metadata['crop']
   assert recorded == dict(built) and recorded['size'] > 0
   assert predictor.crop_spec == faces.CropSpec.from_dict(recorded)
+
+
+def test_flip_tta_is_the_runs_switch(predictor, synthetic_data_dir):
+  """One rule for flip TTA (vaflax/tasks.py predict_fn): predict's --flip_tta sets the run's
+  config.eval.flip_tta, and the output is the mean over each crop and its mirror."""
+  assert predictor.flip is False
+  flipped = predict.Predictor(predictor.workdir, batch_size=8, data_dir=synthetic_data_dir,
+                              overrides=['eval.flip_tta=True'])
+  assert flipped.flip is True and flipped.config.eval.flip_tta is True
+  x = predictor.preprocess(skimage.data.astronaut()[60:175, 178:272])  # the model's input
+  plain = [predictor.result(predictor.dispatch([{'image': im}]))['va'][0]
+           for im in (x['image'], np.ascontiguousarray(x['image'][:, ::-1]))]
+  got = flipped.result(flipped.dispatch([x]))['va'][0]
+  assert np.abs(plain[0] - plain[1]).max() > 1e-4  # the untrained model is not mirror-symmetric
+  np.testing.assert_allclose(got, 0.5 * (plain[0] + plain[1]), rtol=1e-5, atol=1e-6)

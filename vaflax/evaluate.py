@@ -21,8 +21,6 @@ import sys
 
 import numpy as np
 
-from vaflax.tta import flip_tta
-
 # --- Outputs ------------------------------------------------------------------------------------
 
 
@@ -109,16 +107,12 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
 
   if data_dir:
     overrides = [*overrides, f'input.data_dir={data_dir}']
+  if flip:  # the run's own switch (tasks.predict_fn applies it), so nothing mirrors twice
+    overrides = [*overrides, 'eval.flip_tta=True']
   run = runs.load_run(workdir, checkpoint_step, overrides=overrides)
   workdir, config, step = run.workdir, run.config, run.step
-  predict_fn = None
-  if flip:
-    if config.eval.flip_tta:
-      print('config.eval.flip_tta is already on: the task mirrors itself', file=sys.stderr)
-    else:
-      predict_fn = flip_tta(tasks.get(config.task).predict_fn)
   eval_data = pipeline.EvalData(config, split, dataset=dataset)
-  eval_step = train.make_eval_step(config, run.graphdef, run.state_sharding, run.mesh, predict_fn)
+  eval_step = train.make_eval_step(config, run.graphdef, run.state_sharding, run.mesh)
   results, arrays = train.evaluate(eval_step, run.mesh, run.state, eval_data, prefix='')
 
   name = eval_data.name
@@ -133,7 +127,7 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
 
   record = {
       'workdir': workdir, 'checkpoint_step': step, 'dataset': name, 'split': split,
-      'flip_tta': bool(flip), 'model_name': config.model_name, 'task': config.task,
+      'flip_tta': tasks.flip_tta(config), 'model_name': config.model_name, 'task': config.task,
       'num_examples': eval_data.num_examples,
   }
   if arrays:
@@ -195,7 +189,8 @@ def main(argv=None) -> int:
   ap.add_argument('--dataset', default=None,
                   help="dataset to score (default: the first of the run's config.input.dataset)")
   ap.add_argument('--flip_tta', action='store_true',
-                  help='average the predictions on each image and its horizontal mirror')
+                  help='average the predictions on each image and its horizontal mirror '
+                  '(sets config.eval.flip_tta; a run trained with it on mirrors anyway)')
   ap.add_argument('--checkpoint_step', type=int, default=None, help='default: the latest')
   ap.add_argument('--output', default=None, help='output folder (default: WORKDIR/eval)')
   ap.add_argument('--data_dir', default=None, help='TFDS data dir (default: the run config\'s)')

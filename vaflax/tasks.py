@@ -21,6 +21,9 @@ class Task:
   make_model: Callable | None = None
   # (setup, state, eval_data, workdir, step) -> extra metrics after each evaluation (MAE PNGs)
   on_eval: Callable | None = None
+  # True when predict_fn applies config.eval.flip_tta itself (EmoFAN averages the heatmaps of the
+  # image and its mirror before decoding landmarks); otherwise `predict_fn` below wraps it.
+  mirrors_itself: bool = False
 
 
 class Registry:
@@ -54,3 +57,21 @@ def register(task: Task) -> Task:
 
 def get(name: str) -> Task:
   return TASKS.get(name)
+
+
+def predict_fn(config) -> Callable:
+  """The task's predict_fn under the run's evaluation rules, the one place they are applied:
+  with `config.eval.flip_tta` each output is the mean over the input and its mirror
+  (vaflax/tta.py). Training's evaluation, vaflax.evaluate and vaflax.predict all call this; their
+  `--flip_tta` flags set `config.eval.flip_tta`."""
+  from vaflax import tta  # noqa: PLC0415
+
+  task = get(config.task)
+  if flip_tta(config) and not task.mirrors_itself:
+    return tta.flip_tta(task.predict_fn)
+  return task.predict_fn
+
+
+def flip_tta(config) -> bool:
+  """config.eval.flip_tta; False for a run whose config predates the field."""
+  return bool(config.get('eval', {}).get('flip_tta', False))

@@ -112,10 +112,10 @@ def total_steps(config, steps_per_epoch: int) -> int:
   return total
 
 
-def make_eval_step(config, graphdef, model_sharding, mesh, predict_fn=None):
-  """jit of (model state, batch) -> the arrays `evaluate` pools; `predict_fn` replaces the task's
-  (e.g. vaflax.evaluate's flip TTA)."""
-  predict_fn = predict_fn or tasks.get(config.task).predict_fn
+def make_eval_step(config, graphdef, model_sharding, mesh):
+  """jit of (model state, batch) -> the arrays `evaluate` pools, from the task's predictions
+  under the run's evaluation rules (`tasks.predict_fn`: flip TTA when config.eval.flip_tta)."""
+  predict_fn = tasks.predict_fn(config)
 
   def eval_step(model_state, batch):
     model = nnx.merge(graphdef, model_state)

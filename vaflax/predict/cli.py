@@ -49,7 +49,9 @@ def main(argv=None) -> int:
   ap.add_argument('--save_crops', action='store_true',
                   help='also write each model-input crop to <stem>_crops/<frame>_<face_id>.png')
   ap.add_argument('--no_plots', action='store_true')
-  ap.add_argument('--flip_tta', action='store_true')
+  ap.add_argument('--flip_tta', action='store_true',
+                  help='mean over each crop and its mirror (sets config.eval.flip_tta; a run '
+                  'trained with it on, EmoFAN, mirrors anyway)')
   ap.add_argument('--batch_size', type=int, default=32)
   ap.add_argument('--workers', type=int, default=2,
                   help='decoding threads: inputs decoded and searched while the model runs')
@@ -72,6 +74,8 @@ def main(argv=None) -> int:
     return _main_merge(a.output)
   if not a.workdir or not a.input:
     ap.error('--workdir and --input are required (except with --merge)')
+  if a.flip_tta:  # the run's own switch: every path (videos, --cropped) follows it
+    overrides = [*overrides, 'eval.flip_tta=True']
   if a.cropped:
     return _main_cropped(a, overrides)
   opts = Options(frame_stride=a.frame_stride, smooth=a.smooth, smooth_window=a.smooth_window,
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
     shard = collection.parse_shard(a.shard)
     collection.list_inputs(a.input)  # fail on a missing input before loading the model
     predictor = Predictor(a.workdir, checkpoint_step=a.checkpoint_step, batch_size=a.batch_size,
-                          flip=a.flip_tta, crop_size=a.crop_size or None, crop_margin=a.crop_margin,
+                          crop_size=a.crop_size or None, crop_margin=a.crop_margin,
                           data_dir=a.data_dir, overrides=overrides)
     res = collection.run(predictor, a.input, a.output, opts, shard=shard,
                          overwrite=a.overwrite, workers=a.workers, log=log)

@@ -31,12 +31,12 @@ class Predictor:
   """A run's model restored on one device, with the crop and preprocessing of its training data."""
 
   def __init__(self, workdir: str, *, checkpoint_step: int | None = None, batch_size: int = 32,
-               flip: bool = False, crop_size: int | None = None,
+               crop_size: int | None = None,
                crop_margin: float | None = None, data_dir: str | None = None, overrides=()):
     import jax  # noqa: PLC0415 -- after flag parsing
     from flax import nnx  # noqa: PLC0415
 
-    from vaflax import runs, tasks, tta  # noqa: PLC0415
+    from vaflax import runs, tasks  # noqa: PLC0415
     from vaflax.data import ops as ops_lib  # noqa: PLC0415
 
     if data_dir:
@@ -58,10 +58,10 @@ class Predictor:
     if crop_margin is not None:
       self.crop_spec = dataclasses.replace(self.crop_spec, margin=float(crop_margin))
     model_def, self._state = nnx.split(run.model())
-    predict_fn = tasks.get(config.task).predict_fn
-    if flip:
-      predict_fn = tta.flip_tta(predict_fn)
-    self.flip = flip
+    # Flip TTA follows the run's config.eval.flip_tta (predict's --flip_tta sets it), as in
+    # training's evaluation and vaflax.evaluate: one rule, tasks.predict_fn.
+    predict_fn = tasks.predict_fn(config)
+    self.flip = tasks.flip_tta(config)
 
     def fwd(model_state, batch):
       out = predict_fn(nnx.merge(model_def, model_state), batch, config)

@@ -127,7 +127,7 @@ def predict_fn(model, batch, config):
   (synthetic_va; AffectNet but for malformed rows), else divide by val/landmarks_frac.
   """
   fn = _outputs
-  if config.eval.flip_tta:
+  if tasks.flip_tta(config):
     # The mirror permutation is defined for the iBUG-68 markup only: with another markup the
     # heatmaps (and landmarks) are those of the image alone.
     unmirror = {'heatmaps': fan.flip_heatmaps} if model.num_landmarks == 68 else {}
@@ -143,4 +143,4 @@ def predict_fn(model, batch, config):
   return res
 
 
-TASK = tasks.register(tasks.Task('emofan', loss_fn, predict_fn))
+TASK = tasks.register(tasks.Task('emofan', loss_fn, predict_fn, mirrors_itself=True))
