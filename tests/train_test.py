@@ -60,43 +60,6 @@ def test_the_loop_learns_va_on_the_synthetic_set(tmp_path, synthetic_data_dir):
   assert m['val/ccc_arousal'] > 0.6 and m['val/ccc_mean'] > 0.45, m
 
 
-class _StopAfter:
-  """Stands in for the SIGTERM flag: reads True from the k-th check on (a preemption at step k)."""
-
-  def __init__(self, k):
-    self.k, self.n = k, 0
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    pass
-
-  @property
-  def set(self):
-    self.n += 1
-    return self.n >= self.k
-
-
-def test_resume_after_preemption_is_bit_identical(tmp_path, synthetic_data_dir, monkeypatch):
-  c = tiny_config(synthetic_data_dir, total_steps=6, checkpoint_every_steps=4, eval_every_steps=6)
-  train.train_and_evaluate(c, str(tmp_path / 'straight'))
-  monkeypatch.setattr(train, '_SigtermFlag', lambda: _StopAfter(3))
-  with pytest.raises(train.Preempted) as e:
-    train.train_and_evaluate(c, str(tmp_path / 'cut'))
-  assert e.value.step == 3 and e.value.code == train.PREEMPTED_EXIT_CODE
-  monkeypatch.setattr(train, '_SigtermFlag', lambda: _StopAfter(10**9))
-  train.train_and_evaluate(c, str(tmp_path / 'cut'))
-  s1, p1 = _final_params(str(tmp_path / 'straight'))
-  s2, p2 = _final_params(str(tmp_path / 'cut'))
-  assert s1 == s2 == 6
-  for a, b in zip(p1, p2, strict=True):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  m1 = [r for r in map(json.loads, open(tmp_path / 'straight' / 'metrics.jsonl')) if 'val/ccc_valence' in r]
-  m2 = [r for r in map(json.loads, open(tmp_path / 'cut' / 'metrics.jsonl')) if 'val/ccc_valence' in r]
-  assert m1[-1] == m2[-1]
-
-
 def _run_steps(config, batches, num_devices, fsdp=1):
   config.mesh.num_devices = num_devices
   config.mesh.fsdp = fsdp
