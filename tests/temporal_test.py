@@ -1,8 +1,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
+from vaflax import checkpoint as ckpt_lib
 from vaflax.models import resnet, temporal
 
 
@@ -87,6 +89,31 @@ def test_parameter_paths_match_the_cnn_for_init_from():
   assert len(shared) > 50
   for p in shared:
     assert cnn_flat[p] == t_flat[p], p
+
+
+@pytest.mark.parametrize('num_bins', [0, 20])
+def test_residual_model_starts_at_the_cnn_and_its_correction_learns(num_bins):
+  """residual=True: with the CNN's weights loaded, the output at step 0 is the CNN's per-frame
+  prediction exactly (zero-initialised correction); the correction gets a gradient and, once
+  non-zero, makes frame t depend on the other frames of the window."""
+  cnn = resnet.Model(depth=18, width=8, head_hidden=8, num_bins=num_bins, rngs=nnx.Rngs(1))
+  m = _tiny(num_bins=num_bins, residual=True)
+  report = ckpt_lib.transfer_weights(ckpt_lib.flat_weights(cnn), m)
+  assert 'head/out/kernel' in report.loaded
+  cnn.eval()
+  m.eval()
+  frames = jnp.asarray(_frames())
+  per_frame = nnx.jit(lambda c, x: c({'image': x})['va'])(cnn, frames.reshape(-1, 32, 32, 3))
+  apply = nnx.jit(lambda m, x: m({'frames': x})['va'])
+  np.testing.assert_allclose(np.asarray(apply(m, frames)).reshape(-1, 2), np.asarray(per_frame),
+                             atol=1e-6)
+  grads = nnx.jit(nnx.grad(lambda m, x: jnp.mean(m({'frames': x})['va'] ** 3)))(m, frames)
+  assert np.abs(np.asarray(grads['correction']['kernel'][...])).max() > 0
+  m.correction.kernel[...] = jnp.asarray(
+      np.random.default_rng(0).normal(size=m.correction.kernel.shape), jnp.float32)
+  later = frames.at[:, 4].multiply(-1.0)
+  d = np.abs(np.asarray(apply(m, later)) - np.asarray(apply(m, frames)))
+  assert np.all(d[:, 0] > 1e-7)  # frame 0 now sees frame 4
 
 
 def _loop_step(graphdef, batch):
