@@ -92,10 +92,10 @@ def test_parameter_paths_match_the_cnn_for_init_from():
 
 
 @pytest.mark.parametrize('num_bins', [0, 20])
-def test_residual_model_starts_at_the_cnn_and_its_correction_learns(num_bins):
+def test_residual_model_starts_at_the_cnn_then_reads_the_window(num_bins):
   """residual=True: with the CNN's weights loaded, the output at step 0 is the CNN's per-frame
-  prediction exactly (zero-initialised correction); the correction gets a gradient and, once
-  non-zero, makes frame t depend on the other frames of the window."""
+  prediction exactly (zero-initialised correction); a non-zero correction makes frame t depend
+  on the other frames of the window."""
   cnn = resnet.Model(depth=18, width=8, head_hidden=8, num_bins=num_bins, rngs=nnx.Rngs(1))
   m = _tiny(num_bins=num_bins, residual=True)
   report = ckpt_lib.transfer_weights(ckpt_lib.flat_weights(cnn), m)
@@ -107,8 +107,6 @@ def test_residual_model_starts_at_the_cnn_and_its_correction_learns(num_bins):
   apply = nnx.jit(lambda m, x: m({'frames': x})['va'])
   np.testing.assert_allclose(np.asarray(apply(m, frames)).reshape(-1, 2), np.asarray(per_frame),
                              atol=1e-6)
-  grads = nnx.jit(nnx.grad(lambda m, x: jnp.mean(m({'frames': x})['va'] ** 3)))(m, frames)
-  assert np.abs(np.asarray(grads['correction']['kernel'][...])).max() > 0
   m.correction.kernel[...] = jnp.asarray(
       np.random.default_rng(0).normal(size=m.correction.kernel.shape), jnp.float32)
   later = frames.at[:, 4].multiply(-1.0)
@@ -147,6 +145,8 @@ def test_cnn_rnn_recipe_trains_the_cnn_then_the_gru_on_its_frozen_features(tmp_p
   assert cnn.config.model.width == 24 and cnn.config.image_size == gru.config.image_size == 64
   assert gru.config.init_from == str(tmp_path / 'cnn')
   assert gru.config.frozen == '(backbone|head)(/|$)'
+  # runlocal: our residual head; the paper config keeps Deng et al.'s plain GRU head.
+  assert gru.config.model.residual and not resnet_gru_va.get_config().model.residual
   # A trained CNN given: no CNN stage.
   c.init_from = '/somewhere/cnn'
   (only,) = cnn_rnn.recipe_stages(c, str(tmp_path))
