@@ -46,6 +46,9 @@ def get_config(arg=None):
   elif a.arch == 'cnn_rnn':
     c = resnet_gru_va.get_config(f'window={a.window}' + local)
     del c['cnn']  # its CNN stage: here the CNN comes from --config.init_from
+    # The paper's GRU head: resnet_gru_va:runlocal's residual head (ours) would need the CNN's
+    # readout, and a binned student cannot take a tanh CNN's (docs/deng2020.md).
+    c.model.residual = False
   else:
     raise ValueError(f'configs/distill_va.py: arch={a.arch!r}, use cnn or cnn_rnn')
   if not a.runlocal:

@@ -28,7 +28,8 @@ CNN-RNN's val/* and the CNN's as cnn/val/*.
 
 Arguments: window (T frames per example), freeze (keep the CNN fixed), dataset,
 runlocal (synthetic set: the CNN is configs/resnet_va.py:runlocal itself, ResNet-18 of width 32
-at 64 px, then the bi-GRU on its frozen features over windows of 8; docs/deng2020.md).
+at 64 px, then the bi-GRU on its frozen features over windows of 8, as a residual correction of
+the CNN's own prediction: `model.residual`, ours, not the paper's; docs/deng2020.md).
 """
 
 from configs import common, resnet_va
@@ -46,6 +47,8 @@ def get_config(arg=None):
   c.model.head_hidden = 128  # CNN head hidden units = GRU input size (Deng et al. 2020)
   c.model.gru_hidden = 64  # GRU units per direction (authors' code: hidden_size // 2)
   c.model.num_bins = 20  # bins per dimension on [-1, 1] (Deng et al. 2020)
+  # Ours, not the paper's: the GRU corrects the frozen CNN's own readout (models/temporal.py).
+  c.model.residual = False
   # The CNN (ResNet + its frame embedding) fixed: no gradient, BatchNorm on running averages.
   c.frozen = '(backbone|head)(/|$)' if a.freeze else ''
   c.model.dropout = 0.0  # dropout on the 128-d frame features
@@ -79,6 +82,9 @@ def get_config(arg=None):
     c.model.head_hidden = 128
     c.model.gru_hidden = 32
     c.model.num_bins = 0  # the runlocal CNN's head: tanh regression
+    # Ours: the GRU corrects the CNN's own frozen prediction (zero-initialised correction), so
+    # the CNN-RNN starts at the CNN; the plain head ended below it on arousal (docs/deng2020.md).
+    c.model.residual = True
     c.loss.binned_weight = 0.0
     c.input.window = 8
     c.input.window_stride = 4  # overlapping windows: 5 per 24-frame training clip

@@ -1,8 +1,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
+from vaflax import checkpoint as ckpt_lib
 from vaflax.models import resnet, temporal
 
 
@@ -89,6 +91,29 @@ def test_parameter_paths_match_the_cnn_for_init_from():
     assert cnn_flat[p] == t_flat[p], p
 
 
+@pytest.mark.parametrize('num_bins', [0, 20])
+def test_residual_model_starts_at_the_cnn_then_reads_the_window(num_bins):
+  """residual=True: with the CNN's weights loaded, the output at step 0 is the CNN's per-frame
+  prediction exactly (zero-initialised correction); a non-zero correction makes frame t depend
+  on the other frames of the window."""
+  cnn = resnet.Model(depth=18, width=8, head_hidden=8, num_bins=num_bins, rngs=nnx.Rngs(1))
+  m = _tiny(num_bins=num_bins, residual=True)
+  report = ckpt_lib.transfer_weights(ckpt_lib.flat_weights(cnn), m)
+  assert 'head/out/kernel' in report.loaded
+  cnn.eval()
+  m.eval()
+  frames = jnp.asarray(_frames())
+  per_frame = nnx.jit(lambda c, x: c({'image': x})['va'])(cnn, frames.reshape(-1, 32, 32, 3))
+  apply = nnx.jit(lambda m, x: m({'frames': x})['va'])
+  np.testing.assert_allclose(np.asarray(apply(m, frames)).reshape(-1, 2), np.asarray(per_frame),
+                             atol=1e-6)
+  m.correction.kernel[...] = jnp.asarray(
+      np.random.default_rng(0).normal(size=m.correction.kernel.shape), jnp.float32)
+  later = frames.at[:, 4].multiply(-1.0)
+  d = np.abs(np.asarray(apply(m, later)) - np.asarray(apply(m, frames)))
+  assert np.all(d[:, 0] > 1e-7)  # frame 0 now sees frame 4
+
+
 def _loop_step(graphdef, batch):
   """The train loop's pattern: jax.jit over nnx.merge + model.train() + nnx.value_and_grad."""
 
@@ -120,6 +145,8 @@ def test_cnn_rnn_recipe_trains_the_cnn_then_the_gru_on_its_frozen_features(tmp_p
   assert cnn.config.model.width == 24 and cnn.config.image_size == gru.config.image_size == 64
   assert gru.config.init_from == str(tmp_path / 'cnn')
   assert gru.config.frozen == '(backbone|head)(/|$)'
+  # runlocal: our residual head; the paper config keeps Deng et al.'s plain GRU head.
+  assert gru.config.model.residual and not resnet_gru_va.get_config().model.residual
   # A trained CNN given: no CNN stage.
   c.init_from = '/somewhere/cnn'
   (only,) = cnn_rnn.recipe_stages(c, str(tmp_path))

@@ -69,7 +69,11 @@ class VAHead(nnx.Module):
     return h if self.dropout is None else self.dropout(h)
 
   def readout(self, h_xD):
-    y = self.out(h_xD)
+    return self.decode(self.out(h_xD))
+
+  def decode(self, y):
+    """The readout's raw outputs (..., n_out) -> va [+ logits]; models/temporal.py adds a
+    correction to them before decoding (its residual head)."""
     n_va = 2 * self.num_bins if self.num_bins else 2
     out = {}
     if self.num_bins:

@@ -7,6 +7,12 @@ As in the authors' code (Multitask-CNN-RNN: `Seq_Model` over the head features, 
 bi-GRU(128 -> 64) -> ReLU -> Linear) the GRU reads the head's hidden features, not the 2048-d
 pooled backbone features.
 
+`residual=True` (ours, not Deng et al.'s): the CNN's own readout is kept (`head/out`, loaded
+and frozen with the rest of the CNN) and the GRU only adds a correction to its raw outputs
+(tanh input, or bin logits) through a zero-initialised linear layer, so the CNN-RNN starts
+exactly at the CNN's per-frame prediction and learns only what the window adds
+(docs/deng2020.md, issue 17).
+
 Parameter paths `backbone/...` and `head/hidden/...` equal those of `resnet.Model`, so
 `config.init_from=<CNN workdir>` loads the trained CNN; configs/resnet_gru_va.py then freezes
 it with config.frozen (no gradient, BatchNorm on its running averages, head dropout off), as the
@@ -60,15 +66,23 @@ class Model(nnx.Module):
   def __init__(self, *, depth: int = 50, width: int = 64, head_hidden: int = 128,
                gru_hidden: int = 64, num_bins: int = losses.NUM_VA_BINS,
                dropout: float = 0.0, dtype: str = 'float32', zero_init_residual: bool = False,
-               remat: bool = False, rngs: nnx.Rngs):
+               remat: bool = False, residual: bool = False, rngs: nnx.Rngs):
     self.num_bins = num_bins
+    self.residual = residual
     self.backbone = resnet.ResNet(depth, width=width, dtype=jnp.dtype(dtype),
                                   zero_init_residual=zero_init_residual, remat=remat, rngs=rngs)
-    # The CNN's head without its readout: the frame embedding (parameter path head/hidden).
-    self.head = heads.VAHead(self.backbone.num_features, head_hidden, readout=False,
-                             dropout=dropout, rngs=rngs)
+    # The CNN's head: the frame embedding (parameter path head/hidden), and with `residual` its
+    # readout too (head/out), whose raw outputs the GRU corrects.
+    self.head = heads.VAHead(self.backbone.num_features, head_hidden, num_bins=num_bins,
+                             readout=residual, dropout=dropout, rngs=rngs)
     self.gru = BiGRU(head_hidden, gru_hidden, rngs=rngs)
-    self.out = heads.VAHead(2 * gru_hidden, num_bins=num_bins, rngs=rngs)
+    if residual:
+      # Zero-initialised: the model's output at step 0 is the CNN's, for any GRU weights.
+      n_out = 2 * num_bins if num_bins else 2
+      self.correction = nnx.Linear(2 * gru_hidden, n_out, kernel_init=nnx.initializers.zeros,
+                                   rngs=rngs)
+    else:
+      self.out = heads.VAHead(2 * gru_hidden, num_bins=num_bins, rngs=rngs)
 
   def embed_frames(self, frames_BxTxHxWx3):
     B = frames_BxTxHxWx3.shape[0]
@@ -84,4 +98,8 @@ class Model(nnx.Module):
     e_BxTxD = self.embed_frames(frames)
     lengths_B = window_lengths(batch['frame_mask']) if 'frame_mask' in batch else None
     h_BxTx2R = nnx.relu(self.gru(e_BxTxD, lengths_B))
+    if self.residual:
+      # Raw readout outputs: 2K bin logits (K = 1 for the tanh head: the 2 tanh inputs).
+      y_BxTx2K = self.head.out(e_BxTxD) + self.correction(h_BxTx2R)
+      return dict(self.head.decode(y_BxTx2K), features=e_BxTxD)
     return dict(self.out(h_BxTx2R), features=e_BxTxD)
