@@ -81,19 +81,13 @@ def _stem_max_pool_bwd(res, g_BxhxwxC):
   b, h, w, c = x.shape
   _, ho, wo, _ = y.shape
   taps = _pool_taps(x)
-  # The first window offset (row-major) holding the maximum, one int8 per output. The barrier
-  # keeps it one array: fused into its consumers, XLA:CPU re-ran the nine compares for each of
-  # the nine shares, and each input element reads up to four windows (~3 % of a ResNet-18 train
-  # step, benchmarks/RESULTS.md, "CPU: convolution backward").
-  first_BxhxwxC = jnp.full(y.shape, _POOL_K * _POOL_K, jnp.int8)
-  for t in reversed(range(_POOL_K * _POOL_K)):
-    first_BxhxwxC = jnp.where(taps[t // _POOL_K][t % _POOL_K] == y, jnp.int8(t), first_BxhxwxC)
-  first_BxhxwxC = lax.optimization_barrier(first_BxhxwxC)
+  taken = jnp.zeros(y.shape, bool)
   share = {}  # (i, j) -> the gradient that window offset (i, j) receives, (B, ho, wo, C)
   for i in range(_POOL_K):
     for j in range(_POOL_K):
-      share[i, j] = jnp.where(first_BxhxwxC == i * _POOL_K + j, g_BxhxwxC,
-                              jnp.zeros_like(g_BxhxwxC))
+      hit = (taps[i][j] == y) & ~taken
+      taken = taken | hit
+      share[i, j] = jnp.where(hit, g_BxhxwxC, jnp.zeros_like(g_BxhxwxC))
 
   def at(i, j):  # offset (i, j) of output (oh, ow) is padded input (2 oh + i, 2 ow + j): parity
     # (i % 2, j % 2), cell (oh + i // 2, ow + j // 2) of a (ho + 1, wo + 1) grid of 2x2 cells.
