@@ -13,6 +13,10 @@ of fixed random data. The JAX side is vaflax's own jitted step (`vaflax.train.ma
 configs/resnet_va.py:variant=18: donation, grad norm and the non-finite guard included). The
 PyTorch side runs NCHW and channels_last.
 
+`--malloc retain` runs every worker with glibc settings that keep freed memory (_RETAIN_MALLOC):
+the per-step page faults and kernel time this saves are reported for each side (sys_ms_median,
+page_faults_median).
+
 The workers start once (compile / warm-up), then run in turn, A B C A B C ..., --steps steps
 per turn, for --rounds rounds, so that the load of a shared machine hits every side alike. Each
 worker reports wall-clock and process CPU time per step; the summary gives medians over all
@@ -24,11 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
 
 BATCH, SIZE = 32, 112
+
+# glibc malloc settings (read at process start) that keep freed memory for reuse: one arena
+# (XLA:CPU runs the step on a thread of its own, whose arena would map big blocks anyway), no
+# mmap'd blocks, no trimming. `--malloc retain` gives them to every worker alike.
+_RETAIN_MALLOC = {'MALLOC_ARENA_MAX': '1', 'MALLOC_MMAP_MAX_': '0',
+                  'MALLOC_TRIM_THRESHOLD_': str(2**40)}
 
 
 def _batch_numpy():
@@ -168,13 +179,17 @@ def _serve(run_one, hello):
     cmd = line.split()
     if not cmd or cmd[0] == 'quit':
       break
-    wall, cpu = [], []
+    wall, cpu, sys_, faults = [], [], [], []
     for _ in range(int(cmd[1])):
-      t, c = time.perf_counter(), time.process_time()
+      t, c, u = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
       run_one()
       wall.append(time.perf_counter() - t)
       cpu.append(time.process_time() - c)
-    print(json.dumps({'wall': wall, 'cpu': cpu, 'load1': os.getloadavg()[0]}), flush=True)
+      v = resource.getrusage(resource.RUSAGE_SELF)
+      sys_.append(v.ru_stime - u.ru_stime)
+      faults.append(v.ru_minflt - u.ru_minflt)
+    print(json.dumps({'wall': wall, 'cpu': cpu, 'sys': sys_, 'minflt': faults,
+                      'load1': os.getloadavg()[0]}), flush=True)
 
 
 # --- orchestrator ---------------------------------------------------------------------------------
@@ -200,6 +215,11 @@ def main():
   ap.add_argument('--conv_impl', default='auto',
                   help="the ResNet's conv_impl (vaflax/models/resnet.py): 'auto' (= 'cpu' here) or "
                        "'xla' (XLA's own convolution gradients, for comparison)")
+  ap.add_argument('--malloc', default='default', choices=('default', 'retain'),
+                  help="'retain': every worker runs with glibc keeping freed memory (one arena, "
+                       "no mmap, no trim; _RETAIN_MALLOC). XLA:CPU allocates a step's temporaries "
+                       "(~300 MB here) as one block, which glibc otherwise maps and unmaps every "
+                       "step: ~75k page faults and ~0.1 s of kernel time per step")
   ap.add_argument('--json', default='', help='also write the summary here')
   ap.add_argument('--worker', default='', help=argparse.SUPPRESS)
   args = ap.parse_args()
@@ -217,6 +237,8 @@ def main():
     args.threads = 1
     env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=false '
                         'intra_op_parallelism_threads=1').strip()
+  if args.malloc == 'retain':
+    env.update(_RETAIN_MALLOC)
   procs = {}
   for side in args.sides.split(','):
     py = sys.executable if side == 'jax' else args.torch_python
@@ -228,6 +250,8 @@ def main():
   load_start = os.getloadavg()
   wall = {s: [] for s in procs}
   cpu = {s: [] for s in procs}
+  sys_ = {s: [] for s in procs}
+  faults = {s: [] for s in procs}
   round_medians = {s: [] for s in procs}
   for r in range(args.rounds):
     for s, p in procs.items():
@@ -236,6 +260,8 @@ def main():
       res = json.loads(p.stdout.readline())
       wall[s] += res['wall']
       cpu[s] += res['cpu']
+      sys_[s] += res['sys']
+      faults[s] += res['minflt']
       round_medians[s].append(_median(res['wall']))
     print(f'round {r}: ' + '  '.join(f'{s} {1e3 * round_medians[s][-1]:.0f} ms' for s in procs)
           + f'  (load {os.getloadavg()[0]:.1f})', file=sys.stderr, flush=True)
@@ -249,10 +275,13 @@ def main():
       'rounds': args.rounds, 'steps_per_round': args.steps,
       'load_average_start': load_start, 'load_average_end': os.getloadavg(),
       'cpu_count': os.cpu_count(), 'threads': args.threads, 'pin_cpu': args.pin_cpu,
+      'malloc': args.malloc,
       'workers': hello,
       'wall_ms_median': {s: 1e3 * _median(v) for s, v in wall.items()},
       'wall_ms_min': {s: 1e3 * min(v) for s, v in wall.items()},
       'cpu_ms_median': {s: 1e3 * _median(v) for s, v in cpu.items()},
+      'sys_ms_median': {s: 1e3 * _median(v) for s, v in sys_.items()},
+      'page_faults_median': {s: _median(v) for s, v in faults.items()},
   }
   if 'jax' in procs:
     j = summary['wall_ms_median']['jax']
