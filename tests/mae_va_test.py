@@ -39,7 +39,6 @@ def _tiny_recipe(data_dir):
   c.tensorboard = False
   c.test_split = 'test'
   _shrink(c.pretrain, 2, batch=32)  # the runlocal MAE config, a few steps
-  c.pretrain.input.dataset = 'synthetic_va'  # the test data dir has no synthetic_va_large
   c.pretrain.model.update(decoder_width=16, decoder_depth=1, decoder_num_heads=2)
   _shrink(c.finetune, 2, batch=32)
   _shrink(c.fusion, 2)

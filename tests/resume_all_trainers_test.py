@@ -133,7 +133,6 @@ def mae_va_case(data_dir):
   c.tensorboard = False
   c.test_split = ''
   _loop(c.pretrain, 4, 16)
-  c.pretrain.input.dataset = 'synthetic_va'  # the test data dir has no synthetic_va_large
   c.pretrain.model.update(decoder_width=16, decoder_depth=1, decoder_num_heads=2)
   _loop(c.finetune, 4, 8)
   c.finetune.model.drop_path = 0.2  # stochastic depth: a random stream that must resume
