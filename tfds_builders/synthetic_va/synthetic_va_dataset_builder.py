@@ -24,6 +24,7 @@ SPLITS = {'train': (160, 0), 'validation': (24, 100_000), 'test': (24, 200_000)}
 class Builder(tfds.core.GeneratorBasedBuilder):
   """Procedurally generated faces + voice with per-frame valence/arousal."""
 
+  SPLITS = SPLITS  # (clips, seed offset) per split; a subclass may draw more clips (synthetic_va_large)
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
 
@@ -40,10 +41,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    return bu.non_empty_splits(self, {name: self._generate_examples(name) for name in SPLITS})
+    return bu.non_empty_splits(self, {name: self._generate_examples(name) for name in self.SPLITS})
 
   def _generate_examples(self, split):
-    num_clips, offset = SPLITS[split]
+    num_clips, offset = self.SPLITS[split]
     writer = bu.SplitWriter(split)
     for c in range(num_clips):
       frames, lms, va, audio = sf.make_clip(

@@ -22,7 +22,7 @@ from absl import app, flags, logging
 import tfds_builders
 
 DEFAULT_DATA_DIR = os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
-NO_DOWNLOAD = {'synthetic_va'}  # builders that need no manual_dir
+NO_DOWNLOAD = {'synthetic_va', 'synthetic_va_large'}  # builders that need no manual_dir
 
 
 def available() -> list[str]:
