@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import tiny_config
 from PIL import Image
+from resume_all_trainers_test import _compile_cache  # noqa: F401 -- module fixture: shared compiles
 
 from vaflax import checkpoint as ckpt_lib
 from vaflax import predict, train

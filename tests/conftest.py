@@ -19,33 +19,6 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 
-def _run_root(tmp_path_factory):
-  """The run's base temp dir, common to its pytest-xdist workers."""
-  root = tmp_path_factory.getbasetemp()
-  return root.parent if os.environ.get('PYTEST_XDIST_WORKER') else root
-
-
-@pytest.fixture(scope='session', autouse=True)
-def _xla_compilation_cache(tmp_path_factory):
-  """One persistent XLA compilation cache for the run, shared by the xdist workers and the
-  subprocesses they start (through the JAX_* environment). Tests build the same tiny models again
-  and again (`tiny_config`): a repeated compile becomes a file read. The size limit turns on
-  JAX's file lock (the `filelock` package), so no worker reads a half-written entry; a broken
-  entry would only be recompiled (JAX warns). Cached and fresh executables are the same binary,
-  so bit-identical resume tests are unaffected."""
-  from jax.experimental.compilation_cache import compilation_cache  # noqa: PLC0415
-
-  settings = {'jax_compilation_cache_dir': str(_run_root(tmp_path_factory) / 'xla_cache'),
-              'jax_persistent_cache_min_compile_time_secs': 0.0,
-              'jax_persistent_cache_min_entry_size_bytes': 0,
-              'jax_compilation_cache_max_size': 16 << 30}
-  for name, value in settings.items():
-    jax.config.update(name, value)
-    os.environ[name.upper()] = str(value)
-  compilation_cache.reset_cache()
-  yield
-
-
 @pytest.fixture(scope='session')
 def synthetic_data_dir(tmp_path_factory):
   """synthetic_va built once per test run (about 25 s), shared by the pytest-xdist workers: the
@@ -55,7 +28,9 @@ def synthetic_data_dir(tmp_path_factory):
 
   from vaflax.data import build  # noqa: PLC0415
 
-  root = _run_root(tmp_path_factory)
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # the run's base temp, common to its workers
   d, done = root / 'tfds_shared', root / 'tfds_shared.built'
   try:
     os.mkdir(root / 'tfds_shared.lock')
