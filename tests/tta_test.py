@@ -56,6 +56,7 @@ def test_the_run_config_is_the_one_switch():
     return {'va': batch['image'][:, 0, :2, 0]}  # columns 0 and 1: not mirror-symmetric
 
   for name, mirrors_itself in (('tta_probe', False), ('tta_probe_self', True)):
+    tasks.TASKS.entries.pop(name, None)  # the registry refuses a second, different entry
     tasks.register(tasks.Task(name, None, probe, mirrors_itself=mirrors_itself))
   img = np.arange(2 * 3 * 4 * 1, dtype=np.float32).reshape(2, 3, 4, 1)
   plain, mirrored = img[:, 0, :2, 0], img[:, 0, ::-1][:, :2, 0]

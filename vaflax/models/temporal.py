@@ -78,9 +78,8 @@ class Model(nnx.Module):
     self.gru = BiGRU(head_hidden, gru_hidden, rngs=rngs)
     if residual:
       # Zero-initialised: the model's output at step 0 is the CNN's, for any GRU weights.
-      n_out = 2 * num_bins if num_bins else 2
-      self.correction = nnx.Linear(2 * gru_hidden, n_out, kernel_init=nnx.initializers.zeros,
-                                   rngs=rngs)
+      self.correction = nnx.Linear(2 * gru_hidden, self.head.out.out_features,
+                                   kernel_init=nnx.initializers.zeros, rngs=rngs)
     else:
       self.out = heads.VAHead(2 * gru_hidden, num_bins=num_bins, rngs=rngs)
 
