@@ -7,7 +7,9 @@ replaced by a stub that fires after a chosen number of steps (deterministic, unl
 a timer) -- and re-run until it finishes. Multi-stage runners are preempted in an earlier and in a
 later stage; a re-run must not redo a finished stage. Every checkpoint directory of the cut run
 (stages and exported inits) must end with the same step and bit-identical arrays, and its
-metrics.jsonl and final_metrics.json must hold the same numbers as the straight run's.
+metrics.jsonl and final_metrics.json must hold the same numbers as the straight run's. The
+straight runs of the two multi-stage recipes (distill, mae_va) are also checked end to end: what
+each stage produced and how the weights flow between stages.
 
 Single-stage configs also resume after a simulated SIGKILL: the workdir as a kill at step k
 leaves it (checkpoints up to the last periodic one, metrics up to k, and a half-written
@@ -131,7 +133,7 @@ def mae_va_case(data_dir):
   patch = c.vit.get('patch_size') or int(c.vit.variant.split('/')[-1])
   c.image_size = 3 * patch  # 3x3 patches
   c.tensorboard = False
-  c.test_split = ''
+  c.test_split = 'test'  # the recipe's test-split records, checked by check_recipe_run
   _loop(c.pretrain, 4, 16)
   c.pretrain.model.update(decoder_width=16, decoder_depth=1, decoder_num_heads=2)
   _loop(c.finetune, 4, 8)
@@ -139,7 +141,6 @@ def mae_va_case(data_dir):
   _loop(c.fusion, 4, 4)  # fusion_video_only follows it (linked fields)
   _tiny_fusion(c.fusion)
   c.fusion.model.drop_path = 0.2
-  c.pretrain.input.eval_split = c.finetune.input.eval_split = ''  # the fusion stages evaluate
   return c, stages_lib.run
 
 
@@ -333,8 +334,12 @@ def test_preempted_at_random_steps_resumes_bit_identical(name, tmp_path, referen
       prev = kills[i - 1][0]
       assert h.calls[0] == prev and set(h.calls).isdisjoint(stages[:stages.index(prev)]), h.calls
   assert_same_run(ref, cut)
-  if name == 'distill':  # the straight run is there already: check what the recipe produced
+  # The straight run is there already: check what the multi-stage recipes produced.
+  if name == 'distill':
     _check_distill_run(ref)
+  if name == 'mae_va':
+    from mae_va_test import check_recipe_run  # noqa: PLC0415
+    check_recipe_run(ref, config, str(tmp_path))
 
 
 def _check_distill_run(wd):
