@@ -51,6 +51,8 @@ def _flat(module):
 def test_configs_link_the_stages():
   c = mae_va.get_config('runlocal')
   c.lock()
+  assert {c[s].input.dataset for s in ('pretrain', 'finetune', 'fusion', 'fusion_video_only')} == {
+      mae_va.RUNLOCAL_DATASET}  # one synthetic set for every stage
   c.vit.width = 64  # one ViT for every stage
   c.image_size = 32
   assert c.pretrain.model.width == c.finetune.model.width == c.fusion.model.visual.width == 64

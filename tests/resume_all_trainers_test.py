@@ -129,6 +129,8 @@ def mae_va_case(data_dir):
   from configs import mae_va  # noqa: PLC0415
   c = mae_va.get_config('runlocal')
   c.data_dir = data_dir
+  for stage in (c.pretrain, c.finetune, c.fusion):  # the built set, not runlocal's 4x larger one
+    stage.input.dataset = 'synthetic_va'
   c.vit.update(TINY_VIT)
   patch = c.vit.get('patch_size') or int(c.vit.variant.split('/')[-1])
   c.image_size = 3 * patch  # 3x3 patches

@@ -1,9 +1,8 @@
 """synthetic_va_large: synthetic_va with 4x the training identities (no download).
 
 The data-size control of issue 17: does a ViT that fits synthetic_va's 40 training identities
-but not its 6 validation ones generalise with more identities? Also an unlabelled face corpus
-larger than the VA set for MAE pretraining (Zhang et al. 2023 pretrain on big face corpora and
-fine-tune on Aff-Wild2). Same drawing, same 4 clips per identity; its first 160 training clips
+but not its 6 validation ones generalise with more identities? It does (docs/mae_va.md), so
+configs/mae_va.py:runlocal reads it in every stage. Same drawing, same 4 clips per identity; its first 160 training clips
 are synthetic_va's, and validation and test are synthetic_va's own (same seeds), so scores on
 them compare directly.
 """
