@@ -106,8 +106,9 @@ def check_recipe_run(wd, c, scratch):
   """The recipe end to end, on a workdir that `stages.run(c, wd)` finished (called by
   resume_all_trainers_test on its straight mae_va run, which was also preempted in its pretrain
   and fusion stages and resumed without redoing finished stages): the top-level record, the
-  reconstruction curve and PNG, and the weights flowing MAE encoder -> fine-tuning init ->
-  both fusion stages (frozen)."""
+  reconstruction curve and PNG, the weights flowing MAE encoder -> fine-tuning init -> both
+  fusion stages (frozen), nothing redone on a finished run, and a stop between two stages (in a
+  copy under `scratch`)."""
   top = writers.read_metrics(wd)
   assert len(top) == 1
   rec = top[0]
