@@ -57,38 +57,41 @@ def _wait_for_checkpoint(workdir, proc, min_step, timeout=240):
 
 
 def test_killed_run_resumes_bit_identical(tmp_path, synthetic_data_dir):
-  """A real SIGKILL, then a real SIGTERM, each at a random checkpoint of its own run: the re-run
-  ends bit-identical to one straight run (trained once for both signals)."""
-  ref = tmp_path / 'ref'
+  """A real SIGKILL at a random checkpoint, then a real SIGTERM at a later checkpoint of the
+  resumed run: the third run ends bit-identical to one straight run (a resume of a resume)."""
+  ref, cut = tmp_path / 'ref', tmp_path / 'cut'
   r = subprocess.run(_args(ref, synthetic_data_dir), cwd=REPO, env=_env(), capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   s1, p1 = _params(str(ref))
   f1 = json.load(open(ref / 'final_metrics.json'))
+  min_step = int(np.random.default_rng(0).integers(2, 5))  # of 10; checkpoints every 2
   for sig in (signal.SIGKILL, signal.SIGTERM):
-    cut = tmp_path / f'cut_{sig.name}'
-    rng = np.random.default_rng(int(sig))
     p = subprocess.Popen(_args(cut, synthetic_data_dir), cwd=REPO, env=_env(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_checkpoint(str(cut), p, min_step=int(rng.integers(2, 7)))
+    reached = _wait_for_checkpoint(str(cut), p, min_step=min_step)
     p.send_signal(sig)
     out, err = p.communicate(timeout=120)
-    if sig == signal.SIGTERM:
+    if sig == signal.SIGKILL:
+      assert p.returncode == -signal.SIGKILL
+      # The resumed run must train and write a checkpoint of its own before its SIGTERM.
+      kept = max(int(s) for s in os.listdir(cut / 'checkpoints') if s.isdigit())
+      assert reached <= kept <= 6, (reached, kept)
+      min_step = kept + 2
+    else:
       # Either it was still training (checkpoint + exit 75) or it had just finished (exit 0).
       assert p.returncode in (train.PREEMPTED_EXIT_CODE, 0), err[-2000:]
       if p.returncode == train.PREEMPTED_EXIT_CODE:
         assert 'Preempted' in out
-    else:
-      assert p.returncode == -signal.SIGKILL
-    r = subprocess.run(_args(cut, synthetic_data_dir), cwd=REPO, env=_env(), capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    s2, p2 = _params(str(cut))
-    assert s1 == s2 == 10, sig
-    for a, b in zip(p1, p2, strict=True):
-      np.testing.assert_array_equal(a, b)
-    f2 = json.load(open(cut / 'final_metrics.json'))
-    assert f1['val/ccc_valence'] == f2['val/ccc_valence'], sig
+  r = subprocess.run(_args(cut, synthetic_data_dir), cwd=REPO, env=_env(), capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  s2, p2 = _params(str(cut))
+  assert s1 == s2 == 10
+  for a, b in zip(p1, p2, strict=True):
+    np.testing.assert_array_equal(a, b)
+  f2 = json.load(open(cut / 'final_metrics.json'))
+  assert f1['val/ccc_valence'] == f2['val/ccc_valence']
 
 
 def _patch_loss(monkeypatch, loss_fn):
