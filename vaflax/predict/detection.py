@@ -150,13 +150,36 @@ class FaceFinder:
     self._n = 0
     self._force = True
 
-  def __call__(self, rgb_HxWx3, live_boxes) -> list[Face]:
+  def _whole(self, h: int, w: int) -> bool:
     whole = getattr(self.detector, 'whole_frame', None)
-    full = ((whole is not None and whole(*rgb_HxWx3.shape[:2], self.min_face)) or self._force
-            or self._n % self.every == 0 or not live_boxes)
+    return whole is not None and whole(h, w, self.min_face)
+
+  def detect_frames(self, frames: list[np.ndarray], pad_to: int = 0) -> list[list[Face]] | None:
+    """Whole-frame detections of consecutive frames of one size, in one batched network call, for
+    the next len(frames) calls of this finder (their `detected`); None when this finder does not
+    detect these frames whole (Haar; BlazeFace on frames too large for one pass), and they are
+    then searched frame by frame. Whole-frame detection does not depend on the tracks, so
+    detecting ahead changes nothing but the speed (one call instead of len(frames): the
+    dispatch and letterbox costs of a frame are paid once per batch, which is what an
+    accelerator needs). `pad_to`: the batch is filled up to this size with copies of the last
+    frame, so a clip's last, shorter batch reuses the compiled function (one compile per size)."""
+    batch = getattr(self.detector, 'batch', None)
+    shapes = {f.shape for f in frames}
+    if batch is None or len(shapes) != 1 or not self._whole(*frames[0].shape[:2]):
+      return None
+    x = np.stack(list(frames) + [frames[-1]] * max(0, pad_to - len(frames)))
+    return batch(x, self.min_face)[:len(frames)]
+
+  def __call__(self, rgb_HxWx3, live_boxes, detected: list[Face] | None = None) -> list[Face]:
+    """The faces of the next frame; `detected`: its whole-frame detections from detect_frames."""
+    full = (self._whole(*rgb_HxWx3.shape[:2]) or self._force or self._n % self.every == 0
+            or not live_boxes)
+    if detected is not None and not full:
+      raise ValueError('FaceFinder: whole-frame detections given for a frame it searches around '
+                       'its tracks (detect_frames returns None for such frames)')
     self._n += 1
     if full:
-      faces = self.detector(rgb_HxWx3, self.min_face)
+      faces = detected if detected is not None else self.detector(rgb_HxWx3, self.min_face)
       self._force = False
     else:
       faces = []
