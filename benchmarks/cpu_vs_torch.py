@@ -13,9 +13,13 @@ of fixed random data. The JAX side is vaflax's own jitted step (`vaflax.train.ma
 configs/resnet_va.py:variant=18: donation, grad norm and the non-finite guard included). The
 PyTorch side runs NCHW and channels_last.
 
-`--malloc retain` runs every worker with glibc settings that keep freed memory (_RETAIN_MALLOC):
-the per-step page faults and kernel time this saves are reported for each side (sys_ms_median,
-page_faults_median).
+The JAX side starts as vaflax's entry points do: `vaflax.cpu_malloc.keep_freed_memory()` first
+(glibc keeps freed memory, synchronous CPU dispatch), so XLA's ~300 MB block of per-step
+temporaries is not page-faulted in again every step; PyTorch runs with glibc's defaults, as its
+users run it. `--malloc retain` gives every worker the same glibc settings as environment
+variables (_RETAIN_MALLOC), `--malloc glibc` gives every worker glibc's defaults (vaflax's
+settings off). The per-step kernel time and page faults of each side are reported
+(sys_ms_median, page_faults_median).
 
 The workers start once (compile / warm-up), then run in turn, A B C A B C ..., --steps steps
 per turn, for --rounds rounds, so that the load of a shared machine hits every side alike. Each
@@ -56,6 +60,10 @@ def _batch_numpy():
 
 def jax_worker(args):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from vaflax import cpu_malloc  # noqa: PLC0415
+
+  # As vaflax's entry points do, before JAX starts its CPU client (vaflax/cpu_malloc.py).
+  kept = cpu_malloc.keep_freed_memory() if args.malloc != 'glibc' else False
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
@@ -88,7 +96,7 @@ def jax_worker(args):
     jax.block_until_ready(step())
 
   _serve(run_one, {'side': 'jax', 'first_step_s': first, 'jax': jax.__version__,
-                   'conv_impl': args.conv_impl,
+                   'conv_impl': args.conv_impl, 'vaflax_keeps_freed_memory': kept,
                    'xla_flags': os.environ.get('XLA_FLAGS', '')})
 
 
@@ -215,11 +223,13 @@ def main():
   ap.add_argument('--conv_impl', default='auto',
                   help="the ResNet's conv_impl (vaflax/models/resnet.py): 'auto' (= 'cpu' here) or "
                        "'xla' (XLA's own convolution gradients, for comparison)")
-  ap.add_argument('--malloc', default='default', choices=('default', 'retain'),
-                  help="'retain': every worker runs with glibc keeping freed memory (one arena, "
-                       "no mmap, no trim; _RETAIN_MALLOC). XLA:CPU allocates a step's temporaries "
-                       "(~300 MB here) as one block, which glibc otherwise maps and unmaps every "
-                       "step: ~75k page faults and ~0.1 s of kernel time per step")
+  ap.add_argument('--malloc', default='default', choices=('default', 'retain', 'glibc'),
+                  help="'default': each side as its users run it: vaflax keeps freed memory "
+                       "(vaflax/cpu_malloc.py: XLA:CPU allocates a step's ~300 MB of temporaries "
+                       "as one block, which glibc would map and unmap every step), PyTorch with "
+                       "glibc's defaults. 'retain': every worker runs with the same settings as "
+                       "glibc environment variables (_RETAIN_MALLOC). 'glibc': every worker with "
+                       "glibc's defaults, vaflax's settings off")
   ap.add_argument('--json', default='', help='also write the summary here')
   ap.add_argument('--worker', default='', help=argparse.SUPPRESS)
   args = ap.parse_args()
@@ -244,7 +254,7 @@ def main():
     py = sys.executable if side == 'jax' else args.torch_python
     procs[side] = subprocess.Popen(
         [*prefix, py, here, f'--worker={side}', f'--threads={args.threads}',
-         f'--conv_impl={args.conv_impl}'], stdin=subprocess.PIPE,
+         f'--conv_impl={args.conv_impl}', f'--malloc={args.malloc}'], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, text=True, env=env)
   hello = {s: json.loads(p.stdout.readline()) for s, p in procs.items()}
   load_start = os.getloadavg()

@@ -22,6 +22,8 @@ import sys
 
 import numpy as np
 
+from vaflax import cpu_malloc
+
 HEADER = 'image_location,valence,arousal'
 INVALID = -5.0  # Aff-Wild2's "not annotated" marker
 
@@ -188,6 +190,7 @@ def main(argv=None) -> int:
   ap.add_argument('--batch_size', type=int, default=64)
   ap.add_argument('--checkpoint_step', type=int, default=None)
   a = ap.parse_args(argv)
+  cpu_malloc.keep_freed_memory()  # before JAX starts its backends
   try:
     labels = read_labels(a.labels) if a.labels else None
     if a.predictions:

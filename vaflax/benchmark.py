@@ -26,6 +26,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vaflax import cpu_malloc
 from vaflax.aot import compile_step, memory_report, step_flops  # noqa: F401 (re-exported)
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/<x>.py[:args]).',
@@ -223,6 +224,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  cpu_malloc.keep_freed_memory()  # before JAX starts its backends
   env = os.environ
   if env.get('JAX_COORDINATOR_ADDRESS') and int(env.get('JAX_NUM_PROCESSES', '1')) > 1:
     import jax  # noqa: PLC0415

@@ -21,6 +21,8 @@ import sys
 
 import numpy as np
 
+from vaflax import cpu_malloc
+
 # --- Outputs ------------------------------------------------------------------------------------
 
 
@@ -195,6 +197,7 @@ def main(argv=None) -> int:
   ap.add_argument('--output', default=None, help='output folder (default: WORKDIR/eval)')
   ap.add_argument('--data_dir', default=None, help='TFDS data dir (default: the run config\'s)')
   args = ap.parse_args(rest)
+  cpu_malloc.keep_freed_memory()  # before JAX starts its backends
   from absl import flags  # noqa: PLC0415
 
   flags.FLAGS.mark_as_parsed()  # Grain reads absl flags; this CLI parses its own

@@ -15,6 +15,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vaflax import cpu_malloc
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/<x>.py[:args]).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and plots go.')
@@ -117,6 +119,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # library INFO chatter off; -v 0 brings it back
+  cpu_malloc.keep_freed_memory()  # before JAX starts its backends
   maybe_initialize_distributed()
   from vaflax import stages, train  # noqa: PLC0415
 

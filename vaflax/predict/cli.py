@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 
+from vaflax import cpu_malloc
 from vaflax.predict import collection, summary
 from vaflax.predict.decode import InputError
 from vaflax.predict.model import Predictor
@@ -70,6 +71,7 @@ def main(argv=None) -> int:
                   help='each input image is one face crop: no detection, one row per image in '
                   'OUTPUT/cropped.csv')
   a = ap.parse_args(rest)
+  cpu_malloc.keep_freed_memory()  # before JAX starts its backends
   if a.merge:
     return _main_merge(a.output)
   if not a.workdir or not a.input:
