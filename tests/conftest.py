@@ -46,7 +46,6 @@ def synthetic_data_dir(tmp_path_factory):
   return str(d)
 
 
-
 def pytest_collection_modifyitems(config, items):
   """Tests that need the synthetic set straddle the middle of the order. pytest-xdist's worksteal
   hands each of the 2 workers a contiguous half to begin with: the second worker starts on them
@@ -60,6 +59,7 @@ def pytest_collection_modifyitems(config, items):
   rest = [i for i in items if 'synthetic_data_dir' not in i.fixturenames]
   cut = max(0, len(items) // 2 - len(needs) // 2)
   items[:] = rest[:cut] + needs + rest[cut:]
+
 
 def set_fields(c, **overrides):
   """Sets dotted config fields in place ('model.width': 8) and returns the config."""
