@@ -1,49 +1,55 @@
-"""Reads PyTorch checkpoints without torch and without running code from them.
+"""Reads PyTorch checkpoints without torch, without running code from them, and without trusting
+one number they hold.
 
 `read_checkpoint(path) -> {key: np.ndarray}` understands
 - the zip archive that torch.save writes since 1.6 (`<root>/data.pkl` + one `<root>/data/<key>`
-  file per storage),
+  member per storage),
 - the legacy torch.save stream (a magic number, protocol and system-info pickles, the object
   pickle, the list of storage keys, then each storage as an int64 element count + raw bytes),
-- `.safetensors` (an 8-byte header length, a JSON header, raw little-endian data), parsed here:
-  the format is 20 lines and a dependency for it would not be worth its weight,
+- `.safetensors`, through the `safetensors` package (its NumPy API), which enforces the format's
+  rules (offsets in order, no overlap, no gap, the file exactly covered, no negative numbers),
 - TorchScript archives (torch.jit.save; face-alignment 1.3+ ships its models so): the same zip
-  layout, whose data.pkl holds the module tree as objects of `__torch__.*` classes. Those become
-  inert `_ScriptObject`s (a name and the attribute dict the pickle gives them; no class, no code
-  of the file is ever resolved), flattened to state_dict keys (`conv1.weight`, `bn1.running_mean`).
+  layout, whose data.pkl holds the module tree as objects of `__torch__.*` classes. They stay
+  inert data (convert/tensors.py) and are flattened to state_dict keys (`conv1.weight`). Their
+  code and constants.pkl are never read.
 
-Unpickling goes through `_Unpickler`, whose `find_class` returns only the tensor-rebuild
-functions below (our own NumPy versions, never torch's), storage type markers and
-`collections.OrderedDict`; any other global is refused with an error naming it and the file.
-`find_class` runs when the pickle names a global, before it can be called, so a checkpoint whose
-pickle would run a command fails before the command runs (tests/convert_test.py checks this).
+The order of a read, so that nothing is allocated or cut before it is checked:
+1. the pickle runs on convert/pickle_vm.py's machine with convert/tensors.py's allowlist: it
+   yields dicts of `TensorRef`s (storage key, dtype, offset, size, stride: plain numbers);
+2. the state dict is picked (`_state_dict`: nesting followed once, cycles and depth refused);
+3. every picked tensor's view is checked against its storage's declared size (`check_view`) and
+   its bytes counted against the budget;
+4. each storage used is read once, after its size in the zip directory (or the legacy stream)
+   is compared with the size the pickle declares, and counted against the budget;
+5. the tensors are cut out of their storages.
+The budget: bytes read plus bytes returned at most MAX_BYTES_PER_FILE_BYTE x the file's size +
+MAX_BYTES_FLOOR (a torch.save file needs about 2x: its storages, then the tensors; tied weights
+add one more). Set VAFLAX_CHECKPOINT_MAX_BYTES (bytes) to read a file that needs more.
+Every refusal is a CheckpointError (UnsafeCheckpointError when the file asks to run or touch
+code) naming the file, the key and what is wrong; docs/reliability.md lists the attacks tried.
 """
 
 from __future__ import annotations
 
-import collections
-import io
-import json
+import lzma
+import math
+import mmap
 import os
-import pickle
 import struct
 import zipfile
+import zlib
 
 import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
+from vaflax.convert import pickle_vm, tensors
+from vaflax.convert.errors import CheckpointError, UnsafeCheckpointError, printable
+from vaflax.convert.tensors import STORAGE_DTYPES, ScriptObject, StorageRef, TensorRef
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
-  """The pickle of a checkpoint names a global that is not a tensor, storage or container."""
+__all__ = ['STORAGE_DTYPES', 'Checkpoint', 'CheckpointError', 'UnsafeCheckpointError',
+           'read_checkpoint']
 
-
-# torch storage class name -> NumPy dtype (bfloat16 through ml_dtypes, which jax already needs).
-STORAGE_DTYPES = {
-    'FloatStorage': np.float32, 'HalfStorage': np.float16, 'BFloat16Storage': ml_dtypes.bfloat16,
-    'DoubleStorage': np.float64, 'LongStorage': np.int64, 'IntStorage': np.int32,
-    'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
-    'BoolStorage': np.bool_,
-}
 SAFETENSORS_DTYPES = {
     'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16, 'F64': np.float64,
     'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8,
@@ -51,274 +57,270 @@ SAFETENSORS_DTYPES = {
 }
 # Keys under which training scripts nest the weights ({'model': sd} in MAE, 'state_dict' in many).
 NESTED_KEYS = ('model', 'state_dict', 'model_state_dict', 'module')
-
-
-class _Storage:
-  """A storage read from the file: a flat array of its dtype (shared by the tensors using it)."""
-
-  def __init__(self, data: np.ndarray):
-    self.data = data
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
-  """torch._utils._rebuild_tensor(_v2) in NumPy: a strided view into the storage, copied."""
-  data = storage.data
-  size, stride = tuple(size), tuple(stride)
-  if not size:
-    return np.array(data[storage_offset])
-  extent = storage_offset + 1 + sum((n - 1) * s for n, s in zip(size, stride, strict=True) if n > 0)
-  if min(size) > 0 and extent > data.size:
-    raise pickle.UnpicklingError(f'tensor of size {size}, stride {stride} at offset '
-                                 f'{storage_offset} runs past its storage of {data.size}')
-  view = np.lib.stride_tricks.as_strided(
-      data[storage_offset:], shape=size, strides=[s * data.itemsize for s in stride],
-      writeable=False)
-  return np.ascontiguousarray(view)
-
-
-def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *unused):
-  return data
-
-
-class _StorageType:
-  def __init__(self, name):
-    self.name = name
-
-
-class _ScriptObject:
-  """A TorchScript module (or other `__torch__.*` object) as data: its qualified class name and
-  the state its pickle BUILDs it with. Created by NEWOBJ with no arguments; nothing else runs."""
-
-  qualname = ''
-
-  def __setstate__(self, state):
-    self.state = state
-
-
-def _script_class(qualname: str) -> type:
-  return type('_ScriptObject', (_ScriptObject,), {'qualname': qualname})
-
-
-def _identity(obj, *unused):
-  return obj
-
-
-_ALLOWED = {
-    ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
-    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
-    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
-    ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
-    ('collections', 'OrderedDict'): collections.OrderedDict,
-    # TorchScript's typed-container tags: the container itself is the value.
-    **{('torch.jit._pickle', name): _identity for name in (
-        'restore_type_tag', 'build_intlist', 'build_floatlist', 'build_doublelist',
-        'build_boollist', 'build_tensorlist')},
-    **{('torch', name): _StorageType(name) for name in STORAGE_DTYPES},
-}
-
-
-class _Unpickler(pickle.Unpickler):
-  """Allowlist unpickler; storages come from `load_storage(key, dtype, numel)`."""
-
-  def __init__(self, file, path, load_storage):
-    super().__init__(file)
-    self.path, self.load_storage, self.storages = path, load_storage, {}
-
-  def find_class(self, module, name):
-    if module.startswith('__torch__.') or module == '__torch__':
-      return _script_class(f'{module}.{name}')  # inert: never the class the name would import
-    try:
-      return _ALLOWED[(module, name)]
-    except KeyError:
-      raise UnsafeCheckpointError(
-          f'{self.path}: the checkpoint\'s pickle names the global {module}.{name}, which is not a '
-          'tensor, storage or container; refused (reading a checkpoint never runs code from it). '
-          'If you trust the file, re-save just its state_dict with torch: '
-          'torch.save(torch.load(f, weights_only=False)["model"], "weights.pth")') from None
-
-  def persistent_load(self, pid):
-    if not isinstance(pid, tuple) or not pid or pid[0] != 'storage':
-      raise pickle.UnpicklingError(f'{self.path}: unknown persistent id {pid!r:.80}')
-    storage_type, key, _location, numel = pid[1:5]
-    if not isinstance(storage_type, _StorageType):
-      raise pickle.UnpicklingError(f'{self.path}: storage of unknown type {storage_type!r:.80}')
-    key = str(key)
-    if key not in self.storages:
-      dtype = np.dtype(STORAGE_DTYPES[storage_type.name])
-      self.storages[key] = _Storage(self.load_storage(key, dtype, int(numel)))
-    return self.storages[key]
-
-
-def _read_zip(path) -> object:
-  with zipfile.ZipFile(path) as z:
-    names = z.namelist()
-    pkl = [n for n in names if n.endswith('data.pkl') and n.count('/') == 1]
-    if not pkl:
-      raise ValueError(f'{path}: a zip file without <name>/data.pkl (not a torch.save archive)')
-    root = pkl[0][:-len('data.pkl')]
-    byteorder = root + 'byteorder'
-    if byteorder in names and z.read(byteorder).strip() != b'little':
-      raise ValueError(f'{path}: big-endian checkpoint; not supported')
-
-    def load_storage(key, dtype, numel):
-      raw = z.read(f'{root}data/{key}')
-      return np.frombuffer(raw, dtype, count=numel) if numel else np.zeros(0, dtype)
-
-    return _Unpickler(io.BytesIO(z.read(pkl[0])), path, load_storage).load()
-
-
+MAX_NESTING = 8  # dicts followed through NESTED_KEYS
+MAX_MODULE_DEPTH = 200  # TorchScript submodules in submodules
+MAX_KEY = 1024  # characters of a state_dict key
+MAX_BYTES_PER_FILE_BYTE = 4
+MAX_BYTES_FLOOR = 16 << 20
+MAX_BYTES_ENV = 'VAFLAX_CHECKPOINT_MAX_BYTES'
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-
-
-def _read_legacy(path) -> object:
-  with open(path, 'rb') as f:
-    header = _Unpickler(f, path, None)
-    if header.load() != _LEGACY_MAGIC:
-      raise ValueError(f'{path}: neither a zip archive, a safetensors file nor a legacy '
-                       'torch.save stream')
-    header.load()  # protocol version
-    sys_info = header.load()
-    if isinstance(sys_info, dict) and not sys_info.get('little_endian', True):
-      raise ValueError(f'{path}: big-endian checkpoint; not supported')
-    pending = {}  # key -> (dtype, numel); filled while the object pickle is read
-
-    def load_storage(key, dtype, numel):
-      pending[key] = _Storage(np.zeros(0, dtype))
-      return pending[key]
-
-    # Storages follow the object pickle, so the tensors are rebuilt after they are read: the
-    # unpickler hands out placeholders and the rebuild is deferred through `_Deferred`.
-    obj = _LegacyUnpickler(f, path, load_storage).load()
-    keys = _Unpickler(f, path, None).load()
-    for key in keys:
-      (count,) = struct.unpack('<q', f.read(8))
-      placeholder = pending[str(key)]
-      dtype = placeholder.data.dtype
-      placeholder.data = np.frombuffer(f.read(count * dtype.itemsize), dtype, count=count)
-    return _resolve(obj)
-
-
-class _Deferred:
-  def __init__(self, fn, args):
-    self.fn, self.args = fn, args
-
-
-class _LegacyUnpickler(_Unpickler):
-  """Legacy streams: storages are placeholders until read, so rebuilds are deferred."""
-
-  def find_class(self, module, name):
-    fn = super().find_class(module, name)
-    if fn in (_rebuild_tensor, _rebuild_parameter):
-      return lambda *args: _Deferred(fn, args)
-    return fn
-
-  def persistent_load(self, pid):
-    if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != 'storage':
-      raise pickle.UnpicklingError(f'{self.path}: unknown persistent id {pid!r:.80}')
-    storage_type, key = pid[1], str(pid[2])
-    if not isinstance(storage_type, _StorageType):
-      raise pickle.UnpicklingError(f'{self.path}: storage of unknown type {storage_type!r:.80}')
-    if len(pid) > 5 and pid[5] is not None:
-      raise ValueError(f'{self.path}: storage views (pre-1.0 torch.save) are not supported')
-    if key not in self.storages:
-      self.storages[key] = self.load_storage(key, np.dtype(STORAGE_DTYPES[storage_type.name]),
-                                             int(pid[4]))
-    return self.storages[key]
-
-
-def _resolve(obj):
-  if isinstance(obj, _Deferred):
-    return obj.fn(*(_resolve(a) for a in obj.args))
-  if isinstance(obj, dict):
-    out = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
-    for k, v in obj.items():
-      out[k] = _resolve(v)
-    return out
-  if isinstance(obj, (list, tuple)):
-    return type(obj)(_resolve(x) for x in obj)
-  return obj
-
-
-def _read_safetensors(path) -> dict[str, np.ndarray]:
-  with open(path, 'rb') as f:
-    (n,) = struct.unpack('<Q', f.read(8))
-    if n > 100_000_000:
-      raise ValueError(f'{path}: safetensors header of {n} bytes; not a safetensors file?')
-    header = json.loads(f.read(n))
-    data = f.read()
-  out = {}
-  for key, info in header.items():
-    if key == '__metadata__':
-      continue
-    if info['dtype'] not in SAFETENSORS_DTYPES:
-      raise ValueError(f'{path}: {key} has dtype {info["dtype"]}, not supported')
-    begin, end = info['data_offsets']
-    dtype = np.dtype(SAFETENSORS_DTYPES[info['dtype']])
-    arr = np.frombuffer(data[begin:end], dtype)
-    out[key] = arr.reshape(info['shape']).copy()
-  return out
+# What zipfile raises on a broken archive (a bad directory, CRC, compression method, password).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError,
+               EOFError, OSError, ValueError, struct.error, zlib.error, lzma.LZMAError)
 
 
 class Checkpoint(dict):
   """{key: array} as read, and the container it came from (`kind`: zip, legacy, safetensors or
   torchscript), which tells a mapper what the tensors cannot (convert/fan.py: the pooling)."""
 
-  def __init__(self, tensors, kind: str):
-    super().__init__(tensors)
+  def __init__(self, tensors_, kind: str):
+    super().__init__(tensors_)
     self.kind = kind
 
 
-def _script_tensors(obj: _ScriptObject, prefix: str = '') -> dict:
-  """A TorchScript module tree -> state_dict entries (parameters and buffers by attribute name)."""
-  out = {}
-  state = getattr(obj, 'state', None)
-  if not isinstance(state, dict):
-    return out
-  for k, v in state.items():
-    if isinstance(v, np.ndarray):
-      out[f'{prefix}{k}'] = v
-    elif isinstance(v, _ScriptObject):
-      out.update(_script_tensors(v, f'{prefix}{k}.'))
-  return out
+def max_bytes_for(file_size: int) -> int:
+  """The default budget of a file of `file_size` bytes, or VAFLAX_CHECKPOINT_MAX_BYTES."""
+  env = os.environ.get(MAX_BYTES_ENV, '').strip()
+  if env:
+    if not env.isdigit():
+      raise ValueError(f'{MAX_BYTES_ENV}={printable(env, 40)}: expected a number of bytes')
+    return int(env)
+  return MAX_BYTES_PER_FILE_BYTE * file_size + MAX_BYTES_FLOOR
 
 
-def _state_dict(obj, path) -> dict[str, np.ndarray]:
-  """The tensors of a loaded checkpoint: descends into a 'model'/'state_dict' entry when the top
-  level holds no tensors itself, and drops `module.` prefixes (DataParallel/DDP)."""
-  if isinstance(obj, _ScriptObject):
-    obj = _script_tensors(obj)
-  while isinstance(obj, dict) and not any(isinstance(v, np.ndarray) for v in obj.values()):
-    nested = [k for k in NESTED_KEYS if isinstance(obj.get(k), dict)]
-    if not nested:
-      break
-    obj = obj[nested[0]]
-  if not isinstance(obj, dict):
-    raise ValueError(f'{path}: holds a {type(obj).__name__}, not a dict of tensors')
-  out = {}
-  for k, v in obj.items():
-    if not isinstance(v, np.ndarray):
-      continue
-    k = str(k)
-    while k.startswith('module.'):
-      k = k[len('module.'):]
-    out[k] = v
-  if not out:
-    raise ValueError(f'{path}: no tensors found (top-level keys: {list(obj)[:8]})')
-  return out
+class Budget:
+  def __init__(self, path, max_bytes: int):
+    self.path, self.max_bytes, self.used = path, max_bytes, 0
+
+  def take(self, nbytes: int, key, what: str):
+    self.used += nbytes
+    if self.used > self.max_bytes:
+      raise CheckpointError(
+          self.path, f'{what} ({nbytes} bytes) brings the bytes read and returned to {self.used}, '
+          f'over the budget of {self.max_bytes} ({MAX_BYTES_PER_FILE_BYTE} x the file size + '
+          f'{MAX_BYTES_FLOOR >> 20} MiB); if you trust the file, set {MAX_BYTES_ENV}', key)
 
 
-def read_checkpoint(path: str) -> Checkpoint:
+def read_checkpoint(path, max_bytes: int | None = None) -> Checkpoint:
   """{'layer1.0.conv1.weight': array, ...} from a .pth/.pt/.bin/.safetensors file or a
   TorchScript archive, in the source's layout and dtype (bfloat16 as ml_dtypes.bfloat16)."""
   path = os.fspath(path)
   with open(path, 'rb') as f:
     head = f.read(8)
+    size = os.fstat(f.fileno()).st_size
+  budget = Budget(path, max_bytes_for(size) if max_bytes is None else max_bytes)
   if path.endswith('.safetensors'):
-    return Checkpoint(_read_safetensors(path), 'safetensors')
+    return Checkpoint(_read_safetensors(path, budget), 'safetensors')
   if head[:4] == b'PK\x03\x04':
-    obj = _read_zip(path)
-    kind = 'torchscript' if isinstance(obj, _ScriptObject) else 'zip'
-    return Checkpoint(_state_dict(obj, path), kind)
+    try:
+      z = zipfile.ZipFile(path)
+    except _ZIP_ERRORS as e:
+      raise _broken_zip(path, e) from None
+    with z:
+      return _read_zip(z, path, budget)
   if head[:2] == b'\x80\x02':
-    return Checkpoint(_state_dict(_read_legacy(path), path), 'legacy')
-  raise ValueError(f'{path}: not a PyTorch checkpoint (zip or legacy pickle) nor .safetensors')
+    with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+      return _read_legacy(mm, f, path, budget)
+  raise CheckpointError(path, 'not a PyTorch checkpoint (zip or legacy pickle) nor .safetensors')
+
+
+# --- Containers ----------------------------------------------------------------------------------
+
+
+def _broken_zip(path, e: Exception, member=None) -> CheckpointError:
+  return CheckpointError(path, f'a broken zip archive ({type(e).__name__}: {printable(e)})',
+                         member)
+
+
+def _member(z: zipfile.ZipFile, info: zipfile.ZipInfo, budget: Budget, what: str) -> bytes:
+  """One archive member, its size from the zip directory counted before it is read."""
+  budget.take(info.file_size, info.filename, what)
+  try:
+    raw = z.read(info)
+  except _ZIP_ERRORS as e:
+    raise _broken_zip(budget.path, e, info.filename) from None
+  if len(raw) != info.file_size:  # zipfile checks CRCs, not every length
+    raise CheckpointError(budget.path, f'{len(raw)} bytes, the zip directory says '
+                          f'{info.file_size}', info.filename)
+  return raw
+
+
+def _read_zip(z: zipfile.ZipFile, path, budget: Budget) -> Checkpoint:
+  infos = {i.filename: i for i in z.infolist()}
+  pkl = [n for n in infos if n.endswith('/data.pkl') and n.count('/') == 1]
+  if len(pkl) != 1:
+    raise CheckpointError(path, f'a zip file with {len(pkl)} <name>/data.pkl members (a '
+                          'torch.save archive has one)')
+  root = pkl[0][:-len('data.pkl')]
+  byteorder = infos.get(root + 'byteorder')
+  if byteorder is not None and (byteorder.file_size > 16 or
+                                _member(z, byteorder, budget, 'byteorder').strip() != b'little'):
+    raise CheckpointError(path, 'big-endian checkpoint; not supported', byteorder.filename)
+  data = _member(z, infos[pkl[0]], budget, 'the pickle')
+  obj, _ = pickle_vm.load(data, path, tensors.Hooks(path))
+  kind = 'torchscript' if isinstance(obj, ScriptObject) else 'zip'
+
+  def storage_bytes(ref: StorageRef, key: str) -> bytes:
+    info = infos.get(f'{root}data/{ref.key}')
+    if info is None:
+      raise CheckpointError(path, f'its storage {printable(ref.key)} is not in the archive', key)
+    if info.file_size != ref.nbytes:
+      raise CheckpointError(path, f'storage {printable(ref.key)} holds {info.file_size} bytes in '
+                            f'the archive; the pickle declares {ref.numel} x {ref.dtype} = '
+                            f'{ref.nbytes}', key)
+    return _member(z, info, budget, 'its storage')
+
+  return Checkpoint(_cut(_state_dict(obj, path), storage_bytes, budget), kind)
+
+
+def _read_legacy(mm, f, path, budget: Budget) -> Checkpoint:
+  """The pickles are read from `mm` (the file mapped), the storages with `f` (a read is cheaper
+  than faulting the mapped pages in)."""
+  magic, pos = pickle_vm.load(mm, path, tensors.Hooks(path, legacy=True))
+  if type(magic) is not int or magic != _LEGACY_MAGIC:
+    raise CheckpointError(path, 'neither a zip archive, a safetensors file nor a legacy '
+                          'torch.save stream (wrong magic number)')
+  _, pos = pickle_vm.load(mm, path, tensors.Hooks(path, legacy=True), pos)  # protocol version
+  sys_info, pos = pickle_vm.load(mm, path, tensors.Hooks(path, legacy=True), pos)
+  if isinstance(sys_info, dict) and sys_info.get('little_endian') is False:
+    raise CheckpointError(path, 'big-endian checkpoint; not supported')
+  hooks = tensors.Hooks(path, legacy=True)
+  obj, pos = pickle_vm.load(mm, path, hooks, pos)
+  keys, pos = pickle_vm.load(mm, path, tensors.Hooks(path, legacy=True), pos)
+  if not isinstance(keys, list) or not all(type(k) in (str, int) for k in keys):
+    raise CheckpointError(path, 'the list of storage keys after the pickle is not a list of keys')
+  # The storages follow, each an int64 element count and its bytes: where each one lies.
+  declared = hooks.storages
+  where = {}
+  for key in map(str, keys):
+    ref = declared.get(key)
+    if ref is None:
+      raise CheckpointError(path, 'the stream holds a storage no tensor declares',
+                            f'storage {key}')
+    if pos + 8 > len(mm):
+      raise CheckpointError(path, 'the file ends before it', f'storage {key}')
+    (count,) = struct.unpack_from('<q', mm, pos)
+    if count != ref.numel:
+      raise CheckpointError(path, f'{count} elements in the stream; the pickle declares '
+                            f'{ref.numel}', f'storage {key}')
+    where[key] = pos + 8
+    pos += 8 + ref.nbytes
+    if pos > len(mm):
+      raise CheckpointError(path, f'its {ref.nbytes} bytes run past the end of the file',
+                            f'storage {key}')
+
+  def storage_bytes(ref: StorageRef, key: str) -> bytes:
+    if ref.key not in where:
+      raise CheckpointError(path, f'its storage {printable(ref.key)} is not in the stream', key)
+    budget.take(ref.nbytes, key, 'its storage')
+    f.seek(where[ref.key])
+    return f.read(ref.nbytes)  # in the file: checked when `where` was filled
+
+  return Checkpoint(_cut(_state_dict(obj, path), storage_bytes, budget), 'legacy')
+
+
+def _read_safetensors(path, budget: Budget) -> dict[str, np.ndarray]:
+  out = {}
+  try:
+    with safe_open(path, framework='np') as f:
+      for key in f.keys():
+        piece = f.get_slice(key)
+        code, shape = piece.get_dtype(), tuple(piece.get_shape())
+        if code not in SAFETENSORS_DTYPES:
+          raise CheckpointError(path, f'dtype {printable(code)} is not supported', key)
+        dtype = np.dtype(SAFETENSORS_DTYPES[code])
+        budget.take(math.prod(shape) * dtype.itemsize, key, 'the tensor')
+        # With ml_dtypes imported (convert/tensors.py), the package's NumPy API gives BF16 as
+        # ml_dtypes.bfloat16; without it, it raises. Checked here, never assumed.
+        arr = f.get_tensor(key)
+        if arr.dtype != dtype or arr.shape != shape:
+          raise CheckpointError(path, f'the safetensors package gave {arr.dtype}{arr.shape} for '
+                                f'{code}{shape}', key)
+        out[key] = arr
+  except SafetensorError as e:
+    raise CheckpointError(path, f'not a valid safetensors file: {printable(e, 300)}') from None
+  return out
+
+
+# --- From the pickle's objects to arrays ---------------------------------------------------------
+
+
+def _state_dict(obj, path) -> dict[str, TensorRef]:
+  """The tensors of a loaded checkpoint: descends into a 'model'/'state_dict' entry when the top
+  level holds no tensors itself, and drops `module.` prefixes (DataParallel/DDP)."""
+  if isinstance(obj, ScriptObject):
+    obj = _script_tensors(obj, path)
+  seen = set()
+  while isinstance(obj, dict) and not any(isinstance(v, TensorRef) for v in obj.values()):
+    nested = [k for k in NESTED_KEYS if isinstance(obj.get(k), dict)]
+    if not nested:
+      break
+    seen.add(id(obj))
+    obj = obj[nested[0]]
+    if id(obj) in seen:
+      raise CheckpointError(path, 'a dict that contains itself (a cycle)', nested[0])
+    if len(seen) > MAX_NESTING:
+      raise CheckpointError(path, f'weights nested more than {MAX_NESTING} dicts deep', nested[0])
+  if not isinstance(obj, dict):
+    raise CheckpointError(path, f'holds a {type(obj).__name__}, not a dict of tensors')
+  out = {}
+  for k, v in obj.items():
+    if not isinstance(v, TensorRef):
+      continue
+    k = str(k)
+    if len(k) > MAX_KEY:
+      raise CheckpointError(path, f'a key of {len(k)} characters (at most {MAX_KEY})', k)
+    while k.startswith('module.'):
+      k = k[len('module.'):]
+    if k in out:
+      raise CheckpointError(path, 'two tensors under this name once `module.` is dropped', k)
+    out[k] = v
+  if not out:
+    shown = ', '.join(printable(k, 40) for k in list(obj)[:8])
+    raise CheckpointError(path, f'no tensors found (top-level keys: {shown})')
+  return out
+
+
+def _script_tensors(root: ScriptObject, path) -> dict[str, TensorRef]:
+  """A TorchScript module tree -> state_dict entries (parameters and buffers by attribute name).
+  Each module is visited once: one shared by two parents is listed under its first name (as
+  torch's named_modules does), one that contains itself is an error."""
+  out, done, active = {}, set(), set()
+
+  def visit(obj: ScriptObject, prefix: str, depth: int):
+    if depth > MAX_MODULE_DEPTH or len(prefix) > MAX_KEY:
+      raise CheckpointError(path, f'TorchScript modules nested deeper than {MAX_MODULE_DEPTH} '
+                            f'(or a key over {MAX_KEY} characters)', prefix[:80])
+    active.add(id(obj))
+    for k, v in (obj.state or {}).items():
+      name = f'{prefix}{k}'
+      if isinstance(v, TensorRef):
+        out[name] = v
+      elif isinstance(v, ScriptObject):
+        if id(v) in active:
+          raise CheckpointError(path, 'a TorchScript module that contains itself (a cycle)', name)
+        if id(v) not in done:
+          visit(v, name + '.', depth + 1)
+    active.discard(id(obj))
+    done.add(id(obj))
+
+  visit(root, '', 0)
+  return out
+
+
+def _cut(refs: dict[str, TensorRef], storage_bytes, budget: Budget) -> dict[str, np.ndarray]:
+  """Arrays for `refs`: every view checked and counted first, then each storage read once
+  (`storage_bytes(ref, key)`) and the tensors cut out of it."""
+  for key, ref in refs.items():
+    problem = tensors.check_view(ref)
+    if problem:
+      raise CheckpointError(budget.path, problem, key)
+    budget.take(ref.numel * ref.storage.dtype.itemsize, key, 'the tensor')
+  flats, out = {}, {}
+  for key, ref in refs.items():
+    s = ref.storage
+    raw = flats.get(s.key)
+    if raw is None:
+      raw = flats[s.key] = storage_bytes(s, key)
+    out[key] = tensors.materialise(ref, np.frombuffer(raw, s.dtype, count=s.numel))
+  return out
