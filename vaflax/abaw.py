@@ -12,36 +12,52 @@ filled by `fill`'s rule. The output has the sample's rows in its order, under it
 With --labels (an annotation folder such as `.../VA_Estimation_Challenge/Validation_Set`) and no
 sample, the rows are every line of every annotation file; the file is then scored with the ABAW
 metric, the mean of the valence and arousal CCCs over the annotated frames (docs/abaw.md).
+Sample and prediction files are read with the csv module (quoted cells unquoted); every location
+must be a relative `<video>/<frame>` path that stays inside DIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 
 import numpy as np
 
-from vaflax import cpu_malloc
+from vaflax import cpu_malloc, media
 
 HEADER = 'image_location,valence,arousal'
 INVALID = -5.0  # Aff-Wild2's "not annotated" marker
 
 
+def _rows(path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+  """(header cells, [(line number, cells)] of the non-blank rows) of a sample or prediction
+  file, read with the csv module."""
+  with open(path, encoding='utf-8-sig', newline='') as f:
+    reader = csv.reader(f)
+    rows = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
+  if not rows or rows[0][1][0].strip() != 'image_location':
+    first = ','.join(rows[0][1])[:80] if rows else 'an empty file'
+    raise ValueError(f'{path}: the first line must be the header {HEADER!r}; got {first!r}')
+  return rows[0][1], rows[1:]
+
+
+def check_location(loc: str, where: str) -> str:
+  """`loc` when it is a relative <video>/<frame> path that cannot leave the frames folder (no
+  absolute path, no '.' or '..' part, no empty part, no NUL); else ValueError naming `where`."""
+  parts = loc.split('/')
+  if (len(parts) < 2 or loc.startswith('/') or '\0' in loc
+      or any(p in ('', '.', '..') for p in parts)):
+    raise ValueError(f'{where}: {loc!r} is not <video>/<frame>.jpg inside the frames folder')
+  return loc
+
+
 def read_sample(path) -> tuple[str, list[str]]:
-  """(header line as written, image locations in order) of a sample or prediction file."""
-  with open(path, encoding='utf-8-sig') as f:
-    lines = [ln.rstrip('\r\n') for ln in f]
-  while lines and not lines[-1].strip():
-    lines.pop()
-  if not lines or lines[0].split(',')[0].strip() != 'image_location':
-    raise ValueError(f'{path}: the first line must be the header {HEADER!r}; got '
-                     f'{lines[0][:80] if lines else "an empty file"!r}')
-  locs = [ln.split(',')[0].strip() for ln in lines[1:]]
-  for k, loc in enumerate(locs, start=2):
-    if '/' not in loc:
-      raise ValueError(f'{path}:{k}: {loc!r} is not <video>/<frame>.jpg')
-  return lines[0], locs
+  """(header line, image locations in order) of a sample or prediction file."""
+  header, rows = _rows(path)
+  locs = [check_location(r[0].strip(), f'{path}:{k}') for k, r in rows]
+  return ','.join(header), locs
 
 
 def read_labels(ann_dir) -> dict[str, np.ndarray]:
@@ -105,52 +121,58 @@ def fill(va_Nx2: np.ndarray, locs: list[str]) -> tuple[np.ndarray, dict]:
   return va, counts
 
 
-def predict(run, locs: list[str], frames_dir: str, chunk: int = 512) -> tuple[np.ndarray, dict]:
-  """(N, 2) VA of each location's crop, NaN where there is no crop or it cannot be read; and
-  counts of those."""
+def predict(run, locs: list[str], frames_dir: str, chunk: int = 512,
+            max_pixels: int = media.MAX_PIXELS) -> tuple[np.ndarray, dict]:
+  """(N, 2) VA of each location's crop, NaN where there is no crop or it cannot be read (empty,
+  corrupt, over `max_pixels`, a decompression bomb); and counts of those."""
   from vaflax.predict import cropped  # noqa: PLC0415
+  from vaflax.predict.outputs import printable  # noqa: PLC0415
 
   va = np.full((len(locs), 2), np.nan)
-  paths = [os.path.join(frames_dir, *loc.split('/')) for loc in locs]
+  paths = [os.path.join(frames_dir, *check_location(loc, 'location').split('/')) for loc in locs]
   present = [i for i, p in enumerate(paths) if os.path.isfile(p)]
   unreadable = []
-  for j, out, err in cropped.score_crops(run, [paths[i] for i in present], chunk):
+  for j, out, err in cropped.score_crops(run, [paths[i] for i in present], chunk,
+                                         max_pixels=max_pixels):
     if err is not None:
       unreadable.append(err)
     else:
       va[present[j], 0], va[present[j], 1] = out['valence'], out['arousal']
   for e in unreadable[:5]:
-    print(f'note: unreadable crop, filled: {e}', file=sys.stderr)
+    print(f'note: unreadable crop, filled: {printable(e)}', file=sys.stderr)
   return va, {'no_crop': len(locs) - len(present), 'unreadable': len(unreadable)}
 
 
 def write(path, header: str, locs: list[str], va_Nx2) -> str:
   """The submission: `header`, then `location,valence,arousal` per row (6 decimals, clipped to
-  [-1, 1]), written under a temporary name and renamed."""
+  [-1, 1]; the csv module quotes a location when it must, outputs.cell neutralises one that a
+  spreadsheet would run as a formula), written under a temporary name and renamed."""
+  from vaflax.predict.outputs import atomic, cell  # noqa: PLC0415
+
   va = np.clip(np.asarray(va_Nx2, np.float64), -1.0, 1.0)
   if not np.isfinite(va).all():
     raise ValueError('non-finite values left after filling')
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.part{os.getpid()}'
-  with open(tmp, 'w', newline='') as f:
+  with atomic(path) as tmp, open(tmp, 'w', newline='') as f:
     f.write(header + '\n')
+    w = csv.writer(f, lineterminator='\n')
     for loc, (v, a) in zip(locs, va, strict=True):
-      f.write(f'{loc},{v:.6f},{a:.6f}\n')
-  os.replace(tmp, path)
+      w.writerow([cell(loc), f'{v:.6f}', f'{a:.6f}'])
   return path
 
 
 def read_predictions(path) -> dict[str, tuple[float, float]]:
-  _, locs = read_sample(path)
-  with open(path, encoding='utf-8-sig') as f:
-    lines = [ln.strip() for ln in f][1:len(locs) + 1]
+  from vaflax.predict.outputs import uncell  # noqa: PLC0415
+
+  _, rows = _rows(path)
   out = {}
-  for k, (loc, ln) in enumerate(zip(locs, lines, strict=True), start=2):
-    parts = ln.split(',')
+  for k, r in rows:
+    loc = check_location(uncell(r[0].strip()), f'{path}:{k}')
     try:
-      out[loc] = (float(parts[1]), float(parts[2]))
+      out[loc] = (float(r[1]), float(r[2]))
     except (IndexError, ValueError):
-      raise ValueError(f'{path}:{k}: {ln!r} is not location,valence,arousal') from None
+      raise ValueError(f'{path}:{k}: {",".join(r)[:80]!r} is not location,valence,arousal'
+                       ) from None
   return out
 
 
@@ -189,8 +211,16 @@ def main(argv=None) -> int:
   ap.add_argument('--predictions', help='with --labels: score this existing file, predict nothing')
   ap.add_argument('--batch_size', type=int, default=64)
   ap.add_argument('--checkpoint_step', type=int, default=None)
+  ap.add_argument('--max_pixels', type=int, default=media.MAX_PIXELS,
+                  help='larger crops are unreadable (filled)')
   a = ap.parse_args(argv)
   cpu_malloc.keep_freed_memory()  # before JAX starts its backends
+  from vaflax.predict.outputs import printable  # noqa: PLC0415
+
+  for name, low in (('batch_size', 1), ('checkpoint_step', 0), ('max_pixels', 1)):
+    if getattr(a, name) is not None and getattr(a, name) < low:
+      print(f'error: --{name} must be >= {low}, got {getattr(a, name)}', file=sys.stderr)
+      return 2
   try:
     labels = read_labels(a.labels) if a.labels else None
     if a.predictions:
@@ -206,7 +236,7 @@ def main(argv=None) -> int:
       from vaflax import api  # noqa: PLC0415
 
       run = api.load(a.workdir, step=a.checkpoint_step, batch_size=a.batch_size)
-      va, missing = predict(run, locs, a.frames)
+      va, missing = predict(run, locs, a.frames, max_pixels=a.max_pixels)
       va, counts = fill(va, locs)
       path = write(a.output, header, locs, va)
       print(f"{len(locs)} rows in {len(_videos(locs))} videos: {counts['predicted']} predicted; "
@@ -218,7 +248,7 @@ def main(argv=None) -> int:
       print(f"{path}: {s['frames']} annotated frames: CCC valence {s['ccc_valence']:.4f}, "
             f"arousal {s['ccc_arousal']:.4f}; ABAW score (mean) {s['abaw_score']:.4f}")
   except (OSError, ValueError, KeyError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {printable(e)}', file=sys.stderr)
     return 2
   return 0
 

@@ -4,6 +4,7 @@ r"""Valence/arousal of the faces in images and videos, with a trained run.
       [--smooth=none|ema|mean --smooth_window=5] [--min_face=40] [--faces=largest|all]
       [--overlay] [--save_crops] [--flip_tta] [--batch_size=32] [--detect_every=10]
       [--workers=2] [--shard=auto|K/N] [--overwrite] [--cropped] [--detector=blazeface|haar]
+      [--max_pixels=50000000]
   python -m vaflax.predict --merge --output=DIR
 
 PATH is an image, a video, a folder of them (searched recursively) or a list file (.txt: one
@@ -20,6 +21,7 @@ from vaflax import cpu_malloc
 from vaflax.predict import collection, summary
 from vaflax.predict.decode import InputError
 from vaflax.predict.model import Predictor
+from vaflax.predict.outputs import printable
 from vaflax.predict.pipeline import Options
 
 
@@ -70,12 +72,18 @@ def main(argv=None) -> int:
   ap.add_argument('--cropped', action='store_true',
                   help='each input image is one face crop: no detection, one row per image in '
                   'OUTPUT/cropped.csv')
+  ap.add_argument('--max_pixels', type=int, default=d.max_pixels,
+                  help='larger images and video frames (width x height) are error rows')
   a = ap.parse_args(rest)
   cpu_malloc.keep_freed_memory()  # before JAX starts its backends
   if a.merge:
     return _main_merge(a.output)
   if not a.workdir or not a.input:
     ap.error('--workdir and --input are required (except with --merge)')
+  bad = check_numbers(a)
+  if bad:
+    print(f'error: {bad}', file=sys.stderr)
+    return 2
   if a.flip_tta:  # the run's own switch: every path (videos, --cropped) follows it
     overrides = [*overrides, 'eval.flip_tta=True']
   if a.cropped:
@@ -83,7 +91,7 @@ def main(argv=None) -> int:
   opts = Options(frame_stride=a.frame_stride, smooth=a.smooth, smooth_window=a.smooth_window,
                  min_face=a.min_face, faces=a.faces, detect_every=a.detect_every,
                  detector=a.detector, max_age=a.max_age, overlay=a.overlay, plots=not a.no_plots,
-                 save_crops=a.save_crops, progress=False)
+                 save_crops=a.save_crops, progress=False, max_pixels=a.max_pixels)
   log = (lambda msg: None) if a.quiet else collection.log_stderr
   try:
     opts.check()
@@ -95,20 +103,39 @@ def main(argv=None) -> int:
     res = collection.run(predictor, a.input, a.output, opts, shard=shard,
                          overwrite=a.overwrite, workers=a.workers, log=log)
   except (InputError, FileNotFoundError, PermissionError, ValueError, KeyError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {printable(e)}', file=sys.stderr)
     return 2
   for p in res.ignored:
-    print(f'skipped {p}: not an image or video extension', file=sys.stderr)
+    print(f'skipped {printable(p)}: not an image or video extension', file=sys.stderr)
   print(f'table: {res.table}')
   print(collection.main_line(res.rows, res.skipped))
   return 0
+
+
+# Numeric flags and their range: checked before anything is loaded. The frame queue holds
+# 8 x batch_size crops, so the batch is bounded above too.
+_AT_MOST = {'batch_size': 4096, 'workers': 256}
+_AT_LEAST = {'frame_stride': 1, 'smooth_window': 1, 'min_face': 1, 'detect_every': 1,
+             'max_age': 0, 'batch_size': 1, 'workers': 1, 'checkpoint_step': 0, 'crop_size': 0,
+             'crop_margin': 0.0, 'max_pixels': 1}
+
+
+def check_numbers(a) -> str | None:
+  """The first numeric flag out of range, as one line; None when all are fine."""
+  for name, low in _AT_LEAST.items():
+    v = getattr(a, name)
+    if v is not None and not v >= low:  # `not >=`: NaN is out of range too
+      return f'--{name} must be >= {low}, got {v}'
+    if v is not None and name in _AT_MOST and v > _AT_MOST[name]:
+      return f'--{name} must be <= {_AT_MOST[name]}, got {v}'
+  return None
 
 
 def _main_merge(out_dir) -> int:
   try:
     path, rows = summary.merge(out_dir)
   except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {printable(e)}', file=sys.stderr)
     return 2
   print(f'table: {path}')
   print(collection.main_line(rows, 0))
@@ -126,9 +153,9 @@ def _main_cropped(a, overrides) -> int:
     run = api.load(a.workdir, step=a.checkpoint_step, batch_size=a.batch_size,
                    overrides=overrides)
     root = a.input if os.path.isdir(a.input) else os.path.dirname(os.path.abspath(a.input))
-    path, ok, bad = cropped.predict_crops(run, files + ignored, a.output, root)
+    path, ok, bad = cropped.predict_crops(run, files + ignored, a.output, root, a.max_pixels)
   except (InputError, FileNotFoundError, PermissionError, ValueError, KeyError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {printable(e)}', file=sys.stderr)
     return 2
   print(f'{ok} crops scored, {bad} errors -> {path}')
   return 0

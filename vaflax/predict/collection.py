@@ -15,12 +15,13 @@ import hashlib
 import json
 import os
 import queue
+import re
 import sys
 import threading
 import time
 from typing import NamedTuple
 
-from vaflax.predict import pipeline, summary
+from vaflax.predict import outputs, pipeline, summary
 from vaflax.predict.batching import Batcher
 from vaflax.predict.decode import IMAGE_EXTS, VIDEO_EXTS, InputError
 
@@ -34,12 +35,60 @@ class Input(NamedTuple):
   stem: str  # its outputs' name under OUT, without extension (may hold sub-folders)
 
 
+# What the run writes under OUT beside the inputs' outputs (summary.py, cropped.py): no input's
+# output may take one of these names.
+_RESERVED = re.compile(r'^(summary(-\d+of\d+)?(\.csv|_circumplex\.png)|cropped\.csv)$')
+# The files and folders of one input <stem> (pipeline.finish_clip, outputs.write_plots).
+_FILE_SUFFIXES = ('.csv', '.json', '_trajectory.png', '_va_time.png', '_overlay.mp4')
+_DIR_SUFFIXES = ('_crops',)
+
+
+def _digest(rel: str) -> str:
+  return hashlib.sha1(os.fsencode(rel)).hexdigest()
+
+
+def _conflicts(stems: list[str]) -> tuple[set[int], set[str]]:
+  """(inputs whose outputs would take a name that another input's outputs, one of their
+  folders or the run's own files take; top-level folders named like the run's own files).
+  Names compare case-folded: the outputs may land on a case-insensitive file system."""
+  files: dict[str, list[int]] = {}
+  dirs: dict[str, list[int]] = {}
+  for i, st in enumerate(stems):
+    for suf in _FILE_SUFFIXES:
+      files.setdefault((st + suf).casefold(), []).append(i)
+    parts = st.split('/')
+    for k in range(1, len(parts)):
+      dirs.setdefault('/'.join(parts[:k]).casefold(), []).append(i)
+    for suf in _DIR_SUFFIXES:
+      dirs.setdefault((st + suf).casefold(), []).append(i)
+  bad = {i for name, own in files.items() if len(own) > 1 or name in dirs or _RESERVED.match(name)
+         for i in own}
+  bad_dirs = {name for name in dirs if '/' not in name and _RESERVED.match(name)}
+  return bad, bad_dirs
+
+
 def _stems(rels: list[str]) -> list[str]:
-  """Output names: the relative path without extension, or <stem>_<ext> when two inputs share
-  one; '..' parts (list entries outside the list's folder) become '__'."""
-  bare = [os.path.splitext(r)[0].replace('..', '__') for r in rels]
-  return [b if bare.count(b) == 1 else f'{b}_{os.path.splitext(r)[1].lstrip(".").lower()}'
-          for b, r in zip(bare, rels, strict=True)]
+  """Output names, one per input and never the same for two (docs/predict.md, "Outputs"): the
+  relative path without its extension, with '..' folders (list entries outside the list's
+  folder) as '__'; when that name is taken (x.png and x.jpg; x.png and x_png.jpg; an input
+  named summary.png), <name>_<ext>_<first hex digits of SHA-1 of the relative path>."""
+  base = []
+  for r in rels:
+    parts = os.path.splitext(r)[0].split('/')
+    base.append('/'.join('__' if p == '..' else p for p in parts))
+  stems = list(base)
+  for n in (8, 16, 40):
+    bad, bad_dirs = _conflicts(stems)
+    if not bad and not bad_dirs:
+      return stems
+    for i, r in enumerate(rels):
+      top, _, rest = stems[i].partition('/')
+      if rest and top.casefold() in bad_dirs:  # a folder named like summary.csv
+        stems[i] = f'{top}_{_digest(top)[:n]}/{rest}'
+      if i in bad:
+        ext = os.path.splitext(r)[1].lstrip('.').lower()
+        stems[i] = f"{base[i]}_{ext + '_' if ext else ''}{_digest(r)[:n]}"
+  raise AssertionError(f'output names still collide: {sorted(_conflicts(stems)[0])[:5]}')
 
 
 def _is_media(name: str) -> bool:
@@ -54,7 +103,8 @@ def list_inputs(path, exclude=None) -> tuple[str, list[Input], list[str]]:
   path = os.fspath(path)
   if os.path.isfile(path) and path.lower().endswith(LIST_EXTS):
     root = os.path.dirname(os.path.abspath(path))
-    with open(path, encoding='utf-8') as f:
+    # Entries that are not UTF-8 keep their bytes as surrogate escapes, as os.walk's names do.
+    with open(path, encoding='utf-8', errors='surrogateescape') as f:
       entries = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith('#')]
     rels = sorted({os.path.relpath(os.path.join(root, e), root).replace(os.sep, '/')
                    for e in entries})
@@ -92,14 +142,23 @@ _SHARD_ENV = (('SLURM_PROCID', 'SLURM_NTASKS'), ('JAX_PROCESS_ID', 'JAX_NUM_PROC
 
 def parse_shard(spec: str, env=None) -> tuple[int, int]:
   """(K, N), 1 <= K <= N, of `--shard=K/N`; 'auto' reads the launcher's process index (0-based)
-  and count from the environment (TPU: the number of TPU_WORKER_HOSTNAMES), else (1, 1)."""
+  and count from the environment (TPU: the number of TPU_WORKER_HOSTNAMES), else (1, 1). A
+  launcher's values that make no shard (count 0, index past the count, not numbers) raise
+  ValueError naming the variables."""
   env = os.environ if env is None else env
   if spec == 'auto':
     for idx, cnt in _SHARD_ENV:
-      if env.get(idx, '').strip().isdigit() and env.get(cnt, '').strip():
-        n = env[cnt].strip()
-        n = len(n.split(',')) if idx == 'TPU_WORKER_ID' else int(n)
-        return int(env[idx]) + 1, n
+      k, n = env.get(idx, '').strip(), env.get(cnt, '').strip()
+      if not k and not n:
+        continue
+      if idx == 'TPU_WORKER_ID' and n:
+        n = str(len([h for h in n.split(',') if h.strip()]))
+      if not (k.isdigit() and n.isdigit() and k.isascii() and n.isascii()
+              and 0 <= int(k) < int(n)):
+        raise ValueError(f'--shard=auto: {idx}={env.get(idx, "")!r} and {cnt}='
+                         f'{env.get(cnt, "")!r} make no shard (need 0 <= {idx} < the count); '
+                         'pass --shard=K/N')
+      return int(k) + 1, int(n)
     return 1, 1
   try:
     k, n = (int(x) for x in spec.split('/'))
@@ -113,17 +172,26 @@ def parse_shard(spec: str, env=None) -> tuple[int, int]:
 def in_shard(rel: str, shard: tuple[int, int]) -> bool:
   """Whether an input belongs to shard K of N: the first 8 bytes of SHA-1 of its relative path,
   modulo N, equal K - 1. The same on every machine, and adding an input moves no other one."""
-  k, n = shard
-  return int.from_bytes(hashlib.sha1(rel.encode('utf-8')).digest()[:8], 'big') % n == k - 1
+  k, n = shard  # os.fsencode: UTF-8, and the original bytes of a name that is not UTF-8
+  return int.from_bytes(hashlib.sha1(os.fsencode(rel)).digest()[:8], 'big') % n == k - 1
 
 
-def completed(inp: Input, out_dir: str) -> dict | None:
-  """The input's JSON summary when its outputs are complete for the file as it is now, else None."""
+def completed(inp: Input, out_dir: str, warn=None) -> dict | None:
+  """The input's JSON summary when its outputs are complete for the file as it is now, else None.
+  A file there that is not a summary (not JSON, not an object) is "not complete": `warn` says so
+  and the input is redone (its outputs replace the file)."""
   json_path = os.path.join(out_dir, f'{inp.stem}.json')
   try:
-    with open(json_path) as f:
-      s = json.load(f)
-  except (OSError, ValueError):
+    with open(json_path, 'rb') as f:
+      s = json.loads(f.read(1 << 24))  # a summary is a few kB; 16 MB bounds a stray file
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError) as e:
+    s = f'{type(e).__name__}'
+  if not isinstance(s, dict):
+    if warn:
+      what = s if isinstance(s, str) else f'JSON {type(s).__name__}, not an object'
+      warn(f'warning: {json_path} is not a completion record ({what}); redoing its input')
     return None
   try:
     now = pipeline.source_stat(inp.path)
@@ -184,7 +252,7 @@ def predict_many(predictor, inputs: list[Input], out_dir: str, opts: pipeline.Op
         s = pipeline.error_summary(inp.path, inp.stem, out_dir, info, inp.rel)
       else:
         s = pipeline.finish_clip(predictor, c, info, va, head, opts, inp.rel)
-    except (OSError, ValueError) as e:  # e.g. a plot or the overlay failed: the input's row says so
+    except Exception as e:  # noqa: BLE001 -- e.g. a plot or the overlay failed: the input's row
       s = pipeline.error_summary(inp.path, inp.stem, out_dir,
                                  f'{inp.path}: writing outputs: {type(e).__name__}: {e}', inp.rel)
     done.append(s)
@@ -250,9 +318,12 @@ def run(predictor, input_path, out_dir: str, opts: pipeline.Options, *, shard=(1
   if os.path.isdir(input_path) and not inputs:
     raise InputError(f'--input={input_path}: no image or video file in this folder')
   mine = [inp for inp in inputs if in_shard(inp.rel, shard)]
-  todo = mine if overwrite else [inp for inp in mine if completed(inp, out_dir) is None]
+  todo = mine if overwrite else [inp for inp in mine if completed(inp, out_dir, log) is None]
   os.makedirs(out_dir, exist_ok=True)
-  log(f'{len(inputs)} inputs under {root}; shard {shard[0]}/{shard[1]}: {len(mine)}, '
+  stale = outputs.remove_stale_parts(out_dir)
+  if stale:
+    log(f'removed {len(stale)} temporary files of dead runs under {out_dir}')
+  log(f'{_count(len(inputs), "input")} under {root}; shard {shard[0]}/{shard[1]}: {len(mine)}, '
       f'{len(mine) - len(todo)} already complete, {len(todo)} to do')
   t0, frames = time.time(), [0]
 
@@ -263,23 +334,30 @@ def run(predictor, input_path, out_dir: str, opts: pipeline.Options, *, shard=(1
         f"{s.get('frames_with_face', 0)}/{s.get('frames_processed', 0)} frames with a face "
         f'[{frames[0]} frames, {rate:.1f} frames/s]')
 
-  predict_many(predictor, todo, out_dir, opts, workers, on_done)
+  fresh = {s['path']: s for s in predict_many(predictor, todo, out_dir, opts, workers, on_done)}
   rows = []
   for inp in mine:
-    s = completed(inp, out_dir)
-    if s is None:  # only if the file changed while it was processed
+    s = completed(inp, out_dir, log)
+    if s is None and not os.path.exists(os.path.join(out_dir, f'{inp.stem}.json')):
+      s = fresh.get(inp.rel)  # its JSON could not be written (the summary says why)
+    if s is None:  # the file changed while it was processed
       s = pipeline.error_summary(inp.path, inp.stem, out_dir, 'changed during the run', inp.rel)
     rows.append(summary.row(s))
   table = summary.write_table(os.path.join(out_dir, summary.table_name(shard)), rows)
   return Result(table, rows, len(mine) - len(todo), ignored)
 
 
+def _count(n: int, what: str) -> str:
+  return f'{n} {what}' + ('' if n == 1 else 's')
+
+
 def main_line(rows: list[dict], skipped: int) -> str:
   """The run's last line: counts by status."""
   n = {st: sum(r['status'] == st for r in rows) for st in ('ok', 'partial', 'error')}
-  return (f"{len(rows)} inputs: {n['ok']} ok, {n['partial']} partial, {n['error']} error "
-          f'({skipped} already done)')
+  return (f"{_count(len(rows), 'input')}: {n['ok']} ok, {n['partial']} partial, {n['error']} "
+          f'error ({skipped} already done)')
 
 
 def log_stderr(msg: str):
-  print(msg, file=sys.stderr, flush=True)
+  """One log line; names in it cannot forge lines or colour the terminal (outputs.printable)."""
+  print(outputs.printable(msg), file=sys.stderr, flush=True)

@@ -1,28 +1,14 @@
-"""The frames of one input, streamed: an image, or a video through vaflax.data.video_io."""
+"""The frames of one input, streamed: an image (vaflax.media, the one image reader), or a video
+through vaflax.data.video_io. Both hold to the pixel limit (`max_pixels`, vaflax/media.py)."""
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
+from vaflax.media import IMAGE_EXTS, MAX_PIXELS, VIDEO_EXTS, InputError, check_pixels, read_image
 
-IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
-VIDEO_EXTS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg', '.wmv', '.flv',
-              '.3gp', '.ts')
-
-
-class InputError(Exception):
-  """An input that cannot be read; the message names the file."""
-
-
-def read_image(path) -> np.ndarray:
-  from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415
-
-  try:
-    with Image.open(path) as im:
-      return np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
-  except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise InputError(f'{path}: cannot read as an image ({type(e).__name__}: {e})') from None
+__all__ = ['IMAGE_EXTS', 'VIDEO_EXTS', 'ImageFrames', 'InputError', 'VideoFrames', 'open_input',
+           'read_image']
 
 
 class ImageFrames:
@@ -32,8 +18,8 @@ class ImageFrames:
   fps = duration = warning = None
   num_frames = decoded = 1
 
-  def __init__(self, path):
-    self._rgb = read_image(path)
+  def __init__(self, path, max_pixels: int = MAX_PIXELS):
+    self._rgb = read_image(path, max_pixels)
 
   def __iter__(self):
     yield 0, 0.0, self._rgb
@@ -46,20 +32,27 @@ class VideoFrames:
   """(index, time_s, rgb uint8 HxWx3) of every `stride`-th decoded frame; index in decoding
   order, time from the container's start. A video that breaks after its first frame keeps the
   frames before the break and says where in `warning`, as does one that ends before its
-  declared frame count."""
+  declared frame count. A frame over `max_pixels` is not decoded to RGB: at the first frame the
+  video is an InputError, later (the size changed mid-stream) decoding stops there."""
 
   kind = 'video'
 
-  def __init__(self, path, stride: int = 1):
+  def __init__(self, path, stride: int = 1, max_pixels: int = MAX_PIXELS):
     import av  # noqa: PLC0415
 
     from vaflax.data import video_io  # noqa: PLC0415
 
-    self.path, self.stride = os.fspath(path), stride
+    self.path, self.stride, self.max_pixels = os.fspath(path), stride, max_pixels
     try:
       self._video = video_io.Video(self.path)
     except (av.error.FFmpegError, OSError, ValueError) as e:
       raise InputError(f'{path}: cannot open as a video ({type(e).__name__}: {e})') from None
+    ctx = self._video.stream.codec_context
+    try:
+      check_pixels(path, ctx.width or 0, ctx.height or 0, max_pixels, 'cannot open as a video')
+    except InputError:
+      self._video.close()
+      raise
     self.fps, self.num_frames = self._video.fps, self._video.num_frames
     self.duration = self._video.duration
     self.warning = None
@@ -76,9 +69,14 @@ class VideoFrames:
       for i, (t, frame) in enumerate(self._video.frames()):
         if i % self.stride:
           continue
+        if frame.width * frame.height > self.max_pixels:
+          check_pixels(self.path, frame.width, frame.height, self.max_pixels,
+                       f'frame {i} cannot be decoded')
         t = t if t is not None else i / (self.fps or 1.0)
         yield i, float(t), frame.to_ndarray(format='rgb24')
-    except (av.error.FFmpegError, OSError, ValueError) as e:
+    except (av.error.FFmpegError, OSError, ValueError, InputError) as e:
+      if i <= 0 and isinstance(e, InputError):
+        raise
       if i <= 0:
         raise InputError(f'{self.path}: cannot decode ({type(e).__name__}: {e})') from None
       self.warning = (f'decoding stopped after frame {i} ({type(e).__name__}: {e}); earlier '
@@ -92,8 +90,9 @@ class VideoFrames:
     self._video.close()
 
 
-def open_input(path, stride: int = 1) -> ImageFrames | VideoFrames:
-  """The frame stream of an image (by its extension) or a video (anything else)."""
+def open_input(path, stride: int = 1, max_pixels: int = MAX_PIXELS) -> ImageFrames | VideoFrames:
+  """The frame stream of an image (by its extension) or a video (anything else); images and
+  frames over `max_pixels` (vaflax/media.py) are InputErrors."""
   is_image = os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTS
   what = 'cannot read as an image' if is_image else 'cannot open as a video'
   try:
@@ -103,5 +102,5 @@ def open_input(path, stride: int = 1) -> ImageFrames | VideoFrames:
   if size == 0:
     raise InputError(f'{path}: {what} (empty file, 0 bytes)')
   if is_image:
-    return ImageFrames(path)
-  return VideoFrames(path, stride)
+    return ImageFrames(path, max_pixels)
+  return VideoFrames(path, stride, max_pixels)

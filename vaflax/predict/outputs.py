@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
+import hashlib
 import json
 import math
 import os
+import re
+import socket
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -37,18 +42,96 @@ class Row(NamedTuple):
   landmarks: np.ndarray | None = None  # (len(KEYPOINTS), 2) source pixels
 
 
+# Temporary names: <name>.part<pid>h<host><ext>, the host a short hash of its name, so that a
+# later run can tell files of its own host's dead processes (removable) from those of live runs
+# on other hosts sharing OUT.
+_HOST = hashlib.sha1(socket.gethostname().encode('utf-8', 'replace')).hexdigest()[:6]
+_PART = re.compile(r'\.part(\d+)h([0-9a-f]{6})(\.[^./]*)?$')
+STALE_OTHER_HOST_S = 24 * 3600  # another host's temporary file this old is of a dead run
+
+
 @contextlib.contextmanager
 def atomic(path):
   """Yields a temporary name with the same extension (writers pick the format from it); renames
   it to `path` when the block ends without an exception, removes it otherwise."""
   root, ext = os.path.splitext(os.fspath(path))
-  tmp = f'{root}.part{os.getpid()}{ext}'
+  tmp = f'{root}.part{os.getpid()}h{_HOST}{ext}'
   try:
     yield tmp
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # e.g. EPERM: a process of another user holds the id
+    return True
+  return True
+
+
+def remove_stale_parts(out_dir: str) -> list[str]:
+  """Removes the temporary files (`atomic`'s pattern only) that dead runs left under `out_dir`:
+  those of this host whose process is gone, and those of other hosts older than a day. A kill
+  leaves them (a rename never happened); returns what was removed."""
+  gone = []
+  now = time.time()
+  for p in glob.glob(os.path.join(glob.escape(out_dir), '**', '*.part*'), recursive=True):
+    m = _PART.search(p)
+    if not m or not os.path.isfile(p):
+      continue
+    pid, host = int(m.group(1)), m.group(2)
+    try:
+      if host == _HOST:
+        stale = pid != os.getpid() and not _alive(pid)
+      else:
+        stale = now - os.path.getmtime(p) > STALE_OTHER_HOST_S
+      if stale:
+        os.remove(p)
+        gone.append(p)
+    except OSError:  # removed meanwhile by another run
+      pass
+  return gone
+
+
+# --- Text written into tables and logs ------------------------------------------------------------
+
+_FORMULA_START = ('=', '+', '-', '@', '\t', '\r')
+_CONTROL = re.compile(r'[\x00-\x1f\x7f-\x9f]')
+
+
+def text(s) -> str:
+  """`s` encodable as UTF-8: a name that is not valid UTF-8 (read with Python's surrogate
+  escapes, PEP 383) shows its undecodable bytes as \\xNN."""
+  s = str(s)
+  try:
+    s.encode('utf-8')
+    return s
+  except UnicodeEncodeError:
+    return s.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+
+
+def printable(s) -> str:
+  """`text(s)` with control characters escaped (\\n, \\x1b, ...): a file name cannot forge or
+  colour a log line."""
+  return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text(s))
+
+
+def cell(s) -> str:
+  """A text cell for a CSV: `text(s)`, with a leading ' when it begins with =, +, -, @, a tab or
+  a carriage return, so that a spreadsheet shows it as text instead of running it as a formula
+  (OWASP's CSV-injection advice). Numbers are not written through this."""
+  s = text(s)
+  return "'" + s if s.startswith(_FORMULA_START) else s
+
+
+def uncell(s: str) -> str:
+  """The text `cell` was given (for a table read back)."""
+  return s[1:] if s[:1] == "'" and s[1:2] in _FORMULA_START and s[1:2] else s
 
 
 def _num(x, fmt) -> str:
@@ -163,7 +246,8 @@ def write_plots(out_dir, stem, rows: list[Row], va_Nx2, is_video: bool) -> dict:
   main_id = int(np.bincount(face_id).argmax())
   sel = face_id == main_id
   times = np.array([r.time_s for r in rows], np.float64)[sel]
-  label = f'{os.path.basename(stem)}, face {main_id}'
+  # Plain text: a '$' in a file name would start matplotlib's mathtext (and fail the plot).
+  label = text(f'{os.path.basename(stem)}, face {main_id}').replace('$', r'\$')
   files = {'trajectory_png': os.path.join(out_dir, f'{stem}_trajectory.png')}
   with atomic(files['trajectory_png']) as tmp:
     plots.circumplex_trajectory(tmp, va_Nx2[sel], times, title=label)

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vaflax import circumplex
+from vaflax import circumplex, media
 from vaflax.predict import decode, detection, outputs, tracking
 from vaflax.predict.batching import Batcher
 from vaflax.predict.model import Predictor
@@ -38,6 +38,7 @@ class Options:
   plots: bool = True
   save_crops: bool = False  # also write each model-input crop to <stem>_crops/<frame>_<face_id>.png
   progress: bool = True
+  max_pixels: int = media.MAX_PIXELS  # larger images and video frames are errors (vaflax/media.py)
 
   def check(self):
     if self.frame_stride < 1:
@@ -52,6 +53,8 @@ class Options:
       raise ValueError(f'--faces must be largest or all, got {self.faces!r}')
     if self.detect_every < 1 or self.max_age < 0 or self.min_face < 1:
       raise ValueError('--detect_every and --min_face must be >= 1, --max_age >= 0')
+    if self.max_pixels < 1:
+      raise ValueError(f'--max_pixels must be >= 1, got {self.max_pixels}')
 
 
 class _ProgressLine:
@@ -100,7 +103,7 @@ def scan(predictor: Predictor, path, opts: Options, emit, crops_dir: str | None 
   """Decodes `path`, finds, tracks and crops its faces, calls `emit(Frame)` per processed frame;
   returns what the source says of itself (kind, fps, duration, decoded frames, warning).
   Raises decode.InputError when the input cannot be read at all."""
-  source = decode.open_input(path, opts.frame_stride)
+  source = decode.open_input(path, opts.frame_stride, opts.max_pixels)
   is_video = source.kind == 'video'
   audio = _read_audio(path, predictor.sample_rate) if is_video and predictor.uses_audio else None
   tracker = tracking.FaceTracker(max_age=opts.max_age)
@@ -180,9 +183,13 @@ def error_summary(path, stem: str, out_dir: str, error: str, rel: str | None = N
              'duration_s': None, 'valence': None, 'arousal': None, 'quadrant_share': None,
              'dominant_quadrant': None, 'source': source_stat(path) if os.path.exists(path) else None}
   json_path = os.path.join(out_dir, f'{stem}.json')
-  os.makedirs(os.path.dirname(json_path), exist_ok=True)
   summary['files'] = {'json': json_path}
-  outputs.write_json(json_path, summary)
+  try:
+    os.makedirs(os.path.dirname(json_path), exist_ok=True)
+    outputs.write_json(json_path, summary)
+  except OSError as e:  # e.g. a name too long for the file system: the row still says why
+    summary['error'] += f'; its JSON could not be written ({type(e).__name__}: {e.strerror})'
+    del summary['files']['json']
   return summary
 
 

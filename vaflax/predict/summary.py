@@ -9,11 +9,12 @@ import glob
 import math
 import os
 import re
+import sys
 
 import numpy as np
 
 from vaflax import circumplex
-from vaflax.predict.outputs import atomic
+from vaflax.predict.outputs import atomic, cell, uncell
 
 _QUADRANTS = circumplex.QUADRANT_NAMES[:circumplex.NUM_QUADRANTS]
 SHARE_COLUMNS = tuple(f'share_{q}' for q in _QUADRANTS)
@@ -44,14 +45,20 @@ def row(s: dict) -> dict:
   return out
 
 
+_TEXT_COLUMNS = ('path', 'error')  # from file names and messages: neutralised (outputs.cell)
+
+
 def write_table(path: str, rows: list[dict]) -> str:
   """The table sorted by path, written atomically, and its plot beside it."""
   rows = sorted(rows, key=lambda r: r['path'])
   with atomic(path) as tmp, open(tmp, 'w', newline='') as f:
     w = csv.DictWriter(f, COLUMNS)
     w.writeheader()
-    w.writerows(rows)
-  plot(os.path.splitext(path)[0] + '_circumplex.png', rows)
+    w.writerows({**r, **{c: cell(r[c]) for c in _TEXT_COLUMNS}} for r in rows)
+  try:
+    plot(os.path.splitext(path)[0] + '_circumplex.png', rows)
+  except Exception as e:  # noqa: BLE001 -- the table stands without its picture
+    print(f'note: {path}: the circumplex plot failed ({type(e).__name__}: {e})', file=sys.stderr)
   return path
 
 
@@ -70,7 +77,7 @@ def plot(path: str, rows: list[dict]) -> str | None:
 
 def _read(path) -> list[dict]:
   with open(path, newline='') as f:
-    return list(csv.DictReader(f))
+    return [{**r, **{c: uncell(r[c]) for c in _TEXT_COLUMNS}} for r in csv.DictReader(f)]
 
 
 def read_table(out_dir: str) -> list[dict]:
