@@ -19,6 +19,8 @@ letter, one meaning:
   E  emotion (expression) classes
   L  landmarks (iBUG-68: 68)
   S  audio samples per video frame
+  X  samples of a waveform (a window's or a clip's; models/speech.py)
+  I  hidden states of a speech encoder (its layers + 1)
   F  STFT frames per video frame
   U  STFT frequency bins (n_fft // 2 + 1)
   M  mel bins
