@@ -22,8 +22,16 @@ class Run:
 
   def __init__(self, workdir: str, *, step: int | None = None, batch_size: int = 32,
                overrides=()):
-    from vaflax.predict import model  # noqa: PLC0415 -- imports jax
+    from vaflax import runs, speech_features  # noqa: PLC0415 -- imports jax
+    from vaflax.predict import model  # noqa: PLC0415
 
+    self._speech = None
+    if runs.load_config(runs.resolve_workdir(workdir)).model_name == 'speech':
+      # A speech encoder (vaflax.convert --format=speech): embed_audio only.
+      self._speech = speech_features.Encoder(workdir, step)
+      self.workdir, self.step, self.config = (self._speech.workdir, self._speech.run.step,
+                                              self._speech.run.config)
+      return
     self._predictor = model.Predictor(workdir, checkpoint_step=step, batch_size=batch_size,
                                       overrides=overrides)
     if self._predictor.window:
@@ -94,6 +102,19 @@ class Run:
     except AttributeError as e:
       raise ValueError(f'{self.workdir}: model {self.config.model_name!r} has no `features` '
                        'method (embed supports resnet and vit runs)') from e
+
+
+  def embed_audio(self, wave, *, normalize: bool = True) -> np.ndarray:
+    """(layers + 1, frames, dim) float32 hidden states of a speech encoder run (wav2vec 2.0,
+    HuBERT, WavLM; docs/pretrained.md) for a 1-D float32 16 kHz mono waveform; one frame per
+    20 ms. The encoders were trained on utterances normalised to zero mean and unit variance
+    (the hub feature extractors' do_normalize): `normalize=True` does that here; pass False
+    for a waveform normalised already. The states are the first layer's input, then every
+    layer's output (transformers' output_hidden_states)."""
+    if self._speech is None:
+      raise ValueError(f'{self.workdir}: a {self.config.model_name!r} run; embed_audio needs a '
+                       'speech encoder (python -m vaflax.convert --format=speech)')
+    return self._speech.hidden_states(wave, normalize=normalize)
 
 
 def load(workdir: str, *, step: int | None = None, batch_size: int = 32, overrides=()) -> Run:

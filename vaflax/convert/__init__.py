@@ -26,10 +26,10 @@ import numpy as np
 from flax import nnx
 
 from vaflax import checkpoint as ckpt_lib
-from vaflax import optim, runs
+from vaflax import runs
 from vaflax.convert import reader
 
-FORMATS = ('torchvision_resnet', 'mae', 'emonet', 'fan')
+FORMATS = ('torchvision_resnet', 'mae', 'emonet', 'fan', 'speech')
 
 
 def format_module(name: str):
@@ -61,7 +61,7 @@ def _build(config, mapping, path: str) -> nnx.Module:
   only the variables the file does not fill (the new head, rng state), so XLA drops the rest."""
   create = lambda: runs.make_model(config, nnx.Rngs(config.seed))
   graphdef, state = nnx.split(nnx.eval_shape(create))
-  flat = {optim.path_str(p): v for p, v in nnx.to_flat_state(state)}
+  flat = {ckpt_lib.path_str(p): v for p, v in nnx.to_flat_state(state)}
   for dst, value in mapping.out.items():
     if dst in flat and tuple(value.shape) != tuple(flat[dst].shape):
       key = mapping.origin[dst]
@@ -70,8 +70,8 @@ def _build(config, mapping, path: str) -> nnx.Module:
           f'model\'s {dst} of shape {tuple(flat[dst].shape)} (after the layout change: '
           f'{tuple(value.shape)})')
   from_file = {k for k in flat if k in mapping.out}
-  rest = jax.jit(lambda: {optim.path_str(p): v.get_value() for p, v in nnx.to_flat_state(nnx.split(
-      create())[1]) if optim.path_str(p) not in from_file})()
+  rest = jax.jit(lambda: {ckpt_lib.path_str(p): v.get_value() for p, v in nnx.to_flat_state(nnx.split(
+      create())[1]) if ckpt_lib.path_str(p) not in from_file})()
   for k, var in flat.items():
     # The file's values go in through transfer_weights (the one copier); zeros hold their place.
     var.set_value(rest[k] if k in rest else np.zeros(var.shape, var.dtype))
@@ -81,7 +81,9 @@ def _build(config, mapping, path: str) -> nnx.Module:
 def convert(fmt: str, path: str, variant: str = '', src: dict | None = None) -> Converted:
   """The vaflax model holding the weights of the PyTorch checkpoint at `path`."""
   mod = format_module(fmt)
-  src = reader.read_checkpoint(path) if src is None else src
+  if src is None:  # a format whose input is a folder (speech: config.json + weights) reads it
+    src = mod.read(path) if hasattr(mod, 'read') else reader.read_checkpoint(path)
+  path = getattr(src, 'path', path)  # then the weights file it holds is the source
   try:
     config = mod.make_config(src, variant)
     if 'dtype' in config.model:  # the reference's float32 (the paper configs train in bfloat16)
@@ -121,13 +123,11 @@ def _sha256(path) -> str:
 
 def write_run(c: Converted, workdir: str) -> str:
   """Writes `c` as a run directory that runs.load_run, init_from, predict and evaluate read."""
-  from vaflax import train  # noqa: PLC0415  (the training stack only when a run is written)
-
   workdir = os.path.abspath(os.path.expanduser(workdir))
   ckpt_dir = os.path.join(workdir, runs.CHECKPOINTS)
   if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
     raise FileExistsError(f'{workdir} holds checkpoints already: choose an empty --workdir')
-  train.prepare_workdir(workdir, c.config)
+  runs.prepare_workdir(workdir, c.config)
   mngr = ckpt_lib.manager(ckpt_dir, async_save=False)
   try:
     ckpt_lib.save(mngr, 0, nnx.split(c.model)[1],
@@ -139,7 +139,8 @@ def write_run(c: Converted, workdir: str) -> str:
   mod = format_module(c.format)
   provenance = dict(source=c.source, sha256=_sha256(c.source), format=c.format,
                     licence=mod.LICENCE, loaded=len(c.report.loaded), new=c.new,
-                    ignored=c.ignored, preprocessing=c.config.input.pp_eval,
+                    ignored=c.ignored,
+                    preprocessing=getattr(mod, 'PREPROCESSING', c.config.input.pp_eval),
                     converted=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
   with open(os.path.join(workdir, 'provenance.json'), 'w') as f:
     json.dump(provenance, f, indent=2)

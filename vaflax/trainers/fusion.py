@@ -42,3 +42,18 @@ def predict_fn(model, batch: dict, config=None) -> dict:
 
 
 TASK = tasks.register(tasks.Task('fusion', loss_fn, predict_fn))
+
+
+def speech_loss_fn(model, batch, rng, config=None):
+  """A converted speech encoder (task 'speech', vaflax/convert/speech.py) is not trained alone."""
+  raise ValueError('a converted speech encoder (task speech) is a frozen feature extractor: '
+                   'train the fusion on it (configs/mae_va.py:audio=speech,audio_init=RUN)')
+
+
+def speech_predict_fn(model, batch: dict, config=None) -> dict:
+  """Every hidden state of a speech encoder run: {'hidden_states': (I, B, T, D)}."""
+  del config
+  return {'hidden_states': model(batch['wave'], batch.get('wave_mask'))}
+
+
+SPEECH = tasks.register(tasks.Task('speech', speech_loss_fn, speech_predict_fn))
