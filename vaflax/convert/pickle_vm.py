@@ -88,8 +88,8 @@ class Machine:
     return out
 
   def text(self, raw: bytes, codec: str = 'utf-8') -> str:
-    try:
-      return raw.decode(codec)
+    try:  # surrogatepass: what Python's pickler writes for lone surrogates (and its reader reads)
+      return raw.decode(codec, 'surrogatepass' if codec == 'utf-8' else 'strict')
     except UnicodeDecodeError as e:
       self.fail(f'text that is not {codec}: {e.reason} at byte {e.start}')
 
