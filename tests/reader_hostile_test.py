@@ -233,3 +233,46 @@ def test_zip_member_names_never_leave_the_archive(tmp_path):
       {'w': ('../k.pth', 4, 0, (4,), (1,))}), {})
   with pytest.raises(CheckpointError, match=r'its storage \.\./k\.pth is not in the archive'):
     reader.read_checkpoint(path)
+
+
+# --- The convert CLI: one line and exit 2 for a bad file, a traceback for a bug ------------------
+
+
+def test_convert_cli_gives_one_line_and_exit_2_for_every_attack(attacks, tmp_path, capsys):
+  from vaflax.convert import __main__ as cli  # noqa: PLC0415
+
+  for name, path in sorted(attacks.items()):
+    rc = cli.main(['--format=torchvision_resnet', f'--input={path}', f'--workdir={tmp_path / name}'])
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert rc == 2 and len(lines) == 1 and captured.out == '', (name, captured)
+    assert lines[0].startswith('python -m vaflax.convert: ') and path in lines[0], name
+    assert lines[0].isprintable(), name
+    assert not (tmp_path / name).exists(), name  # nothing written for a refused file
+
+
+def test_convert_cli_keeps_the_traceback_of_a_bug(attacks, tmp_path, monkeypatch):
+  from vaflax import convert  # noqa: PLC0415
+  from vaflax.convert import __main__ as cli  # noqa: PLC0415
+
+  def bug(*args):
+    raise RuntimeError('a bug in vaflax')
+  monkeypatch.setattr(convert, 'convert', bug)
+  with pytest.raises(RuntimeError, match='a bug in vaflax'):
+    cli.main(['--format=mae', f'--input={attacks["negative_stride"]}', f'--workdir={tmp_path}'])
+
+
+@pytest.mark.slow
+def test_convert_cli_process_on_a_hostile_file_exits_2_without_a_signal(attacks, tmp_path):
+  """The file that made `python -m vaflax.convert` die with SIGSEGV (exit 139) before."""
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  r = subprocess.run([sys.executable, '-m', 'vaflax.convert', '--format=torchvision_resnet',
+                      f'--input={attacks["negative_stride"]}', f'--workdir={tmp_path / "out"}'],
+                     capture_output=True, text=True, timeout=300, env={**os.environ,
+                                                                       'JAX_PLATFORMS': 'cpu'})
+  assert r.returncode == 2 and r.stdout == ''
+  assert r.stderr.splitlines() == [
+      f'python -m vaflax.convert: CheckpointError: {attacks["negative_stride"]}: storage 0: a '
+      'tensor stride is -1048576; expected a count in [0, 2^48]']

@@ -93,6 +93,10 @@ def convert(fmt: str, path: str, variant: str = '', src: dict | None = None) -> 
     raise ckpt_lib.CheckpointMismatchError(
         f'{path}: no tensor {e.args[0]!r}, which a {fmt} checkpoint has (keys in the file look '
         f'like {", ".join(list(src)[:6])})') from None
+  except ckpt_lib.CheckpointMismatchError:
+    raise
+  except ValueError as e:  # a mapper's word on tensors it cannot place (a ResNet-101, a shape)
+    raise ckpt_lib.CheckpointMismatchError(f'{path}: {e}') from None
   model = _build(config, mapping, path)
   report = ckpt_lib.transfer_weights(mapping.out, model, source_name=path)
   if report.unexpected:

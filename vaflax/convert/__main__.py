@@ -10,7 +10,12 @@ import argparse
 import sys
 import time
 
-from vaflax import convert
+from vaflax import checkpoint, convert
+from vaflax.convert.errors import CheckpointError, printable
+
+# A file that cannot be converted (unreadable, hostile, not this format, missing, a workdir in
+# use): one line and exit 2. Anything else is a bug and keeps its traceback.
+BAD_INPUT = (CheckpointError, checkpoint.CheckpointMismatchError, OSError)
 
 
 def main(argv=None) -> int:
@@ -22,8 +27,12 @@ def main(argv=None) -> int:
                  'from the tensors')
   args = p.parse_args(argv)
   t0 = time.perf_counter()
-  c = convert.convert(args.format, args.input, args.variant)
-  out = convert.write_run(c, args.workdir)
+  try:
+    c = convert.convert(args.format, args.input, args.variant)
+    out = convert.write_run(c, args.workdir)
+  except BAD_INPUT as e:
+    print(f'{p.prog}: {type(e).__name__}: {printable(e, 2000)}', file=sys.stderr)
+    return 2
   print(c.report.summary())  # its "kept their initial value" are the format's new weights
   print(f'  ignored on purpose ({len(c.ignored)}): {", ".join(c.ignored[:12]) or "nothing"}'
         f'{" ..." if len(c.ignored) > 12 else ""}')
