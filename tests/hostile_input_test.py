@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vaflax import abaw, media, predict
+from vaflax import abaw, fileio, media, predict
 from vaflax.predict import cli, collection, cropped, outputs, summary
 
 
@@ -109,7 +109,7 @@ def test_hostile_names_each_get_their_row_and_reruns_complete(tmp_path, capsys):
   # live process (this one), one of another host, a file that is not ours, and a JSON that is
   # not a summary where an input's summary goes.
   out.mkdir()
-  host = outputs._HOST  # noqa: SLF001
+  host = fileio.HOST
   dead = out / f'x.part{2**22 + 12345}h{host}.csv'
   live = out / f'live.part{os.getpid()}h{host}.csv'
   other = out / 'x.part77hffffff.csv'

@@ -16,6 +16,8 @@ import time
 import jax
 import numpy as np
 
+from vaflax import fileio
+
 
 def _clean(v):
   v = float(np.asarray(v))
@@ -69,10 +71,7 @@ def write_final_metrics(workdir: str, step: int, metrics: dict) -> dict:
   for k, v in metrics.items():
     rec[k] = v if isinstance(v, str) or v is None else _clean(v)
   if jax.process_index() == 0:
-    path = os.path.join(workdir, FINAL_METRICS)
-    with open(path + '.tmp', 'w') as f:
-      json.dump(rec, f, indent=2)
-    os.replace(path + '.tmp', path)
+    fileio.write_json(os.path.join(workdir, FINAL_METRICS), rec)
   return rec
 
 

@@ -4,21 +4,16 @@ a file that exists is complete, whatever killed the run."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import glob
-import hashlib
 import json
 import math
 import os
 import re
-import socket
-import time
 from typing import NamedTuple
 
 import numpy as np
 
-from vaflax import circumplex, faces
+from vaflax import circumplex, faces, fileio
 
 # The canonical keypoint order of predict's Face.landmarks (vaflax/faces.py).
 KEYPOINTS = faces.KEYPOINTS  # the detector's landmarks, in the one canonical order
@@ -42,60 +37,8 @@ class Row(NamedTuple):
   landmarks: np.ndarray | None = None  # (len(KEYPOINTS), 2) source pixels
 
 
-# Temporary names: <name>.part<pid>h<host><ext>, the host a short hash of its name, so that a
-# later run can tell files of its own host's dead processes (removable) from those of live runs
-# on other hosts sharing OUT.
-_HOST = hashlib.sha1(socket.gethostname().encode('utf-8', 'replace')).hexdigest()[:6]
-_PART = re.compile(r'\.part(\d+)h([0-9a-f]{6})(\.[^./]*)?$')
-STALE_OTHER_HOST_S = 24 * 3600  # another host's temporary file this old is of a dead run
-
-
-@contextlib.contextmanager
-def atomic(path):
-  """Yields a temporary name with the same extension (writers pick the format from it); renames
-  it to `path` when the block ends without an exception, removes it otherwise."""
-  root, ext = os.path.splitext(os.fspath(path))
-  tmp = f'{root}.part{os.getpid()}h{_HOST}{ext}'
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except OSError:  # e.g. EPERM: a process of another user holds the id
-    return True
-  return True
-
-
-def remove_stale_parts(out_dir: str) -> list[str]:
-  """Removes the temporary files (`atomic`'s pattern only) that dead runs left under `out_dir`:
-  those of this host whose process is gone, and those of other hosts older than a day. A kill
-  leaves them (a rename never happened); returns what was removed."""
-  gone = []
-  now = time.time()
-  for p in glob.glob(os.path.join(glob.escape(out_dir), '**', '*.part*'), recursive=True):
-    m = _PART.search(p)
-    if not m or not os.path.isfile(p):
-      continue
-    pid, host = int(m.group(1)), m.group(2)
-    try:
-      if host == _HOST:
-        stale = pid != os.getpid() and not _alive(pid)
-      else:
-        stale = now - os.path.getmtime(p) > STALE_OTHER_HOST_S
-      if stale:
-        os.remove(p)
-        gone.append(p)
-    except OSError:  # removed meanwhile by another run
-      pass
-  return gone
+# One atomic-write mechanism for every writer (vaflax/fileio.py); re-exported for predict's users.
+atomic, remove_stale_parts = fileio.atomic, fileio.remove_stale_parts
 
 
 # --- Text written into tables and logs ------------------------------------------------------------
