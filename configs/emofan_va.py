@@ -67,8 +67,9 @@ import os
 import ml_collections
 
 from configs import common
+from vaflax import presets
 
-_KEEP = "keep('image', 'va', 'va_mask', 'landmarks', 'landmarks_mask', 'emotion', 'index', 'video')"
+_KEEP = presets.FAN_KEEP
 STAGES = ('joint', 'landmarks', 'frozen')
 ARCHS = ('vaflax', 'emonet')
 _TRUNK = ('num_stacks', 'hourglass_depth', 'width', 'num_landmarks', 'pool')
@@ -104,21 +105,8 @@ def get_config(arg=None):
   c = common.base_config()
   c.task = 'emofan'  # vaflax/trainers/emofan.py: shake-shake VA + emotion CE + heatmap MSE
   c.model_name = 'fan'  # vaflax/models/fan.py
-  c.model.num_stacks = 2  # stacked hourglasses (EmoNet's released models; the FAN paper uses 4)
-  c.model.hourglass_depth = 4  # poolings per hourglass: 64x64 heatmaps down to 4x4
-  c.model.width = 256  # FAN channels
-  c.model.num_landmarks = 68  # iBUG-68 heatmaps
-  c.model.num_emotions = 8  # AffectNet: neutral, happy, sad, surprise, fear, disgust, anger, contempt
-  c.model.head_width = 256  # emotion head channels (EmoNet)
-  c.model.head_blocks = 4  # emotion head blocks, each halving the map: 64 -> 4 (EmoNet)
-  c.model.pool = 'max' if a.arch == 'emonet' else 'avg'  # the FAN's 2x2 pooling
-  c.model.head = a.arch  # emotion head: 'vaflax' or 'emonet' (vaflax/models/fan.py)
-  c.model.remat = False  # recompute each hourglass in the backward pass (memory for compute)
+  c.model = presets.fan_model(a.arch)  # EmoNet's FAN and head; arch=emonet: the released model
   c.frozen = 'fan(/|$)' if a.stage == 'frozen' else ''  # FAN fixed: no update, running BN statistics
-  c.model.detach_heatmaps = True  # only the landmark loss shapes the heatmaps (the attention)
-  # bfloat16 compute, float32 parameters, float32 head/loss/CCC reductions (docs/scaling.md);
-  # runlocal computes in float32 (a CPU emulates bfloat16 slowly).
-  c.model.dtype = 'bfloat16'
   c.init_from = a.init  # model weights from another run (stage=frozen: the landmarks run)
 
   c.input.dataset = a.dataset
@@ -132,11 +120,7 @@ def get_config(arg=None):
   if a.arch == 'emonet':  # EmoNet's test input: the whole face crop resized to 256 px
     c.input.pp_eval = f'standardize|resize({{image_size}})|value_range(-1, 1)|{_KEEP}'
 
-  c.loss = ml_collections.ConfigDict()  # the emofan trainer's own fields (not the base CCC/bins)
-  c.loss.va_weight = 0.0 if a.stage == 'landmarks' else 1.0  # shake-shake VA loss
-  c.loss.emotion_weight = 0.0 if a.stage == 'landmarks' else 1.0  # emotion cross-entropy
-  c.loss.landmark_weight = 0.0 if a.stage == 'frozen' else 10.0  # heatmap MSE (~1e-2 at start)
-  c.loss.heatmap_sigma = 1.0  # gaussian target std in heatmap pixels (FAN at 64x64)
+  c.loss = presets.emofan_loss(a.stage)  # the emofan trainer's own fields (not the base CCC/bins)
   c.eval = ml_collections.ConfigDict()
   c.eval.flip_tta = True  # VA of an image = mean over it and its mirror (EmoNet's test.py)
 

@@ -30,6 +30,7 @@ runlocal (synthetic set, ResNet-18 at 64 px, a few minutes on a 2-core CPU).
 """
 
 from configs import common
+from vaflax import presets
 
 
 def get_config(arg=None):
@@ -38,20 +39,8 @@ def get_config(arg=None):
   c = common.base_config()
   c.task = 'supervised'
   c.model_name = 'resnet'
-  c.model.depth = a.variant  # ResNet depth: 18, 34 or 50
-  c.model.width = 64  # stem width (64 in torchvision)
-  c.model.head_hidden = 128  # MLP head hidden units (Deng et al. 2020)
+  c.model = presets.resnet_model(a.variant)  # torchvision's trunk, Deng et al.'s MLP head
   c.model.num_bins = a.bins  # 0: tanh regression; 20: binned head of Deng et al.
-  c.model.quadrant_head = False  # add 4-way quadrant logits
-  c.model.dropout = 0.0  # dropout in the head
-  # bfloat16 compute, float32 parameters, float32 head/loss/CCC reductions (docs/scaling.md);
-  # runlocal computes in float32 (a CPU emulates bfloat16 slowly).
-  c.model.dtype = 'bfloat16'
-  c.model.zero_init_residual = False  # zero-init the last BN of each block
-  c.model.remat = False  # rematerialise blocks to save memory
-  # 'auto': on the CPU, convolution gradients arranged for XLA:CPU (vaflax/models/cpu_conv.py);
-  # 'xla': XLA's own everywhere; 'cpu': the CPU arrangement everywhere.
-  c.model.conv_impl = 'auto'
   c.input.dataset = a.dataset
   c.image_size = 112
   c.batch_size = 64

@@ -13,11 +13,8 @@ def test_load_a_converted_resnet_embed_and_predict(tmp_path):
   assert cli.main(['--format=torchvision_resnet', f'--input={fixture("resnet50_w4.pth")}',
                    f'--workdir={out}']) == 0
   ref = np.load(fixture('resnet50_w4_outputs.npz'))
-  # The reference saw the whole 64 px crop: keep the run's normalisation, drop its centre crop.
-  from vaflax.convert import layers  # noqa: PLC0415
-
-  pp = f'standardize|resize(64)|{layers.IMAGENET_PP}'
-  run = vaflax.load(str(out), batch_size=4, overrides=[f'input.pp_eval={pp}'])
+  # No overrides: a converted run preprocesses as torchvision did (224 px, ImageNet mean/std).
+  run = vaflax.load(str(out), batch_size=4)
   # embed = torchvision's fc input, from uint8 crops through the run's ImageNet normalisation;
   # 3 batches of 4 with padding in the last one.
   faces = np.concatenate([ref['faces']] * 5)

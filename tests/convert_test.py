@@ -92,10 +92,10 @@ def rel_diff(got, want) -> float:
 
 
 def imagenet_input(faces_u8, config):
-  from vaflax.convert import layers  # noqa: PLC0415
+  from vaflax import presets  # noqa: PLC0415
   from vaflax.data import ops  # noqa: PLC0415
 
-  pp = layers.IMAGENET_PP
+  pp = presets.IMAGENET_PP
   assert pp in config.input.pp_eval  # the run records the preprocessing it needs
   return ops.build(pp)({'image': faces_u8}, None)['image']
 
@@ -229,6 +229,41 @@ def test_cli_writes_a_run_that_load_run_reads(tmp_path, capsys, fmt, name):
     assert rel_diff(out_['features'], ref['features']) < 1e-4 and out_['va'].shape == (2, 2)
 
 
+@pytest.mark.parametrize('fmt,name,image_size,margin', [
+    ('torchvision_resnet', 'resnet50_w4', 224, 0.2), ('mae', 'mae_vit_d32_p8', 32, 0.2),
+    ('emonet', 'emonet8_w16', 64, 0.4)])
+def test_a_converted_run_reproduces_its_source_without_overrides(tmp_path, capsys, fmt, name,
+                                                                 image_size, margin):
+  """vaflax.load(converted) with no overrides: the source's input side, preprocessing and no
+  flip TTA give PyTorch's forward on the same crops (the fixtures' faces are at the source's
+  side); the crop spec is recorded, so loading prints no fallback note."""
+  import json  # noqa: PLC0415
+
+  import vaflax  # noqa: PLC0415
+  from vaflax import faces  # noqa: PLC0415
+  from vaflax.convert import __main__ as cli  # noqa: PLC0415
+
+  out = tmp_path / 'run'
+  assert cli.main([f'--format={fmt}', f'--input={fixture(name + ".pth")}', f'--workdir={out}']) == 0
+  config = json.loads((out / 'config.json').read_text())
+  assert config['image_size'] == image_size and config['eval']['flip_tta'] is False
+  assert 'center_crop' not in config['input']['pp_eval']
+  spec = faces.CropSpec.from_dict(config['crop'])
+  assert (spec.size, spec.margin, spec.aligned) == (image_size, margin, False)
+  capsys.readouterr()
+  run = vaflax.load(str(out), batch_size=4)
+  assert 'records no crop spec' not in capsys.readouterr().err
+  ref = np.load(fixture(f'{name}_outputs.npz'))
+  assert ref['faces'].shape[1:3] == (image_size, image_size)
+  if fmt == 'emonet':
+    va = run.predict(ref['faces'])
+    assert rel_diff(va['valence'], ref['valence']) < 1e-4
+    assert rel_diff(va['arousal'], ref['arousal']) < 1e-4
+  else:
+    want = ref['features'] if fmt == 'torchvision_resnet' else ref['tokens'][:, 0]
+    assert rel_diff(run.embed(ref['faces']), want) < 1e-4
+
+
 def test_resnet_recipe_starts_from_converted_weights(tmp_path):
   """configs/resnet_va.py:pretrained=OUT: the backbone comes from the converted file (the head is
   new) and the inputs get the ImageNet normalisation the weights need."""
@@ -245,6 +280,9 @@ def test_resnet_recipe_starts_from_converted_weights(tmp_path):
   c.model.width = 4  # the reduced-width fixture; torchvision's own weights have the default 64
   c.model.dtype = 'float32'  # the recipe computes in bfloat16; parity is a float32 check
   assert 'normalize((0.485, 0.456, 0.406)' in c.input.pp_train
+  # Only weights travel: the recipe keeps its own eval crop, input side and training data's crop.
+  assert c.input.pp_eval.startswith('standardize|center_crop(0.925)|resize({image_size})|')
+  assert c.image_size == 112 and not c.crop
   model = runs.make_model(c, nnx.Rngs(7))
   train.init_from(c, model)
   ref = np.load(fixture('resnet50_w4_outputs.npz'))
@@ -271,9 +309,9 @@ def test_predict_cropped_gives_emonet_expression_probabilities(tmp_path):
   crops.mkdir()
   for i, face in enumerate(ref['faces']):  # 64 px: the run's size, so no resampling
     Image.fromarray(face).save(crops / f'face{i}.png')
-  # Without the run's flip averaging (emofan_va's eval protocol): PyTorch's plain forward pass.
+  # No flags: a converted EmoNet runs as PyTorch's plain forward pass (no flip averaging).
   assert cli.main([f'--workdir={run_dir}', f'--input={crops}', f'--output={tmp_path / "out"}',
-                   '--cropped', '--quiet', '--config.eval.flip_tta=False']) == 0
+                   '--cropped', '--quiet']) == 0
   rows = sorted(csv.DictReader(open(tmp_path / 'out' / 'cropped.csv')), key=lambda r: r['path'])
   names = ('neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger', 'contempt')
   logits = ref['expression'] - ref['expression'].max(1, keepdims=True)

@@ -9,7 +9,8 @@ Linear's outputs are the expression logits first, then valence and arousal; vafl
 valence/arousal first, so its rows are reordered. Nothing is new and nothing is ignored.
 
 Input: RGB in [0, 1], the face crop resized to 256x256 (EmoNet's demo: cv2.resize, /255, no
-mean/std); the run's preprocessing says so (value_range(0, 1)).
+mean/std), no flip averaging: the run's config says so (presets.converted_fan). EmoNet's published
+numbers average each image with its mirror: `eval.flip_tta=True` (docs/pretrained.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 
 import numpy as np
 
-from configs import emofan_va
+from vaflax import presets
 from vaflax.convert import fan, layers
 
 LICENCE = ('EmoNet code and pretrained weights (face-analysis/emonet): CC BY-NC-ND 4.0 '
@@ -39,13 +40,11 @@ def make_config(src, variant: str = ''):
   n_out = int(src['emo_fc_2.3.weight'].shape[0])
   if variant and int(variant) != n_out - 2:
     raise ValueError(f'--variant={variant} but the file\'s head has {n_out - 2} expressions')
-  c = emofan_va.get_config('arch=emonet')
   blocks = len(_head_blocks(src))
-  c.model.update(fan.trunk_fields(src), pool='max', num_emotions=n_out - 2, head_blocks=blocks,
-                 head_width=int(src['conv1x1_input_emo_2.weight'].shape[0]))
+  model = dict(fan.trunk_fields(src), pool='max', num_emotions=n_out - 2, head_blocks=blocks,
+               head_width=int(src['conv1x1_input_emo_2.weight'].shape[0]))
   # EmoNet's AvgPool2d(4) after the blocks expects a 4x4 map: 256 px for its 4 blocks.
-  c.image_size = 16 * 2**blocks
-  return c
+  return presets.converted_fan(model, image_size=16 * 2**blocks, emonet=True)
 
 
 def map_weights(src, config) -> layers.Mapping:

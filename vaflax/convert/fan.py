@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from configs import emofan_va
+from vaflax import presets
 from vaflax.convert import layers
 
 LICENCE = ('face-alignment (1adrianb/face-alignment) code: BSD-3-Clause. Its pretrained FAN '
@@ -75,9 +75,7 @@ def make_config(src, variant: str = ''):
   if pool not in ('avg', 'max'):
     raise ValueError(f'--variant={variant}: a FAN file takes --variant=max (face-alignment < 1.3) '
                      'or avg (1.3+)')
-  c = emofan_va.get_config('arch=emonet')
-  c.model.update(trunk_fields(src), pool=pool)
-  return c
+  return presets.converted_fan(dict(trunk_fields(src), pool=pool), emonet=False)
 
 
 def map_weights(src, config) -> layers.Mapping:

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from configs import common
-
-# torchvision's and MAE's input normalisation (ImageNet mean/std) as vaflax preprocessing ops.
-IMAGENET_PP = common.IMAGENET_PP  # the preprocessing converted torchvision / MAE weights need
-
 
 def conv(w_OxIxHxW) -> np.ndarray:
   """torch Conv2d weight (out, in, h, w) -> nnx.Conv kernel (h, w, in, out)."""

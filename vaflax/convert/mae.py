@@ -7,7 +7,9 @@ LayerNorm eps 1e-6 and exact GELU, as vit.py does. The position embedding is tak
 (posemb='learn'): MAE's fixed sin-cos table puts the column in the first half of the channels,
 vit.py's own 'sincos2d' the row, so recomputing it would not give the same model. The fused
 `qkv` projection is split into vit.py's query/key/value (heads contiguous in both). The run pools
-the CLS token after the final norm (`pool_type='cls'`); the VA head is new.
+the CLS token after the final norm (`pool_type='cls'`); the VA head is new. The run evaluates at
+the file's input side (224 for ViT-B/16), the crop resized (no centre crop), ImageNet's mean/std
+(presets.converted_vit).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import re
 
 import numpy as np
 
-from configs import common, mae_va
+from vaflax import presets
 from vaflax.convert import layers
 from vaflax.models import vit
 
@@ -58,12 +60,7 @@ def encoder_fields(src, variant: str = '') -> dict:
 
 
 def make_config(src, variant: str = ''):
-  enc = encoder_fields(src, variant)
-  c = mae_va.get_config(f'variant={enc["variant"]}')
-  c.image_size = enc['image_size']
-  c = c.finetune
-  c.model.update(enc)
-  return common.imagenet_inputs(c)
+  return presets.converted_vit(encoder_fields(src, variant))
 
 
 def map_weights(src, config) -> layers.Mapping:

@@ -3,14 +3,15 @@
 torchvision's layout is vaflax's: 7x7/2 stem conv without bias, BatchNorm (eps 1e-5), ReLU, 3x3/2
 max pool with padding 1, four stages whose first block downsamples through a 1x1 conv + BN,
 global average pool. `fc` (the ImageNet classifier) is dropped: the vaflax VA head is new. The
-run's preprocessing becomes ImageNet's: value_range(0, 1) then the torchvision mean/std.
+run evaluates as torchvision's models were: the crop resized to 224 px (no centre crop),
+value_range(0, 1) then the ImageNet mean/std (presets.converted_resnet).
 """
 
 from __future__ import annotations
 
 import re
 
-from configs import common, resnet_va
+from vaflax import presets
 from vaflax.convert import layers
 from vaflax.models import resnet
 
@@ -38,9 +39,7 @@ def make_config(src, variant: str = ''):
                      f'{"/".join(map(str, resnet.STAGES))} only')
   if variant and int(variant) != depth:
     raise ValueError(f'--variant={variant} but the file holds a ResNet-{depth}')
-  c = resnet_va.get_config(f'variant={depth}')
-  c.model.width = int(src['conv1.weight'].shape[0])
-  return common.imagenet_inputs(c)
+  return presets.converted_resnet(depth, int(src['conv1.weight'].shape[0]))
 
 
 def map_weights(src, config) -> layers.Mapping:
