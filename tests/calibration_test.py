@@ -1,0 +1,111 @@
+"""Split-conformal intervals (vaflax/calibration.py): quantiles by hand, coverage on simulated
+heteroscedastic data, the clip's quadrant confidence, and the file read as data."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from vaflax import calibration
+
+
+def test_conformal_quantile_is_the_ceil_n_plus_1_c_th_score():
+  scores = np.array([9, 1, 8, 2, 7, 3, 6, 4, 5], float)  # n = 9
+  assert calibration.conformal_quantile(scores, 0.9) == 9.0  # ceil(10 * 0.9) = 9
+  assert calibration.conformal_quantile(scores, 0.5) == 5.0  # ceil(5) = 5
+  assert calibration.conformal_quantile(scores, 0.75) == 8.0  # ceil(7.5) = 8
+  assert calibration.conformal_quantile(scores[:5], 0.9) == math.inf  # ceil(5.4) = 6 > 5
+  with pytest.raises(calibration.CalibrationError):
+    calibration.conformal_quantile(scores, 1.0)
+
+
+def _simulate(rng, n_videos, frames=10):
+  """Frames whose error grows with a 'blur' feature: y = f + sigma(blur) * noise."""
+  blur = np.repeat(rng.uniform(0, 1, n_videos), frames) + rng.uniform(0, 0.2, n_videos * frames)
+  sigma = 0.03 + 0.3 * blur ** 2
+  pred = rng.uniform(-0.8, 0.8, (len(blur), 2))
+  target = np.clip(pred + sigma[:, None] * rng.standard_normal((len(blur), 2)), -1, 1)
+  group = np.repeat(np.arange(n_videos), frames)
+  return pred, target, blur[:, None], group, sigma
+
+
+@pytest.mark.parametrize('method', ['plain', 'scaled'])
+def test_intervals_reach_their_coverage_on_fresh_data(method):
+  rng = np.random.default_rng(0)
+  pred, target, feats, group, _ = _simulate(rng, 2000)
+  mask = np.ones_like(pred)
+  cal = calibration.calibrate(pred, target, mask, split='validation', group_N=group,
+                              features_NxF=feats if method == 'scaled' else None,
+                              feature_names=('blur',) if method == 'scaled' else ())
+  assert cal.method == method
+  t_pred, t_target, t_feats, _, t_sigma = _simulate(np.random.default_rng(1), 4000)
+  for c in (0.8, 0.9, 0.95):
+    lo, hi = cal.intervals(t_pred, t_feats, coverage=c)
+    rep = calibration.coverage_report(t_target, np.ones_like(t_pred), lo, hi)
+    for d in ('valence', 'arousal'):
+      assert abs(rep[f'coverage_{d}'] - c) < 0.02, (method, c, rep)
+  lo, hi = cal.intervals(t_pred, t_feats, coverage=0.9)
+  width = (hi - lo)[:, 0]
+  hard, easy = t_sigma > np.quantile(t_sigma, 0.8), t_sigma < np.quantile(t_sigma, 0.2)
+  if method == 'scaled':  # the interval follows the difficulty: 4x wider on the hardest fifth
+    assert width[hard].mean() > 4 * width[easy].mean()
+    # and holds its coverage where the plain one cannot: on the hardest fifth
+    cov_hard = np.mean((t_target[hard, 0] >= lo[hard, 0]) & (t_target[hard, 0] <= hi[hard, 0]))
+    assert cov_hard > 0.85
+  else:  # one width for all (up to the clip to [-1, 1])
+    assert np.allclose(width[np.abs(t_pred[:, 0]) < 0.3], width[np.abs(t_pred[:, 0]) < 0.3][0])
+
+
+def test_masked_values_are_not_calibrated_on():
+  pred = np.zeros((100, 2))
+  target = np.full((100, 2), 0.1)
+  target[:50, 1] = 5.0  # unlabelled arousal: must not widen the arousal interval
+  mask = np.ones((100, 2))
+  mask[:50, 1] = 0
+  cal = calibration.calibrate(pred, target, mask, split='v', coverage=0.9)
+  assert cal.quantiles['0.9'] == pytest.approx([0.1, 0.1])
+  assert cal.n == 50
+
+
+def test_too_few_frames_for_a_coverage_is_an_error():
+  with pytest.raises(calibration.CalibrationError, match='too few'):
+    calibration.calibrate(np.zeros((10, 2)), np.ones((10, 2)), np.ones((10, 2)), split='v')
+
+
+def test_clip_quadrant_confidence_and_uncertain_mark():
+  # Three frames inside quadrant 0 (V >= 0, A >= 0), one straddling the valence axis.
+  lo = np.array([[0.1, 0.2], [0.2, 0.1], [0.3, 0.3], [-0.1, 0.2]])
+  hi = np.array([[0.5, 0.6], [0.6, 0.5], [0.7, 0.7], [0.3, 0.6]])
+  r = calibration.clip_quadrant(lo, hi, 0)
+  assert r['quadrant_confidence'] == pytest.approx(0.75)
+  assert r['valence_mean_lo'] == pytest.approx(0.125)
+  assert not r['uncertain']
+  r = calibration.clip_quadrant(lo - 0.2, hi - 0.2, 0)  # mean valence interval [-0.075, 0.35]
+  assert r['uncertain']
+  assert r['quadrant_confidence'] == pytest.approx(0.25)  # only the third frame stays inside
+
+
+def test_round_trip_and_hostile_files(tmp_path):
+  rng = np.random.default_rng(0)
+  pred, target, feats, group, _ = _simulate(rng, 200)
+  cal = calibration.calibrate(pred, target, np.ones_like(pred), split='validation',
+                              group_N=group, features_NxF=feats, feature_names=('blur',),
+                              dataset='synthetic_va', checkpoint_step=800)
+  calibration.save(cal, str(tmp_path))
+  back = calibration.load(str(tmp_path))
+  assert back == cal
+  lo, hi = back.intervals(pred[:5], feats[:5])
+  assert np.allclose((lo, hi), cal.intervals(pred[:5], feats[:5]))
+  assert calibration.load(str(tmp_path / 'none')) is None
+  path = tmp_path / calibration.FILENAME
+  good = json.loads(path.read_text())
+  for bad in ([1, 2], {**good, 'method': 'magic'}, {**good, 'quantiles': {'0.9': [-1, 0.1]}},
+              {**good, 'quantiles': {'7': [0.1, 0.1]}}, {**good, 'weights': [[1.0], [1.0]]},
+              {k: v for k, v in good.items() if k != 'split'}):
+    path.write_text(json.dumps(bad))
+    with pytest.raises(calibration.CalibrationError, match=str(path)):
+      calibration.load(str(tmp_path))
+  path.write_text('{"method": ')
+  with pytest.raises(calibration.CalibrationError, match='not a vaflax calibration'):
+    calibration.load(str(tmp_path))

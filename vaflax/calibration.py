@@ -1,0 +1,268 @@
+"""Split-conformal intervals on valence and arousal, and what they say about a clip's quadrant.
+
+Split conformal prediction (Vovk et al. 2005; Lei et al. 2018, "Distribution-free predictive
+inference for regression", JASA): on n held-out frames with nonconformity scores s_i, the
+ceil((n + 1) c)-th smallest score q gives, for a new frame exchangeable with them,
+P(s_new <= q) >= c. Two scores, one per dimension (valence, arousal):
+
+  plain    s = |y - f(x)|                     interval f(x) -+ q             (same width everywhere)
+  scaled   s = |y - f(x)| / sigma(x)          interval f(x) -+ q sigma(x)    (wider where harder)
+
+sigma(x) = exp(phi(x) . w) is a difficulty model fitted by least squares of log|residual| on the
+frame's difficulty features phi (vaflax/quality.py: crop sharpness, flip disagreement) on one
+half of the calibration frames; q is taken on the other half, so the guarantee is untouched by
+the fit (Lei et al. 2018, section 5.2, "locally weighted" conformal). The halves are split by
+video so that frames of one clip never sit on both sides.
+
+What the guarantee is: marginal coverage over frames drawn like the calibration split (same
+datasets, same face pipeline). Not per clip, not per person, and not under shift to other data;
+docs/uncertainty.md says more. Labels live in [-1, 1], so intervals are clipped to it (coverage
+cannot drop: the label is inside [-1, 1] anyway).
+
+Shapes: N frames, F difficulty features, C coverages; the last axis of 2 is (valence, arousal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+
+from vaflax import fileio
+
+DIMS = ('valence', 'arousal')
+COVERAGES = (0.8, 0.9, 0.95)  # stored in every calibration; --coverage picks the one used
+FILENAME = 'calibration.json'
+_LOG_SIGMA_RANGE = (-6.0, 3.0)  # sigma within [e^-6, e^3]: a fit can never make a zero-width or
+# unbounded interval out of an odd feature value
+
+
+class CalibrationError(ValueError):
+  """A calibration that cannot be made or read; the message names the file or the reason."""
+
+
+def conformal_quantile(scores_N: np.ndarray, coverage: float) -> float:
+  """The ceil((n + 1) c)-th smallest score (inf when n is too small for that coverage)."""
+  if not 0.0 < coverage < 1.0:
+    raise CalibrationError(f'coverage must be in (0, 1), got {coverage}')
+  s = np.sort(np.asarray(scores_N, np.float64)[np.isfinite(scores_N)])
+  k = math.ceil((len(s) + 1) * coverage)
+  return float(s[k - 1]) if k <= len(s) else math.inf
+
+
+def _design(features_NxF: np.ndarray) -> np.ndarray:
+  f = np.asarray(features_NxF, np.float64)
+  return np.concatenate([np.ones((len(f), 1)), f], axis=1)
+
+
+def fit_log_scale(features_NxF: np.ndarray, abs_residual_N: np.ndarray,
+                  ridge: float = 1e-3) -> np.ndarray:
+  """Weights w (F + 1,) of log sigma = [1, phi] . w: ridge least squares of log|r| on phi."""
+  x = _design(features_NxF)
+  y = np.log(np.maximum(np.asarray(abs_residual_N, np.float64), 1e-4))
+  a = x.T @ x + ridge * len(x) * np.eye(x.shape[1])
+  return np.linalg.solve(a, x.T @ y)
+
+
+def scale(weights: np.ndarray, features_NxF: np.ndarray) -> np.ndarray:
+  """sigma(x) of each frame (N,)."""
+  return np.exp(np.clip(_design(features_NxF) @ weights, *_LOG_SIGMA_RANGE))
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+  """Quantiles per coverage and dimension; `weights` (per dimension) only for method 'scaled'."""
+  method: str  # 'plain' | 'scaled'
+  split: str
+  n: int  # frames the quantiles were taken on (per dimension, the smaller count)
+  coverage: float  # the default coverage of intervals
+  quantiles: dict  # {coverage (str): [q_valence, q_arousal]}
+  weights: tuple | None = None  # ((F + 1) weights of valence, (F + 1) of arousal)
+  features: tuple = ()  # names of the difficulty features, in order
+  n_fit: int = 0  # frames the difficulty model was fitted on (scaled)
+  dataset: str = ''
+  checkpoint_step: int | None = None
+
+  def widths(self, n: int, features_NxF=None, coverage: float | None = None) -> np.ndarray:
+    """Half-widths (N, 2) of the intervals at `coverage` (default: the calibration's)."""
+    c = self.coverage if coverage is None else coverage
+    key = _key(c)
+    if key not in self.quantiles:
+      raise CalibrationError(f'no quantile stored for coverage {c}; stored: '
+                             f'{", ".join(sorted(self.quantiles))}')
+    q_2 = np.asarray(self.quantiles[key], np.float64)
+    if self.method == 'plain':
+      return np.broadcast_to(q_2, (n, 2)).copy()
+    if features_NxF is None:
+      raise CalibrationError('a scaled calibration needs the difficulty features of each face')
+    s_Nx2 = np.stack([scale(np.asarray(w), features_NxF) for w in self.weights], axis=-1)
+    return s_Nx2 * q_2
+
+  def intervals(self, pred_Nx2, features_NxF=None, coverage: float | None = None):
+    """(lo, hi), each (N, 2), clipped to [-1, 1]."""
+    pred = np.asarray(pred_Nx2, np.float64)
+    half = self.widths(len(pred), features_NxF, coverage)
+    return np.clip(pred - half, -1, 1), np.clip(pred + half, -1, 1)
+
+  def to_json(self) -> dict:
+    d = dataclasses.asdict(self)
+    d['weights'] = None if self.weights is None else [list(map(float, w)) for w in self.weights]
+    d['features'] = list(self.features)
+    d['quantiles'] = {k: [_finite_or_none(x) for x in v] for k, v in self.quantiles.items()}
+    return d
+
+
+def _finite_or_none(x):
+  return float(x) if math.isfinite(x) else None
+
+
+def _key(coverage: float) -> str:
+  return f'{coverage:g}'
+
+
+def calibrate(pred_Nx2, target_Nx2, mask_Nx2, *, split: str, group_N=None, features_NxF=None,
+              feature_names=(), coverage: float = 0.9, coverages=COVERAGES, seed: int = 0,
+              dataset: str = '', checkpoint_step: int | None = None) -> Calibration:
+  """A plain calibration, or a scaled one when difficulty features are given.
+
+  `mask` (N, 2) marks labelled values; `group` (N,) the video of each frame (the scaled method
+  fits its difficulty model on half of the videos and takes its quantiles on the other half).
+  """
+  pred, target = np.asarray(pred_Nx2, np.float64), np.asarray(target_Nx2, np.float64)
+  mask = np.asarray(mask_Nx2) > 0
+  coverages = tuple(sorted({*coverages, coverage}))
+  resid_Nx2 = np.abs(target - pred)
+  if features_NxF is None:
+    q = {_key(c): [conformal_quantile(resid_Nx2[mask[:, d], d], c) for d in range(2)]
+         for c in coverages}
+    n = int(mask.sum(0).min())
+    _check_n(n, q, split)
+    return Calibration('plain', split, n, coverage, q, dataset=dataset,
+                       checkpoint_step=checkpoint_step)
+  feats = np.asarray(features_NxF, np.float64)
+  if feats.ndim != 2 or len(feats) != len(pred) or not np.isfinite(feats).all():
+    raise CalibrationError(f'difficulty features must be finite (N, F) with N={len(pred)}; '
+                           f'got shape {feats.shape}')
+  groups = np.arange(len(pred)) if group_N is None else np.asarray(group_N)
+  uniq = np.unique(groups)
+  if len(uniq) < 2:
+    raise CalibrationError(f'{split}: the scaled method needs frames of at least 2 videos')
+  fit_groups = np.random.default_rng(seed).permutation(uniq)[:len(uniq) // 2]
+  fit = np.isin(groups, fit_groups)
+  weights, q_scores = [], []
+  for d in range(2):
+    sel_fit, sel_cal = fit & mask[:, d], ~fit & mask[:, d]
+    w = fit_log_scale(feats[sel_fit], resid_Nx2[sel_fit, d])
+    weights.append(tuple(map(float, w)))
+    q_scores.append(resid_Nx2[sel_cal, d] / scale(w, feats[sel_cal]))
+  q = {_key(c): [conformal_quantile(q_scores[d], c) for d in range(2)] for c in coverages}
+  n = min(len(s) for s in q_scores)
+  _check_n(n, q, split)
+  return Calibration('scaled', split, n, coverage, q, tuple(weights), tuple(feature_names),
+                     n_fit=int((fit & mask.any(-1)).sum()), dataset=dataset,
+                     checkpoint_step=checkpoint_step)
+
+
+def _check_n(n: int, quantiles: dict, split: str) -> None:
+  bad = [k for k, v in quantiles.items() if not all(math.isfinite(x) for x in v)]
+  if bad:
+    raise CalibrationError(f'{split}: {n} labelled frames are too few for coverage {bad[0]} '
+                           f'(need at least {math.ceil(1 / (1 - float(bad[0]))) - 1})')
+
+
+# --- Files --------------------------------------------------------------------------------------
+
+
+def save(cal: Calibration, workdir: str) -> str:
+  return fileio.write_json(os.path.join(workdir, FILENAME), cal.to_json())
+
+
+def load(workdir: str) -> Calibration | None:
+  """The run's calibration, or None when it has none. A file that is not a calibration raises
+  CalibrationError naming it (it is read as data: types and ranges are checked)."""
+  path = os.path.join(workdir, FILENAME)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      d = json.load(f)
+    if not isinstance(d, dict):
+      raise TypeError('not a JSON object')
+    method = d['method']
+    if method not in ('plain', 'scaled'):
+      raise ValueError(f'unknown method {method!r}')
+    quantiles = {}
+    for k, v in d['quantiles'].items():
+      c = float(k)
+      if not 0 < c < 1 or len(v) != 2:
+        raise ValueError(f'bad quantile entry {k!r}')
+      quantiles[_key(c)] = [math.inf if x is None else float(x) for x in v]
+    if any(x < 0 for v in quantiles.values() for x in v):
+      raise ValueError('negative quantile')
+    features = tuple(str(x) for x in d.get('features') or ())
+    weights = d.get('weights')
+    if method == 'scaled':
+      weights = tuple(tuple(float(x) for x in w) for w in weights)
+      if len(weights) != 2 or any(len(w) != len(features) + 1 for w in weights):
+        raise ValueError('weights do not match the features')
+    else:
+      weights = None
+    coverage = float(d['coverage'])
+    if _key(coverage) not in quantiles:
+      raise ValueError(f'no quantile for its own coverage {coverage}')
+    return Calibration(method, str(d['split']), int(d['n']), coverage, quantiles, weights,
+                       features, int(d.get('n_fit', 0)), str(d.get('dataset', '')),
+                       d.get('checkpoint_step'))
+  except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+    raise CalibrationError(f'{path}: not a vaflax calibration ({type(e).__name__}: {e})') from None
+
+
+# --- Clips and evaluation -----------------------------------------------------------------------
+
+
+def clip_quadrant(lo_Nx2: np.ndarray, hi_Nx2: np.ndarray, quadrant: int) -> dict:
+  """How sure a clip's quadrant is, from its face frames' intervals.
+
+  confidence: the share of face frames whose whole interval box lies inside `quadrant`.
+  mean interval: [mean lo, mean hi] per dimension (the clip mean's range if every frame's
+  interval holds its true value); `uncertain` when it crosses an axis, i.e. the clip's
+  quadrant could change within the intervals.
+  """
+  from vaflax import circumplex  # noqa: PLC0415
+
+  lo, hi = np.asarray(lo_Nx2, np.float64), np.asarray(hi_Nx2, np.float64)
+  if len(lo) == 0:
+    return {'quadrant_confidence': math.nan, 'uncertain': True}
+  q_lo, q_hi = circumplex.va_to_quadrant(lo), circumplex.va_to_quadrant(hi)
+  # A box lies in one quadrant iff its two opposite corners do (quadrants are axis-aligned).
+  inside = (q_lo == quadrant) & (q_hi == quadrant)
+  m_lo, m_hi = lo.mean(0), hi.mean(0)
+  crosses = bool(np.any((m_lo < 0) & (m_hi >= 0)))
+  return {'quadrant_confidence': float(inside.mean()), 'uncertain': crosses,
+          'valence_mean_lo': float(m_lo[0]), 'valence_mean_hi': float(m_hi[0]),
+          'arousal_mean_lo': float(m_lo[1]), 'arousal_mean_hi': float(m_hi[1])}
+
+
+def coverage_report(target_Nx2, mask_Nx2, lo_Nx2, hi_Nx2, bins_N=None) -> dict:
+  """Empirical coverage and mean width per dimension, overall and per bin label."""
+  t, m = np.asarray(target_Nx2), np.asarray(mask_Nx2) > 0
+  lo, hi = np.asarray(lo_Nx2), np.asarray(hi_Nx2)
+  covered = (t >= lo) & (t <= hi)
+
+  def stats(sel_N):
+    out = {}
+    for d, name in enumerate(DIMS):
+      s = sel_N & m[:, d]
+      out[f'coverage_{name}'] = float(covered[s, d].mean()) if s.any() else math.nan
+      out[f'width_{name}'] = float((hi - lo)[s, d].mean()) if s.any() else math.nan
+      out[f'n_{name}'] = int(s.sum())
+    return out
+
+  report = stats(np.ones(len(t), bool))
+  if bins_N is not None:
+    bins = np.asarray(bins_N)
+    report['bins'] = {str(b): stats(bins == b) for b in np.unique(bins)}
+  return report
