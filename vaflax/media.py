@@ -4,8 +4,9 @@ Files read here come from anywhere (scraped photos, organisers' folders), so a f
 are checked before they cost memory: the pixel count from the header is compared with
 `max_pixels` before anything is decoded (a 140 KB PNG can declare 12000 x 12000 pixels, 432 MB
 of RGB). What PIL refuses on its own (its decompression-bomb guard, truncated or corrupt data)
-becomes the same `InputError` naming the file. The video reader uses `check_pixels` on its frame
-size (vaflax/predict/decode.py).
+becomes the same `InputError` naming the file. The dataset builders decode with `decode_rgb`
+(vaflax/data/builder_utils.py); the video reader uses `check_pixels` on its frame size
+(vaflax/predict/decode.py).
 """
 
 from __future__ import annotations
@@ -36,21 +37,28 @@ def check_pixels(path, width: int, height: int, max_pixels: int, what: str) -> N
                      '--max_pixels)')
 
 
-def read_image(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-  """RGB uint8 HxWx3 of an image file, upright per its EXIF orientation (phone photos), decoded
-  fully (a truncated file raises). Raises InputError naming the file for an empty, corrupt,
-  truncated or oversized image, before decoding when the header already says so."""
+def decode_rgb(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  """RGB uint8 of an image file, upright per its EXIF orientation (phone photos), decoded fully
+  (a truncated file raises). The decoding itself, for readers that word errors their own way
+  (the dataset builders' skip reasons): PIL's exceptions pass through; an image over
+  `max_pixels` raises InputError before it is decoded."""
   from PIL import Image, ImageOps  # noqa: PLC0415
 
+  with Image.open(path) as im:
+    check_pixels(path, *im.size, max_pixels, 'cannot read as an image')
+    im.load()
+    return np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
+
+
+def read_image(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  """`decode_rgb`, with every failure (empty, corrupt, truncated, oversized, a decompression
+  bomb) an InputError naming the file: predict, --cropped and abaw."""
   path = os.fspath(path)
   what = 'cannot read as an image'
   try:
     if os.path.getsize(path) == 0:
       raise InputError(f'{path}: {what} (empty file, 0 bytes)')
-    with Image.open(path) as im:
-      check_pixels(path, *im.size, max_pixels, what)
-      im.load()
-      arr = np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
+    arr = decode_rgb(path, max_pixels)
   except InputError:
     raise
   except OSError as e:  # missing, unreadable, not an image, truncated

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 import av
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image, ImageOps
 
 from vaflax import detect, faces
 from vaflax.data import builder_utils as bu
+from vaflax.media import decode_rgb
 
 CROP = faces.CropSpec(size=256)  # the default box crop: margin 0.2 around the Haar box, chin in
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif')
@@ -53,9 +53,7 @@ def read_photo(path: str) -> np.ndarray:
   try:
     if os.path.getsize(path) == 0:
       raise bu.BadInputError(path, 'empty (zero-byte) image file')
-    with Image.open(path) as im:
-      im.load()
-      arr = np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
+    arr = decode_rgb(path)  # the one image decoder, with the pixel limit
   except bu.BadInputError:
     raise
   except Exception as e:  # PIL raises many types for corrupt/truncated data

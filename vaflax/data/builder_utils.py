@@ -31,7 +31,9 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
-from PIL import Image, ImageOps
+from PIL import Image
+
+from vaflax import media
 
 NUM_LANDMARKS = 68
 _END = object()
@@ -113,10 +115,7 @@ def read_image(path) -> np.ndarray:
   try:
     if os.path.getsize(path) == 0:
       raise BadInputError(path, 'empty (zero-byte) image file')
-    with Image.open(path) as im:
-      im.load()
-      # Phone photos store their rotation in EXIF; without this faces come out sideways.
-      arr = np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
+    arr = media.decode_rgb(path)  # the one image decoder, with the pixel limit
   except BadInputError:
     raise
   except FileNotFoundError as e:
