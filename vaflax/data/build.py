@@ -9,7 +9,10 @@ e.g. through `vaflax.data.build.builder_module(name)`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import logging as py_logging
 import os
 import pkgutil
 import shutil
@@ -20,9 +23,21 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
 import tfds_builders
+from vaflax.presets import DEFAULT_DATA_DIR
 
-DEFAULT_DATA_DIR = os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
 NO_DOWNLOAD = {'synthetic_va', 'synthetic_va_large'}  # builders that need no manual_dir
+
+# TFDS's console lines that describe a download; vaflax's builders download nothing (the
+# synthetic sets are drawn, the others read --manual_dir), so `build` prints its own line instead.
+_TFDS_DOWNLOAD_LINES = ('Downloading and preparing dataset', 'downloaded and prepared to')
+
+
+class _NoVariantFolderWarning(py_logging.Filter):
+  """Drops TFDS's 'Variant folder ... has no dataset_info.json': while a build writes its
+  version folder TFDS scans it and warns that it is not finished yet, which is expected."""
+
+  def filter(self, record) -> bool:
+    return not str(record.msg).startswith('Variant folder %s has no')
 
 
 def available() -> list[str]:
@@ -64,11 +79,30 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, overwrite: bo
       raise FileNotFoundError(
           f'manual_dir {manual_dir} does not exist or is empty. {b.MANUAL_DOWNLOAD_INSTRUCTIONS}')
   t0 = time.time()
-  b.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
+  source = ('drawn procedurally, nothing is downloaded' if name in NO_DOWNLOAD
+            else f'from the files in {manual_dir}')
+  print(f'Generating {name} {b.version} ({source}) into {b.data_dir} ...', flush=True)
+  _prepare(b, manual_dir)
   if verbose:
     print(summary(b, time.time() - t0))
   return b
+
+
+def _prepare(b: tfds.core.DatasetBuilder, manual_dir: str | None) -> None:
+  """download_and_prepare without TFDS's download wording (its other lines pass through)."""
+  quiet = _NoVariantFolderWarning()
+  absl_logger = py_logging.getLogger('absl')
+  absl_logger.addFilter(quiet)
+  out = io.StringIO()
+  try:
+    with contextlib.redirect_stdout(out):
+      b.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
+  finally:
+    absl_logger.removeFilter(quiet)
+    for line in out.getvalue().splitlines():
+      if line.strip() and not any(t in line for t in _TFDS_DOWNLOAD_LINES):
+        print(line)
 
 
 def summary(b: tfds.core.DatasetBuilder, seconds: float | None = None) -> str:
