@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from vaflax import metrics, runs
-from vaflax.data import pipeline
+from vaflax.data import sources
 
 PP = ("standardize|resize({image_size})|value_range(-1, 1)|"
       "keep('image', 'va', 'va_mask', 'index', 'video')")
@@ -45,7 +45,7 @@ def embed_split(encoder, config, split: str, dataset: str):
   config = config.copy_and_resolve_references()
   config.batch_size = 64
   config.input.window = 0
-  data = pipeline.EvalData(config, split, dataset=dataset, pp=PP)
+  data = sources.EvalData(config, split, dataset=dataset, pp=PP)
 
   @jax.jit
   def fwd(state, images):

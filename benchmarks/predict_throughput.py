@@ -45,13 +45,13 @@ def make_workdir(workdir):
 
   from configs import resnet_va  # noqa: PLC0415
   from vaflax import checkpoint as ckpt_lib  # noqa: PLC0415
-  from vaflax import runs, train  # noqa: PLC0415
+  from vaflax import runs  # noqa: PLC0415
 
   c = resnet_va.get_config('variant=18')
   c.input.dataset = 'synthetic_va'  # crop framing of the synthetic set (112 px, margin 0.2)
   c.total_steps = 1
   c.mesh.num_devices = 1
-  train.prepare_workdir(workdir, c)
+  runs.prepare_workdir(workdir, c)
   model = runs.make_model(c, nnx.Rngs(0))  # eager: no compile
   mngr = ckpt_lib.manager(os.path.join(workdir, 'checkpoints'), async_save=False)
   ckpt_lib.save(mngr, 0, nnx.state(model), None, None, {'model_name': c.model_name, 'task': c.task},

@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_config
 
 import tfds_builders
-from vaflax.data import balance, build, pipeline
+from vaflax.data import balance, build, pipeline, sources
 
 AFEW_PARTS = os.path.join(os.path.dirname(tfds_builders.__file__), 'afew_va', 'dummy_data', 'parts')
 
@@ -119,7 +119,7 @@ def test_balanced_pipeline_is_flat_deterministic_resumable_and_sharded(synthetic
   assert raw.max() / raw.min() == pytest.approx(26, rel=0.01)
   freq = counts[:3] / len(idx)  # 640 draws, 1/3 expected each (+- 0.019)
   assert freq.max() / freq.min() < 1.4, freq
-  src = pipeline.load_source('synthetic_va', 'train', synthetic_data_dir)[0]
+  src = sources.load_source('synthetic_va', 'train', synthetic_data_dir)[0]
   for i, v in zip(batches[0]['index'], batches[0]['va'], strict=True):  # the record's own labels
     np.testing.assert_allclose(v, [src[int(i)]['valence'], src[int(i)]['arousal']])
   # Deterministic, and the iterator state after balancing resumes exactly.

@@ -1,4 +1,4 @@
-"""Tests for configs/mae_pretrain.py, configs/mae_va.py and vaflax/trainers/mae_va.py.
+"""Tests for configs/mae_pretrain.py, configs/mae_va.py and the mae_va recipe (vaflax/recipes.py).
 
 The recipe end to end is checked by `check_recipe_run` on the straight run that
 tests/resume_all_trainers_test.py trains (and preempts) anyway; its pretrain stage is
@@ -16,18 +16,19 @@ from flax import nnx
 from PIL import Image
 
 from configs import mae_pretrain, mae_va
-from vaflax import runs, train, writers
+from vaflax import recipes, runs, train, writers
 from vaflax import stages as stages_lib
-from vaflax.data import pipeline
+from vaflax.data import sources
 from vaflax.models import vit
-from vaflax.trainers import mae_va as runner
+
+RECIPE = recipes.get('mae_va')
 
 
 def _check_reconstruction_png(path, config):
   """Rows of original | masked | reconstruction; originals = validation images spread over the
   first eval batch (every batch/8-th, vaflax/trainers/mae.py), 2 px apart."""
   png = np.asarray(Image.open(path))
-  batch = next(iter(pipeline.EvalData(config, 'validation')))
+  batch = next(iter(sources.EvalData(config, 'validation')))
   images = batch['image']
   side, stride = images.shape[1], max(1, images.shape[0] // 8)
   shown = images[::stride][:8][batch['eval_mask'][::stride][:8] > 0]  # padding rows left out
@@ -73,15 +74,15 @@ def test_configs_link_the_stages():
     for split in ('pp_train', 'pp_eval'):
       assert f'center_crop({(1 + lo) / 2:g})|resize' in c[stage].input[split], (stage, split)
   assert f'center_crop({(1 + lo) / 2:g})|resize' in c.finetune.input.pp_eval
-  stages = {s.name: s.config for s in runner.recipe_stages(c, '/w')}
-  assert list(stages) == list(runner.STAGES)
+  stages = {s.name: s.config for s in stages_lib.plan(RECIPE, c, '/w')}
+  assert list(stages) == list(recipes.MAE_VA_STAGES)
   assert stages['finetune'].init_from == '/w/pretrain:encoder=encoder'
   assert stages['fusion'].init_from == stages['fusion_video_only'].init_from == (
       '/w/finetune:encoder=visual')
   assert stages['fusion'].frozen == 'visual(/|$)'
   assert stages['fusion'].model.visual.width == 64  # plain values in the stage copies
   c.init_from = '/mae'
-  stages = {s.name: s.config for s in runner.recipe_stages(c, '/w')}
+  stages = {s.name: s.config for s in stages_lib.plan(RECIPE, c, '/w')}
   assert 'pretrain' not in stages and stages['finetune'].init_from == '/mae:encoder=encoder'
 
   p = mae_va.get_config()  # the paper's sizes
@@ -95,11 +96,31 @@ def test_configs_link_the_stages():
   assert mae_pretrain.get_config('dataset=a:1+b:2').input.dataset == 'a:1,b:2'
 
 
+def test_the_users_init_from_keeps_its_mapping():
+  """config.init_from replaces pretraining as the encoder's source: every source of a ';' list is
+  kept, with its own SRC=DST mapping; one given without a mapping takes the encoder."""
+  c = mae_va.get_config('runlocal')
+  c.init_from = '/runs/resnet:backbone=encoder/stem;/runs/mae'
+  stages = {s.name: s for s in stages_lib.plan(RECIPE, c, '/w')}
+  assert list(stages) == ['finetune', 'fusion_video_only', 'fusion']
+  assert stages['finetune'].config.init_from == (
+      '/runs/resnet:backbone=encoder/stem;/runs/mae:encoder=encoder')
+  assert stages['finetune'].init == (
+      runs.WeightSource('/runs/resnet', (('backbone', 'encoder/stem'),)),
+      runs.WeightSource('/runs/mae', (('encoder', 'encoder'),)))
+  assert runs.parse_init_from(stages['finetune'].config.init_from) == stages['finetune'].init
+  assert stages['fusion'].init == (runs.WeightSource('/w/finetune', (('encoder', 'visual'),)),)
+  # A stage's own init_from is the recipe's to set: an error, not a silent drop.
+  c.finetune.init_from = '/elsewhere'
+  with pytest.raises(ValueError, match='config.finetune.init_from'):
+    stages_lib.plan(RECIPE, c, '/w')
+
+
 def test_missing_data_error_mentions_runlocal(tmp_path):
   c = mae_va.get_config()
   c.data_dir = str(tmp_path)
   with pytest.raises(FileNotFoundError, match='runlocal'):
-    stages_lib.run(c, str(tmp_path / 'w'))
+    stages_lib.run(RECIPE, c, str(tmp_path / 'w'))
 
 
 def check_recipe_run(wd, c, scratch):
@@ -129,7 +150,7 @@ def check_recipe_run(wd, c, scratch):
   assert rec['pretrain/train/loss_first'] == pre[0]['train/loss'] and rec['pretrain/val/loss'] > 0
   _check_reconstruction_png(f'{wd}/pretrain/reconstructions/step_{steps}.png', c.pretrain)
 
-  stages = {s.name: s.config for s in runner.recipe_stages(c, wd)}
+  stages = {s.name: s.config for s in stages_lib.plan(RECIPE, c, wd)}
   assert stages['finetune'].init_from == f'{wd}/pretrain:encoder=encoder'
   mae_enc = _flat(_model_params(f'{wd}/pretrain').encoder)
   init = vit.Model(**stages['finetune'].model.to_dict(), rngs=nnx.Rngs(123))
@@ -167,6 +188,6 @@ def _run_recording(c, wd):
   real = train.train_and_evaluate
   train.train_and_evaluate = lambda sc, swd: (calls.append(os.path.basename(swd)), real(sc, swd))[1]
   try:
-    return stages_lib.run(c, wd), calls
+    return stages_lib.run(RECIPE, c, wd), calls
   finally:
     train.train_and_evaluate = real

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from vaflax.data import pipeline
+from vaflax.data import pipeline, sources
 
 
 def _take(it, n):
@@ -43,7 +43,7 @@ def test_eval_covers_every_record_once_across_hosts(synthetic_data_dir):
   c = tiny_config(synthetic_data_dir, batch_size=60)  # 576 records = 3 hosts x 192; 192 is not a multiple of 20
   seen, nb = [], set()
   for p in range(3):
-    ev = pipeline.EvalData(c, 'test', process_index=p, process_count=3)
+    ev = sources.EvalData(c, 'test', process_index=p, process_count=3)
     nb.add(len(ev))
     for b in ev:
       assert b['image'].shape[0] == 20
@@ -55,10 +55,10 @@ def test_eval_covers_every_record_once_across_hosts(synthetic_data_dir):
 
 def test_make_windows_hand_cases():
   videos = [('a', 0, 10), ('b', 10, 3)]
-  w = pipeline.make_windows(videos, 13, 4, 4, cover_tail=True)
+  w = sources.make_windows(videos, 13, 4, 4, cover_tail=True)
   assert [(x.start, x.length, x.skip, x.video) for x in w] == [
       (0, 4, 0, 0), (4, 4, 0, 0), (6, 4, 2, 0), (10, 3, 0, 1)]
-  w = pipeline.make_windows(videos, 13, 4, 2, cover_tail=False)
+  w = sources.make_windows(videos, 13, 4, 2, cover_tail=False)
   assert [x.start for x in w] == [0, 2, 4, 6, 10]
 
 
@@ -69,7 +69,7 @@ def test_windows_are_consecutive_frames_and_eval_counts_each_frame_once(syntheti
   assert b['frames'].shape == (4, 12, 32, 32, 3) and b['va'].shape == (4, 12, 2)
   assert np.all(np.diff(b['index'], axis=1) == 1)
   assert np.all(b['video'] == b['video'][:, :1])  # one video per window
-  ev = pipeline.EvalData(c, 'test')
+  ev = sources.EvalData(c, 'test')
   counted = []
   for eb in ev:
     m = (eb['va_mask'][..., 0] > 0) & (eb['eval_mask'][:, None] > 0)
@@ -83,5 +83,5 @@ def test_missing_dataset_and_bad_mixture_messages(tmp_path, synthetic_data_dir):
   with pytest.raises((FileNotFoundError, ValueError), match='afew_va'):
     pipeline.make_train_dataset(c)
   with pytest.raises(ValueError, match='weight'):
-    pipeline.parse_mixture('afew_va:x')
-  assert pipeline.parse_mixture('affwild2_va:0.2, afew_va') == [('affwild2_va', 0.2), ('afew_va', 1.0)]
+    sources.parse_mixture('afew_va:x')
+  assert sources.parse_mixture('affwild2_va:0.2, afew_va') == [('affwild2_va', 0.2), ('afew_va', 1.0)]

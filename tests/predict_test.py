@@ -444,10 +444,10 @@ def test_the_run_records_its_crop_and_predict_cuts_it(predictor, synthetic_data_
   import json  # noqa: PLC0415
 
   from vaflax import faces  # noqa: PLC0415
-  from vaflax.data import pipeline  # noqa: PLC0415
+  from vaflax.data import sources  # noqa: PLC0415
 
   recorded = json.load(open(os.path.join(predictor.workdir, 'config.json')))['crop']
-  built = pipeline.dataset_info('synthetic_va', synthetic_data_dir).metadata['crop']
+  built = sources.dataset_info('synthetic_va', synthetic_data_dir).metadata['crop']
   assert recorded == dict(built) and recorded['size'] > 0
   assert predictor.crop_spec == faces.CropSpec.from_dict(recorded)
 

@@ -96,7 +96,7 @@ def test_killed_run_resumes_bit_identical(tmp_path, synthetic_data_dir):
 
 def _patch_loss(monkeypatch, loss_fn):
   task = tasks.get('supervised')
-  monkeypatch.setitem(tasks.TASKS.entries, 'supervised', dataclasses.replace(task, loss_fn=loss_fn))
+  monkeypatch.setitem(tasks.TASKS, 'supervised', dataclasses.replace(task, loss_fn=loss_fn))
 
 
 def _poison(record):

@@ -28,8 +28,8 @@ import pytest
 from conftest import raw_checkpoint, tiny_config
 from jax.experimental.compilation_cache import compilation_cache
 
+from vaflax import recipes, train
 from vaflax import stages as stages_lib
-from vaflax import train
 
 SEED = int(os.environ.get('VAFLAX_KILL_SEED', '0'))
 TIMING_KEYS = ('train/steps_per_sec', 'train_seconds')  # wall-clock, not results
@@ -122,7 +122,7 @@ def distill_case(data_dir):
   c.image_size = 32
   _loop(c, 4, 8)
   c.distill.teacher_total_steps = 4
-  return c, stages_lib.run
+  return c, _recipe_runner
 
 
 def mae_va_case(data_dir):
@@ -143,10 +143,15 @@ def mae_va_case(data_dir):
   _loop(c.fusion, 4, 4)  # fusion_video_only follows it (linked fields)
   _tiny_fusion(c.fusion)
   c.fusion.model.drop_path = 0.2
-  return c, stages_lib.run
+  return c, _recipe_runner
 
 
 # name, file that must exist, config builder, stages in run order (None: one stage), kills.
+def _recipe_runner(config, workdir):
+  """The stage runner on config.recipe (what vaflax.main runs for a recipe config)."""
+  return stages_lib.run(recipes.get(config.recipe), config, workdir)
+
+
 # Kills: how many preemptions of a single-stage run, or the stages a multi-stage run is preempted
 # in (one each). The MAE pretraining and fusion trainers are preempted as stages of mae_va (its
 # pretrain stage is configs/mae_pretrain.py:runlocal, its fusion stage the audio-visual model).
@@ -154,9 +159,9 @@ CASES = [
     ('supervised_resnet', 'configs/resnet_va.py', resnet_case, None, 2),
     ('temporal_resnet_gru', 'configs/resnet_gru_va.py', temporal_case, None, 1),
     ('emofan', 'configs/emofan_va.py', emofan_case, None, 1),
-    ('distill', 'vaflax/trainers/distill.py', distill_case, ('teacher', 'students'),
+    ('distill', 'vaflax/recipes.py', distill_case, ('teacher', 'students'),
      ('teacher', 'students')),
-    ('mae_va', 'vaflax/trainers/mae_va.py', mae_va_case,
+    ('mae_va', 'vaflax/recipes.py', mae_va_case,
      ('pretrain', 'finetune', 'fusion_video_only', 'fusion'), ('pretrain', 'fusion')),
 ]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -131,11 +131,11 @@ def _loop_step(graphdef, batch):
 
 def test_cnn_rnn_recipe_trains_the_cnn_then_the_gru_on_its_frozen_features(tmp_path):
   from configs import resnet_gru_va  # noqa: PLC0415
-  from vaflax.trainers import cnn_rnn  # noqa: PLC0415
+  from vaflax import recipes, stages  # noqa: PLC0415
 
   c = resnet_gru_va.get_config('runlocal')
   c.model.width = 24  # one override reaches both stages (the CNN's size is linked)
-  cnn, gru = cnn_rnn.recipe_stages(c, str(tmp_path))
+  cnn, gru = stages.plan(recipes.get('cnn_rnn'), c, str(tmp_path))
   assert (cnn.name, gru.name) == ('cnn', 'cnn_rnn')
   assert cnn.config.model_name == 'resnet' and cnn.config.input.window == 0
   assert gru.config.model_name == 'temporal' and gru.config.input.window == 8
@@ -149,8 +149,8 @@ def test_cnn_rnn_recipe_trains_the_cnn_then_the_gru_on_its_frozen_features(tmp_p
   assert gru.config.model.residual and not resnet_gru_va.get_config().model.residual
   # A trained CNN given: no CNN stage.
   c.init_from = '/somewhere/cnn'
-  (only,) = cnn_rnn.recipe_stages(c, str(tmp_path))
+  (only,) = stages.plan(recipes.get('cnn_rnn'), c, str(tmp_path))
   assert only.name == 'cnn_rnn' and only.config.init_from == '/somewhere/cnn'
-  rec = cnn_rnn.summarize(c, str(tmp_path), {
+  rec = recipes.cnn_rnn_summary(c, str(tmp_path), {
       'cnn': {'val/ccc_valence': 0.5, 'step': 3}, 'cnn_rnn': {'val/ccc_valence': 0.7}})
   assert rec == {'cnn/val/ccc_valence': 0.5, 'val/ccc_valence': 0.7}

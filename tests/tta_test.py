@@ -45,7 +45,7 @@ def test_unmirror_maps_the_mirror_output_back():
   np.testing.assert_allclose(out['va'], 0.5 * (img[:, :1, 0, :2] + img[:, :1, -1, :2]), rtol=1e-6)
 
 
-def test_the_run_config_is_the_one_switch():
+def test_the_run_config_is_the_one_switch(monkeypatch):
   """tasks.predict_fn wraps a task's predictions with flip TTA exactly when
   config.eval.flip_tta, and leaves a task that mirrors itself (EmoFAN) alone."""
   import ml_collections  # noqa: PLC0415
@@ -56,8 +56,9 @@ def test_the_run_config_is_the_one_switch():
     return {'va': batch['image'][:, 0, :2, 0]}  # columns 0 and 1: not mirror-symmetric
 
   for name, mirrors_itself in (('tta_probe', False), ('tta_probe_self', True)):
-    tasks.TASKS.entries.pop(name, None)  # the registry refuses a second, different entry
-    tasks.register(tasks.Task(name, None, probe, mirrors_itself=mirrors_itself))
+    # monkeypatch: the probe tasks leave tasks.TASKS when the test ends
+    monkeypatch.setitem(tasks.TASKS, name, tasks.Task(name, None, probe,
+                                                      mirrors_itself=mirrors_itself))
   img = np.arange(2 * 3 * 4 * 1, dtype=np.float32).reshape(2, 3, 4, 1)
   plain, mirrored = img[:, 0, :2, 0], img[:, 0, ::-1][:, :2, 0]
   for name, flip, want in (('tta_probe', False, plain),
@@ -66,5 +67,5 @@ def test_the_run_config_is_the_one_switch():
     c = ml_collections.ConfigDict(dict(task=name, eval=dict(flip_tta=flip)))
     np.testing.assert_allclose(tasks.predict_fn(c)(None, {'image': img}, c)['va'], want)
   old = ml_collections.ConfigDict(dict(task='tta_probe'))  # a run from before the field
-  assert tasks.flip_tta(old) is False
+  assert tta.enabled(old) is False
   np.testing.assert_allclose(tasks.predict_fn(old)(None, {'image': img}, old)['va'], plain)

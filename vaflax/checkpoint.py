@@ -5,7 +5,8 @@ record (step, model name, ...) as separate items of one Orbax CheckpointManager 
 
 Orbax writes each step into a temporary folder and renames it when complete, so a checkpoint
 that was being written when the process died is never picked up. Restoring a
-whole run (config, model, optionally optimizer) is vaflax/runs.py's `load_run`.
+run's model (config, model, weights) is vaflax/runs.py's `load_run`; a resuming run restores its
+model, optimizer and data iterator with vaflax/train.py's `restore`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
-
-from vaflax import optim
 
 
 class CheckpointMismatchError(ValueError):
@@ -144,6 +143,20 @@ def restore(mngr: ocp.CheckpointManager, model_like, opt_like=None, data_iter=No
 
 # --- Moving weights between models ---------------------------------------------------------------
 
+
+def path_str(path) -> str:
+  """'a/b/0/kernel' for an nnx / jax tree path."""
+  return '/'.join(str(key_name(k)) for k in path)
+
+
+def key_name(k):
+  """The name or index of one entry of a tree path."""
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(k, attr):
+      return getattr(k, attr)
+  return k
+
+
 # Variables that are weights (what moves between runs); rng counters and optimizer state are not.
 WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)
 
@@ -155,7 +168,7 @@ def flat_weights(model_or_state) -> dict[str, np.ndarray]:
     state = nnx.state(state, WEIGHTS)
   else:
     state = nnx.filter_state(state, WEIGHTS)
-  return {optim.path_str(p): np.asarray(jax.device_get(v.get_value()))
+  return {path_str(p): np.asarray(jax.device_get(v.get_value()))
           for p, v in nnx.to_flat_state(state)}
 
 
@@ -217,7 +230,7 @@ def transfer_weights(source: Mapping[str, np.ndarray], target, mapping=(('', '')
   loading and the PyTorch importer (vaflax/convert) all come through here.
   """
   state = nnx.state(target, WEIGHTS) if isinstance(target, nnx.Module) else target
-  flat_target = {optim.path_str(p): v for p, v in nnx.to_flat_state(nnx.filter_state(state, WEIGHTS))}
+  flat_target = {path_str(p): v for p, v in nnx.to_flat_state(nnx.filter_state(state, WEIGHTS))}
   loaded, used = [], set()
   for src_prefix, dst_prefix in mapping:
     for key, value in source.items():

@@ -4,7 +4,7 @@ r"""Evaluate a trained run on a dataset split: metrics JSON, per-frame and per-v
       [--checkpoint_step=N] [--output=DIR] [--data_dir=D] [--config.x=y ...]
 
 Reads the run's W/config.json, restores its latest (or the given) checkpoint and scores the split
-with the eval pipeline and eval step of training (`train.evaluate`: ABAW pooled metrics, per-video
+with the eval pass and eval step of training (vaflax/scoring.py: ABAW pooled metrics, per-video
 CCC, quadrant metrics of the regressed VA and of the 4-way head when the model has one). A
 multi-stage workdir (one sub-workdir per stage, e.g. mae_va) is evaluated at the stage that
 finished last; pass --workdir=W/<stage> to choose another. See docs/evaluate.md.
@@ -104,8 +104,7 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
                  flip: bool = False, checkpoint_step: int | None = None, output: str | None = None,
                  overrides=(), data_dir: str | None = None) -> dict:
   """Evaluates a run and writes its outputs; returns the JSON record (with 'files')."""
-  from vaflax import circumplex, plots, runs, tasks, train  # noqa: PLC0415
-  from vaflax.data import pipeline  # noqa: PLC0415
+  from vaflax import circumplex, plots, runs, scoring, tta  # noqa: PLC0415
 
   if data_dir:
     overrides = [*overrides, f'input.data_dir={data_dir}']
@@ -113,9 +112,8 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
     overrides = [*overrides, 'eval.flip_tta=True']
   run = runs.load_run(workdir, checkpoint_step, overrides=overrides)
   workdir, config, step = run.workdir, run.config, run.step
-  eval_data = pipeline.EvalData(config, split, dataset=dataset)
-  eval_step = train.make_eval_step(config, run.graphdef, run.state_sharding, run.mesh)
-  results, arrays = train.evaluate(eval_step, run.mesh, run.state, eval_data, prefix='')
+  results, arrays, eval_data = scoring.score_split(run, split, dataset=dataset,
+                                                   process_index=0, process_count=1)
 
   name = eval_data.name
   out_dir = os.path.abspath(output or os.path.join(workdir, 'eval'))
@@ -129,7 +127,7 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
 
   record = {
       'workdir': workdir, 'checkpoint_step': step, 'dataset': name, 'split': split,
-      'flip_tta': tasks.flip_tta(config), 'model_name': config.model_name, 'task': config.task,
+      'flip_tta': tta.enabled(config), 'model_name': config.model_name, 'task': config.task,
       'num_examples': eval_data.num_examples,
   }
   if arrays:

@@ -140,12 +140,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # library INFO chatter off; -v 0 brings it back
   cpu_malloc.keep_freed_memory()  # before JAX starts its backends
   maybe_initialize_distributed()
-  from vaflax import stages, train  # noqa: PLC0415
+  from vaflax import recipes, stages, train  # noqa: PLC0415 -- after flag parsing: --help is fast
 
   config = _CONFIG.value
   try:
-    if config.recipe:  # several stages (distillation, MAE -> VA -> fusion): vaflax/stages.py
-      stages.run(config, _WORKDIR.value)
+    if config.recipe:  # several stages (distillation, MAE -> VA -> fusion): vaflax/recipes.py
+      stages.run(recipes.get(config.recipe), config, _WORKDIR.value)
       print(results_line(_WORKDIR.value), flush=True)
     elif stages.finished(os.path.abspath(os.path.expanduser(_WORKDIR.value)), config) is not None:
       # Re-running a finished run resumes nothing: say so (train_and_evaluate would restore the

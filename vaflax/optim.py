@@ -1,9 +1,8 @@
 """Learning-rate schedules, the optimizer and the one freezing rule of vaflax.
 
 Everything reads `config.schedule`, `config.optimizer` and `config.frozen` (configs/common.py
-declares and documents each field). The optimizer's state structure never depends on the
-schedule's numbers (a schedule is always a callable), so a run can be restored without knowing
-its data size (vaflax/runs.py).
+declares and documents each field). Training only: a restored run's model (vaflax/runs.py) needs
+none of it.
 
 Frozen parameters (`config.frozen`, a regex over '/'-joined parameter paths, `re.match`): the
 train step does not differentiate them, the optimizer holds no state for them (no Adam moments,
@@ -19,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+
+from vaflax.checkpoint import key_name, path_str
 
 
 def make_schedule(config, steps_per_epoch: int, total_steps: int):
@@ -38,11 +39,6 @@ def make_schedule(config, steps_per_epoch: int, total_steps: int):
   if warmup:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
   return main
-
-
-def restore_schedule(step):
-  """A stand-in schedule for restoring a run: same optimizer structure, never stepped."""
-  return jnp.zeros((), jnp.float32) * step
 
 
 def make_optimizer(config, schedule) -> optax.GradientTransformation:
@@ -65,18 +61,6 @@ def make_optimizer(config, schedule) -> optax.GradientTransformation:
 
 
 # --- Freezing ------------------------------------------------------------------------------------
-
-
-def path_str(path) -> str:
-  """'a/b/0/kernel' for an nnx / jax tree path."""
-  return '/'.join(str(_key_name(k)) for k in path)
-
-
-def _key_name(k):
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(k, attr):
-      return getattr(k, attr)
-  return k
 
 
 def frozen_regex(config) -> re.Pattern | None:
@@ -124,7 +108,7 @@ _EMBED_NAMES = ('patch_embed', 'pos_embed', 'cls_token')
 
 
 def _names(path) -> list:
-  return [_key_name(k) for k in path]
+  return [key_name(k) for k in path]
 
 
 def layer_id(path, depth: int) -> int:

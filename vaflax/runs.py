@@ -1,10 +1,14 @@
-"""A run: its config, its model (and optimizer) state; the one way to load one from a workdir.
+"""A run: its workdir, its config and its model; the one way to load one and to write its folder.
 
 `load_run(workdir)` reads `workdir/config.json`, builds the model's abstract state (shapes and
-shardings only: nothing is initialised or compiled) and restores the checkpoint into it. The
-optimizer state is read only when asked (resuming a run); its structure does not depend on the
-learning-rate schedule (vaflax/optim.py), so no data size is needed. Training resume, init_from,
-stage chaining, evaluate, predict and the public API (vaflax/__init__.py) all load through here.
+shardings only: nothing is initialised or compiled) and restores the model's weights into it;
+`Run.model()` is the model in eval mode. init_from, stage chaining, evaluate, predict, abaw,
+export and the public API (vaflax/__init__.py) all load through here. This is the inference
+layer (docs/architecture.md): it imports no training code, and loading a run builds no
+optimizer (the loop restores its optimizer state itself, vaflax/train.py `restore`).
+
+`WeightSource` is where a model's first weights come from (`config.init_from`): a workdir and a
+mapping of parameter path prefixes, one typed value that recipes compose and the loop loads.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import ml_collections
 from flax import nnx
 
 from vaflax import checkpoint as ckpt_lib
-from vaflax import optim, sharding, tasks
+from vaflax import sharding, tasks
 
 CHECKPOINTS = 'checkpoints'
 CONFIG = 'config.json'
@@ -46,17 +50,14 @@ def make_model(config, rngs: nnx.Rngs):
   return model_class(config)(**config.model.to_dict(), rngs=rngs)
 
 
-def build_state(config, mesh, tx=None, *, init: bool = True):
-  """(graphdef, state, state_sharding) of the model, or of (model, optimizer) when `tx` is given.
+def build_state(config, mesh, create=None, *, init: bool = True):
+  """(graphdef, state, state_sharding) of what `create()` builds (default: the model of
+  `config`; the loop passes one that builds (model, optimizer)), sharded by the config's rules.
 
   With init=False the state is abstract (ShapeDtypeStructs carrying their shardings): a restore
   target that costs no initialisation and no compile."""
-  def create():
-    model = make_model(config, nnx.Rngs(config.seed))
-    if tx is None:
-      return model
-    return model, nnx.Optimizer(model, tx, wrt=optim.trainable(config))
-
+  if create is None:
+    create = lambda: make_model(config, nnx.Rngs(config.seed))
   graphdef, abs_state = nnx.split(nnx.eval_shape(create))
   state_sh = sharding.state_shardings(abs_state, mesh, config.sharding_rules)
   if init:
@@ -163,7 +164,7 @@ def load_config(workdir: str, overrides=()) -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass
 class Run:
-  """A restored run. `state` is the model's; `opt_state` is None unless asked for."""
+  """A restored run: its model's state, on its mesh."""
 
   workdir: str
   config: ml_collections.ConfigDict
@@ -172,7 +173,6 @@ class Run:
   graphdef: object
   state: object
   state_sharding: object
-  opt_state: object = None
   meta: dict = dataclasses.field(default_factory=dict)
 
   def model(self) -> nnx.Module:
@@ -186,23 +186,17 @@ class Run:
     return ckpt_lib.flat_weights(self.state)
 
 
-def load_run(workdir: str, step: int | None = None, *, with_optimizer: bool = False,
-             config=None, overrides=(), mesh=None, data_iter=None,
-             expected_meta: dict | None = None) -> Run:
-  """Restores the run in `workdir` (a multi-stage workdir: its last finished stage).
+def load_run(workdir: str, step: int | None = None, *, overrides=(), mesh=None) -> Run:
+  """Restores the model of the run in `workdir` (a multi-stage workdir: its last finished stage).
 
-  `config` replaces workdir/config.json (a resuming run passes its own); `overrides` are
-  'a.b=value' strings applied to the loaded config. `data_iter` (a Grain iterator) is set to the
-  saved position. The state is restored straight into its abstract shardings: no throwaway
-  initialisation, no optimizer state unless `with_optimizer`.
+  `overrides` are 'a.b=value' strings applied to the loaded config. The state is restored
+  straight into its abstract shardings: no throwaway initialisation, and the optimizer's state
+  (a separate checkpoint item) is not read.
   """
-  workdir = resolve_workdir(workdir) if config is None else os.path.abspath(workdir)
-  if config is None:
-    config = load_config(workdir, overrides)
+  workdir = resolve_workdir(workdir)
+  config = load_config(workdir, overrides)
   mesh = mesh or sharding.make_mesh(config.mesh)
-  tx = optim.make_optimizer(config, optim.restore_schedule) if with_optimizer else None
-  graphdef, state, state_sh = build_state(config, mesh, tx, init=False)
-  model_like, opt_like = (state[0], state[1]) if with_optimizer else (state, None)
+  graphdef, state, state_sh = build_state(config, mesh, init=False)
   ckpt_dir = os.path.join(workdir, CHECKPOINTS)
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f'{ckpt_dir}: no checkpoints (has the run trained a step?)')
@@ -215,13 +209,90 @@ def load_run(workdir: str, step: int | None = None, *, with_optimizer: bool = Fa
       step = max(steps)
     elif step not in steps:
       raise ValueError(f'checkpoint step {step}: {ckpt_dir} has steps {sorted(steps)}')
-    model_state, opt_state, meta = ckpt_lib.restore(
-        mngr, model_like, opt_like, data_iter, step=step,
-        expected_meta=expected_meta or {'model_name': config.model_name, 'task': config.task})
+    model_state, _, meta = ckpt_lib.restore(
+        mngr, state, step=step,
+        expected_meta={'model_name': config.model_name, 'task': config.task})
   finally:
     mngr.close()
-  if with_optimizer:
-    graphdef_model = nnx.graphdef(nnx.merge(graphdef, state)[0])
-    return Run(workdir, config, int(step), mesh, graphdef_model, model_state, state_sh[0],
-               opt_state, meta)
-  return Run(workdir, config, int(step), mesh, graphdef, model_state, state_sh, None, meta)
+  return Run(workdir, config, int(step), mesh, graphdef, model_state, state_sh, meta)
+
+
+# --- Writing a run directory ---------------------------------------------------------------------
+
+
+def prepare_workdir(workdir: str, config) -> str:
+  """Creates `workdir` (checked writable) and writes its config.json; returns its absolute path.
+  The loop, the stage runner and vaflax.convert start their run directories here."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test_{jax.process_index()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(
+        f'workdir {workdir} is not writable ({e.strerror}): choose another --workdir, or fix its '
+        'permissions / free disk space') from None
+  write_config(workdir, config)
+  return workdir
+
+
+def write_config(workdir: str, config) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, CONFIG), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+# --- Where a model's first weights come from -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSource:
+  """A run to copy weights from (`workdir`, any vaflax run; vaflax/runs.py finds its stage) and
+  how its parameter paths map onto the model's: (SOURCE prefix, TARGET prefix) pairs
+  (checkpoint.transfer_weights), or None when none was given (every path to the same path,
+  unless a recipe says otherwise: vaflax/recipes.py)."""
+
+  workdir: str
+  mapping: tuple[tuple[str, str], ...] | None = None
+
+  def __post_init__(self):
+    if not self.workdir:
+      raise ValueError('init_from: a weight source needs a workdir')
+    if any(c in self.workdir for c in ':;'):
+      raise ValueError(f'init_from: workdir {self.workdir!r} contains ":" or ";", which '
+                       'config.init_from uses as separators; move or link it elsewhere')
+
+  def pairs(self) -> list[tuple[str, str]]:
+    """The mapping transfer_weights takes (identity when none was given)."""
+    return list(self.mapping) if self.mapping is not None else [('', '')]
+
+  def under(self, prefix: str) -> WeightSource:
+    """The same source with every target placed under `prefix` (a sub-model, e.g.
+    'students/0' in distillation)."""
+    return WeightSource(self.workdir, tuple((src, '/'.join(x for x in (prefix, dst) if x))
+                                            for src, dst in self.pairs()))
+
+  def __str__(self) -> str:
+    if self.mapping is None:
+      return self.workdir
+    return f'{self.workdir}:' + ','.join(f'{src}={dst}' for src, dst in self.mapping)
+
+
+def parse_init_from(text: str) -> tuple[WeightSource, ...]:
+  """config.init_from -> its sources. The text is one or more sources separated by ';', each a
+  workdir with an optional mapping after ':' of SOURCE=TARGET path prefixes, several separated
+  by ',' ('' is the root): 'W/mae:encoder=encoder', 'W/teacher:=teacher;W/cnn'. The inverse of
+  `format_init_from`."""
+  out = []
+  for part in filter(None, (p.strip() for p in (text or '').split(';'))):
+    path, colon, mapping = part.partition(':')
+    out.append(WeightSource(path.strip(), tuple(ckpt_lib.parse_mapping(mapping))
+                            if colon and mapping.strip() else None))
+  return tuple(out)
+
+
+def format_init_from(sources) -> str:
+  """The config.init_from text of `sources` (what a stage's config.json records)."""
+  return ';'.join(str(s) for s in sources)

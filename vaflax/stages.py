@@ -1,12 +1,16 @@
 """The one stage runner: a recipe of several training stages run in order, each resumable alone.
 
-A recipe (`config.recipe`, registered by its module in vaflax/trainers/) lists its stages: a
-name and a standalone config each, whose `init_from` names earlier stages' workdirs (with a
-path mapping, vaflax/train.py's `init_from`). Stage k trains in workdir/<name> with the generic
-loop. One rule says a stage is finished: its final_metrics.json records at least its
-config.total_steps (or exists, for an epoch-based stage). A re-run skips finished stages and
-resumes the current one from its own checkpoints. At the end the recipe's `summarize` turns the
-stages' final metrics into one record: workdir/final_metrics.json and a metrics.jsonl line.
+A recipe (vaflax/recipes.py lists them; `config.recipe` names one) lists its stages: a name, a
+standalone config, and where the stage's first weights come from, as typed values: an earlier
+stage by name (`FromStage`) or any run's workdir (`runs.WeightSource`, e.g. the user's
+config.init_from), each with its path mapping. The runner resolves them to workdirs, checks that
+a named stage comes earlier, and writes them into the stage config's `init_from`, so its
+config.json records them and the loop loads them (vaflax/train.py `init_from`). Stage k trains
+in workdir/<name> with the generic loop. One rule says a stage is finished: its
+final_metrics.json records at least its config.total_steps (or exists, for an epoch-based
+stage). A re-run skips finished stages and resumes the current one from its own checkpoints. At
+the end the recipe's `summarize` turns the stages' final metrics into one record:
+workdir/final_metrics.json and a metrics.jsonl line.
 """
 
 from __future__ import annotations
@@ -17,13 +21,25 @@ from collections.abc import Callable
 
 import ml_collections
 
-from vaflax import tasks, train, writers
+from vaflax import runs, train, writers
+
+
+@dataclasses.dataclass(frozen=True)
+class FromStage:
+  """Weights from an earlier stage of the same recipe (its final checkpoint), mapped by
+  (SOURCE prefix, TARGET prefix) pairs; None: every path to the same path."""
+
+  stage: str
+  mapping: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
   name: str
   config: ml_collections.ConfigDict
+  # Where the stage's first weights come from, in order (a later source overwrites an earlier
+  # one where both fill a weight); () starts from the model's initialisation.
+  init: tuple[FromStage | runs.WeightSource, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,24 +51,46 @@ class Recipe:
   summarize: Callable[[ml_collections.ConfigDict, str, dict], dict]
 
 
-RECIPES = tasks.Registry('config.recipe')
-
-
-def register(recipe: Recipe) -> Recipe:
-  return RECIPES.register(recipe.name, recipe)
-
-
-def get(name: str) -> Recipe:
-  return RECIPES.get(name)
-
-
 def stage_config(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
   """A standalone copy of `config` (references resolved, so its config.json has plain values)
-  with `fields` set."""
+  with `fields` set. Its init_from is emptied: the runner writes it from `Stage.init`, so a
+  recipe states every source there (the user's `config.init_from` too, parsed with
+  runs.parse_init_from) and none travels unseen."""
+  if 'init_from' in fields:
+    raise ValueError('stage_config: give a stage its weights with Stage(init=...), not init_from')
   c = ml_collections.ConfigDict(config.to_dict())
   for k, v in fields.items():
     c[k] = v
+  c.init_from = ''
   return c
+
+
+def resolve(stages: list[Stage], workdir: str) -> list[Stage]:
+  """The stages with every `FromStage` turned into the workdir of that stage and written into
+  the stage config's init_from (an error names a stage that is not an earlier one)."""
+  out, seen = [], []
+  for stage in stages:
+    if stage.config.get('init_from'):
+      raise ValueError(f'recipe stage {stage.name!r}: its config sets init_from '
+                       f'({stage.config.init_from!r}); a recipe gives it as Stage(init=...)')
+    sources = []
+    for src in stage.init:
+      if isinstance(src, FromStage):
+        if src.stage not in seen:
+          raise ValueError(f'recipe stage {stage.name!r} starts from stage {src.stage!r}, which is '
+                           f'not an earlier stage (earlier: {", ".join(seen) or "none"})')
+        src = runs.WeightSource(os.path.join(workdir, src.stage), src.mapping)
+      sources.append(src)
+    config = ml_collections.ConfigDict(stage.config.to_dict())
+    config.init_from = runs.format_init_from(sources)
+    out.append(Stage(stage.name, config, tuple(sources)))
+    seen.append(stage.name)
+  return out
+
+
+def plan(recipe: Recipe, config, workdir: str) -> list[Stage]:
+  """The stages `run` trains, in order, their sources resolved (nothing is trained or written)."""
+  return resolve(recipe.stages(config, workdir), workdir)
 
 
 def finished(stage_workdir: str, config) -> dict | None:
@@ -65,12 +103,10 @@ def finished(stage_workdir: str, config) -> dict | None:
   return rec
 
 
-def run(config, workdir: str) -> dict:
-  """Runs `config.recipe`'s stages in workdir/<stage>; returns the recipe's summary."""
-  recipe = get(config.recipe)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  train.prepare_workdir(workdir, config)
-  stages = recipe.stages(config, workdir)
+def run(recipe: Recipe, config, workdir: str) -> dict:
+  """Runs `recipe`'s stages in workdir/<stage>; returns the recipe's summary."""
+  workdir = runs.prepare_workdir(workdir, config)
+  stages = plan(recipe, config, workdir)
   results, trained = {}, False
   for k, stage in enumerate(stages, 1):
     swd = os.path.join(workdir, stage.name)

@@ -1,13 +1,20 @@
-"""Tasks: what a method trains (loss) and reports (predictions), registered by name.
+"""Tasks: what a method trains (loss) and reports (predictions), listed by name in one place.
 
-A task module in vaflax/trainers/ registers one `Task`; `config.task` names it. The generic loop
-(vaflax/train.py) calls only these fields, so a new method is a new Task, not a new loop.
+A task module in vaflax/trainers/ defines plain functions (`loss_fn`, `predict_fn`, ...); this
+module lists every task (`TASKS`, explicit imports: no registration on import, no import inside
+a function), and `config.task` names one. The generic loop (vaflax/train.py) calls only these
+fields, so a new method is a new Task, not a new loop. Inference (vaflax/runs.py, predict,
+evaluate) reads the same entries for a run's model and predictions; nothing here imports the
+training layer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+
+from vaflax import tta
+from vaflax.trainers import distill, emofan, fusion, mae, supervised
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,44 +26,30 @@ class Task:
   predict_fn: Callable
   # (config, model_class, rngs) -> the model, when the task wraps config.model (distillation)
   make_model: Callable | None = None
-  # (setup, state, eval_data, workdir, step) -> extra metrics after each evaluation (MAE PNGs)
-  on_eval: Callable | None = None
+  # (setup) -> on_eval(state, eval_data, workdir, step) -> extra metrics after each evaluation
+  # (MAE's reconstruction PNGs); built once per run by the loop, so whatever it compiles is
+  # compiled once and lives as long as the run.
+  make_on_eval: Callable | None = None
   # True when predict_fn applies config.eval.flip_tta itself (EmoFAN averages the heatmaps of the
   # image and its mirror before decoding landmarks); otherwise `predict_fn` below wraps it.
   mirrors_itself: bool = False
 
 
-class Registry:
-  """Name -> object, filled when vaflax/trainers/ is imported (each module registers its own)."""
-
-  def __init__(self, field: str):
-    self.field = field  # the config field that names an entry, for error messages
-    self.entries: dict[str, object] = {}
-
-  def register(self, name: str, obj):
-    if self.entries.get(name, obj) is not obj:
-      raise ValueError(f'{self.field} {name!r} registered twice')
-    self.entries[name] = obj
-    return obj
-
-  def get(self, name: str):
-    import vaflax.trainers  # noqa: F401, PLC0415 -- registers every task and recipe
-
-    if name not in self.entries:
-      raise ValueError(f'{self.field}={name!r}: no such entry; known: '
-                       f'{", ".join(sorted(self.entries))}')
-    return self.entries[name]
-
-
-TASKS = Registry('config.task')
-
-
-def register(task: Task) -> Task:
-  return TASKS.register(task.name, task)
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task('supervised', supervised.loss_fn, supervised.predict_fn),
+    Task('fusion', fusion.loss_fn, fusion.predict_fn),
+    # a converted speech encoder (vaflax/convert/speech.py): a frozen feature extractor
+    Task('speech', fusion.speech_loss_fn, fusion.speech_predict_fn),
+    Task('mae', mae.loss_fn, mae.predict_fn, make_on_eval=mae.make_on_eval),
+    Task('emofan', emofan.loss_fn, emofan.predict_fn, mirrors_itself=True),
+    Task('distill', distill.loss_fn, distill.predict_fn, make_model=distill.make_model),
+)}
 
 
 def get(name: str) -> Task:
-  return TASKS.get(name)
+  if name not in TASKS:
+    raise ValueError(f'config.task={name!r}: no such task; known: {", ".join(sorted(TASKS))}')
+  return TASKS[name]
 
 
 def predict_fn(config) -> Callable:
@@ -64,14 +57,7 @@ def predict_fn(config) -> Callable:
   with `config.eval.flip_tta` each output is the mean over the input and its mirror
   (vaflax/tta.py). Training's evaluation, vaflax.evaluate and vaflax.predict all call this; their
   `--flip_tta` flags set `config.eval.flip_tta`."""
-  from vaflax import tta  # noqa: PLC0415
-
   task = get(config.task)
-  if flip_tta(config) and not task.mirrors_itself:
+  if tta.enabled(config) and not task.mirrors_itself:
     return tta.flip_tta(task.predict_fn)
   return task.predict_fn
-
-
-def flip_tta(config) -> bool:
-  """config.eval.flip_tta; False for a run whose config predates the field."""
-  return bool(config.get('eval', {}).get('flip_tta', False))

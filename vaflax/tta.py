@@ -33,3 +33,9 @@ def flip_tta(predict_fn, unmirror=None):
     return res
 
   return fn
+
+
+def enabled(config) -> bool:
+  """config.eval.flip_tta, the run's one switch for flip TTA; False for a run whose config
+  predates the field."""
+  return bool(config.get('eval', {}).get('flip_tta', False))

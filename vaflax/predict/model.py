@@ -36,7 +36,7 @@ class Predictor:
     import jax  # noqa: PLC0415 -- after flag parsing
     from flax import nnx  # noqa: PLC0415
 
-    from vaflax import runs, tasks  # noqa: PLC0415
+    from vaflax import runs, tasks, tta  # noqa: PLC0415
     from vaflax.data import ops as ops_lib  # noqa: PLC0415
 
     if data_dir:
@@ -61,7 +61,7 @@ class Predictor:
     # Flip TTA follows the run's config.eval.flip_tta (predict's --flip_tta sets it), as in
     # training's evaluation and vaflax.evaluate: one rule, tasks.predict_fn.
     predict_fn = tasks.predict_fn(config)
-    self.flip = tasks.flip_tta(config)
+    self.flip = tta.enabled(config)
 
     def fwd(model_state, batch):
       out = predict_fn(nnx.merge(model_def, model_state), batch, config)
@@ -81,12 +81,12 @@ class Predictor:
 
   def _data_spec(self):
     """(crop spec, audio sample rate, samples per frame) of the run and its (first) dataset."""
-    from vaflax.data import pipeline  # noqa: PLC0415
+    from vaflax.data import sources  # noqa: PLC0415
 
-    name = pipeline.parse_mixture(self.config.input.dataset)[0][0]
+    name = sources.parse_mixture(self.config.input.dataset)[0][0]
     md, feats = {}, {}
     try:
-      info = pipeline.dataset_info(name, self.config.input.data_dir)
+      info = sources.dataset_info(name, self.config.input.data_dir)
       md, feats = dict(info.metadata or {}), info.features
     except Exception as e:  # noqa: BLE001 -- builder code or data dir unavailable: use defaults
       print(f'note: no dataset info for {name} ({type(e).__name__}); using defaults',

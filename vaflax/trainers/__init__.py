@@ -1,3 +1,2 @@
-"""Every task of vaflax (vaflax/tasks.py registers them on import) and the multi-stage recipes."""
-
-from vaflax.trainers import cnn_rnn, distill, emofan, fusion, mae, mae_va, supervised  # noqa: F401
+"""The tasks of vaflax: each module defines what one method trains (`loss_fn`) and reports
+(`predict_fn`); vaflax/tasks.py lists them. Multi-stage recipes are in vaflax/recipes.py."""

@@ -1,6 +1,7 @@
 """Teacher-student distillation over binned valence/arousal (Deng, Chen, Shi 2020).
 
-The recipe `distill` (config.recipe; vaflax/stages.py runs it, each stage resumable):
+The recipe `distill` (config.recipe; vaflax/recipes.py, run by vaflax/stages.py, each stage
+resumable):
   1. teacher:  the supervised task on `config.model_name` (CE over 20 bins + CCC on the
      expectation) in workdir/teacher, for config.distill.teacher_total_{steps,epochs}, from
      config.init_from when set (arch=cnn_rnn: the binned CNN);
@@ -22,14 +23,11 @@ their initialisation; they see the same batches (they share the step).
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from vaflax import losses, stages, tasks
+from vaflax import losses
 from vaflax.trainers import supervised
 
 
@@ -112,50 +110,3 @@ def predict_fn(model, batch, config):
   members = {'teacher': model.teacher_outputs(batch)['va']}
   members.update({f'student{k}': students[k] for k in range(model.num_students)})
   return {'va': jnp.mean(students, axis=0), 'va_members': members}
-
-
-TASK = tasks.register(tasks.Task('distill', loss_fn, predict_fn, make_model=make_model))
-
-
-# --- The recipe -------------------------------------------------------------------------------
-
-
-def recipe_stages(config, workdir: str) -> list[stages.Stage]:
-  dc = config.distill
-  teacher = stages.stage_config(config, task='supervised', recipe='',
-                                total_steps=int(dc.teacher_total_steps),
-                                total_epochs=float(dc.teacher_total_epochs))
-  teacher_dir = os.path.join(workdir, 'teacher')
-  sources = [f'{teacher_dir}:=teacher']
-  if config.init_from:  # e.g. the frozen binned CNN of arch=cnn_rnn, for every student
-    sources.append(config.init_from.split(':')[0] + ':' + ','.join(
-        f'=students/{k}' for k in range(int(dc.num_students))))
-  # The teacher is fixed; a frozen part of the single model (config.frozen) stays frozen in
-  # every student.
-  frozen = 'teacher(/|$)' + (f'|students/\\d+/({config.frozen})' if config.frozen else '')
-  students = stages.stage_config(config, task='distill', recipe='', init_from=';'.join(sources),
-                                 frozen=frozen)
-  return [stages.Stage('teacher', teacher), stages.Stage('students', students)]
-
-
-def summarize(config, workdir: str, results: dict) -> dict:
-  """The students stage's val/* (ensemble, teacher, each student), plus the students' mean."""
-  del workdir
-  final = results['students']
-  rec = {k: v for k, v in final.items() if k.startswith('val/')}
-  n = int(config.distill.num_students)
-  for m in ('ccc_valence', 'ccc_arousal', 'ccc_mean'):
-    vals = [final.get(f'val/student{k}/{m}') for k in range(n)]
-    if all(v is not None for v in vals):
-      rec[f'val/student_mean/{m}'] = float(np.mean(vals))
-  for name in ['teacher', 'student_mean'] + [f'student{k}' for k in range(n)]:
-    if f'val/{name}/ccc_valence' in rec:
-      print(f'{name:>12}: ccc_valence={rec[f"val/{name}/ccc_valence"]:.4f} '
-            f'ccc_arousal={rec[f"val/{name}/ccc_arousal"]:.4f}', flush=True)
-  if 'val/ccc_valence' in rec:
-    print(f'{"ensemble":>12}: ccc_valence={rec["val/ccc_valence"]:.4f} '
-          f'ccc_arousal={rec["val/ccc_arousal"]:.4f}', flush=True)
-  return rec
-
-
-RECIPE = stages.register(stages.Recipe('distill', recipe_stages, summarize))

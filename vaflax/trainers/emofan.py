@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vaflax import losses, tasks, tta
+from vaflax import losses, tta
 from vaflax.models import fan
 
 
@@ -127,7 +127,7 @@ def predict_fn(model, batch, config):
   (synthetic_va; AffectNet but for malformed rows), else divide by val/landmarks_frac.
   """
   fn = _outputs
-  if tasks.flip_tta(config):
+  if tta.enabled(config):
     # The mirror permutation is defined for the iBUG-68 markup only: with another markup the
     # heatmaps (and landmarks) are those of the image alone.
     unmirror = {'heatmaps': fan.flip_heatmaps} if model.num_landmarks == 68 else {}
@@ -141,6 +141,3 @@ def predict_fn(model, batch, config):
     res['eval_nme'] = jnp.where(lm_mask > 0, nme_B, 0.0)
     res['eval_landmarks_frac'] = (lm_mask > 0).astype(jnp.float32)
   return res
-
-
-TASK = tasks.register(tasks.Task('emofan', loss_fn, predict_fn, mirrors_itself=True))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from vaflax import losses, tasks
+from vaflax import losses
 
 
 def _va_mask(batch: dict):
@@ -41,9 +41,6 @@ def predict_fn(model, batch: dict, config=None) -> dict:
   return {'va': model(batch)['va']}
 
 
-TASK = tasks.register(tasks.Task('fusion', loss_fn, predict_fn))
-
-
 def speech_loss_fn(model, batch, rng, config=None):
   """A converted speech encoder (task 'speech', vaflax/convert/speech.py) is not trained alone."""
   raise ValueError('a converted speech encoder (task speech) is a frozen feature extractor: '
@@ -54,6 +51,3 @@ def speech_predict_fn(model, batch: dict, config=None) -> dict:
   """Every hidden state of a speech encoder run: {'hidden_states': (I, B, T, D)}."""
   del config
   return {'hidden_states': model(batch['wave'], batch.get('wave_mask'))}
-
-
-SPEECH = tasks.register(tasks.Task('speech', speech_loss_fn, speech_predict_fn))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vaflax import sharding, tasks
+from vaflax import sharding
 from vaflax.models import mae, vit
 
 _MASK_STREAM = 0x4D41  # fold_in tag: keeps the masking key independent of other uses of `rng`
@@ -50,49 +50,39 @@ def predict_fn(model, batch: dict, config=None) -> dict:
   return res
 
 
-# Jitted reconstruction of the first rows of a batch, one per Setup (compiled once per run).
-_RECON_FNS: dict[int, tuple] = {}
+def make_on_eval(setup):
+  """The run's on_eval (built once by the loop, so its jitted reconstruction compiles once):
+  writes workdir/reconstructions/step_<step>.png, original | masked | reconstruction of up to 8
+  images spread over the first validation batch (fixed eval mask), so a person can watch MAE
+  learn."""
+  graphdef = setup.graphdef
 
-
-def _reconstruct_fn(setup):
-  key = id(setup)
-  if key not in _RECON_FNS or _RECON_FNS[key][0] is not setup:
-    graphdef = setup.graphdef
-
-    def fn(state, batch):
-      model, _ = nnx.merge(graphdef, state)  # the training state: (model, optimizer)
-      model.eval()
-      # Rows spread over the batch (consecutive records are often frames of one clip).
-      stride = max(1, batch['image'].shape[0] // RECON_ROWS)
-      images = batch['image'][::stride][:RECON_ROWS]
-      out = predict_fn(model, {'image': images}, setup.config)
-      return {'image': images, 'mask': out['mask'], 'reconstruction': out['reconstruction']}
-
-    # Replicated output: every host holds the rows, process 0 writes them (multi-host safe).
-    jitted = jax.jit(fn, in_shardings=(setup.state_sharding, sharding.batch_sharding(setup.mesh)),
-                     out_shardings=sharding.replicated(setup.mesh))
-    mc = setup.config.model
-    patch_size = vit.decode_variant(mc.variant, patch_size=mc.get('patch_size'))['patch_size']
-    _RECON_FNS.clear()
-    _RECON_FNS[key] = (setup, jitted, patch_size)
-  return _RECON_FNS[key][1:]
-
-
-def on_eval(setup, state, eval_data, workdir: str, step: int) -> dict:
-  """Writes workdir/reconstructions/step_<step>.png: original | masked | reconstruction of up
-  to 8 images spread over the first validation batch (fixed eval mask), so a person can watch
-  MAE learn."""
-  batch = next(iter(eval_data))
-  fn, patch_size = _reconstruct_fn(setup)
-  out = jax.device_get(fn(state, sharding.to_global({'image': batch['image']}, setup.mesh)))
-  if jax.process_index() == 0:
+  def reconstruct(state, batch):
+    model, _ = nnx.merge(graphdef, state)  # the training state: (model, optimizer)
+    model.eval()
+    # Rows spread over the batch (consecutive records are often frames of one clip).
     stride = max(1, batch['image'].shape[0] // RECON_ROWS)
-    rows = int(np.sum(batch['eval_mask'][::stride][:RECON_ROWS] > 0))  # padding rows left out
-    folder = os.path.join(workdir, 'reconstructions')
-    os.makedirs(folder, exist_ok=True)
-    mae.save_reconstruction_grid(os.path.join(folder, f'step_{step}.png'), out['image'][:rows],
-                                 out['mask'][:rows], out['reconstruction'][:rows], patch_size)
-  return {}
+    images = batch['image'][::stride][:RECON_ROWS]
+    out = predict_fn(model, {'image': images}, setup.config)
+    return {'image': images, 'mask': out['mask'], 'reconstruction': out['reconstruction']}
 
+  # Replicated output: every host holds the rows, process 0 writes them (multi-host safe).
+  reconstruct = jax.jit(reconstruct, out_shardings=sharding.replicated(setup.mesh),
+                        in_shardings=(setup.state_sharding, sharding.batch_sharding(setup.mesh)))
+  mc = setup.config.model
+  patch_size = vit.decode_variant(mc.variant, patch_size=mc.get('patch_size'))['patch_size']
 
-TASK = tasks.register(tasks.Task('mae', loss_fn, predict_fn, on_eval=on_eval))
+  def on_eval(state, eval_data, workdir: str, step: int) -> dict:
+    batch = next(iter(eval_data))
+    out = jax.device_get(reconstruct(state, sharding.to_global({'image': batch['image']},
+                                                               setup.mesh)))
+    if jax.process_index() == 0:
+      stride = max(1, batch['image'].shape[0] // RECON_ROWS)
+      rows = int(np.sum(batch['eval_mask'][::stride][:RECON_ROWS] > 0))  # padding rows left out
+      folder = os.path.join(workdir, 'reconstructions')
+      os.makedirs(folder, exist_ok=True)
+      mae.save_reconstruction_grid(os.path.join(folder, f'step_{step}.png'), out['image'][:rows],
+                                   out['mask'][:rows], out['reconstruction'][:rows], patch_size)
+    return {}
+
+  return on_eval

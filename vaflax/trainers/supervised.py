@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
-from vaflax import circumplex, losses, tasks
+from vaflax import circumplex, losses
 
 
 def supervised_loss(out, batch, lc):
@@ -62,6 +62,3 @@ def predict_fn(model, batch, config):
   if 'quadrant_logits' in out:
     res['quadrant_logits'] = out['quadrant_logits']
   return res
-
-
-TASK = tasks.register(tasks.Task('supervised', loss_fn, predict_fn))
