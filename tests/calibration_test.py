@@ -70,7 +70,10 @@ def test_masked_values_are_not_calibrated_on():
 
 def test_too_few_frames_for_a_coverage_is_an_error():
   with pytest.raises(calibration.CalibrationError, match='too few'):
-    calibration.calibrate(np.zeros((10, 2)), np.ones((10, 2)), np.ones((10, 2)), split='v')
+    calibration.calibrate(np.zeros((8, 2)), np.ones((8, 2)), np.ones((8, 2)), split='v')
+  cal = calibration.calibrate(np.zeros((9, 2)), np.ones((9, 2)), np.ones((9, 2)), split='v')
+  assert cal.quantiles['0.9'] == [1.0, 1.0]  # ceil(10 * 0.9) = 9 of 9
+  assert cal.quantiles['0.95'] == [math.inf, math.inf]  # stored, but no interval can promise it
 
 
 def test_clip_quadrant_confidence_and_uncertain_mark():

@@ -1,5 +1,6 @@
 """Test session setup: CPU only, 8 fake devices, absl flags parsed, one shared synthetic build."""
 
+import fcntl
 import os
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -91,6 +92,25 @@ def tiny_config(data_dir, **overrides):
   c.tensorboard = False
   c.input.eval_split = 'test'
   return set_fields(c, **overrides)
+
+
+def tiny_run(tmp_path_factory, data_dir):
+  """A workdir written by the real loop: tiny ResNet, 1 train step, no eval (shared by the
+  evaluate and predict tests of one session)."""
+  from vaflax import train  # noqa: PLC0415
+
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    base = base.parent  # one run for all xdist workers of the session
+  wd = base / 'tiny_run_1step'
+  with open(base / 'tiny_run_1step.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be training it right now
+    if not (wd / 'final_metrics.json').exists():
+      c = tiny_config(data_dir, total_steps=1, checkpoint_every_steps=1, eval_every_steps=1,
+                      log_every_steps=1)
+      c.input.eval_split = ''
+      train.train_and_evaluate(c, str(wd))
+  return str(wd)
 
 
 def raw_checkpoint(workdir, step=None):

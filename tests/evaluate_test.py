@@ -1,34 +1,14 @@
 import csv
-import fcntl
 import json
 import os
 import time
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import tiny_run
 from PIL import Image
 
 from vaflax import evaluate, metrics, runs
-
-
-def tiny_run(tmp_path_factory, data_dir):
-  """A workdir written by the real loop: tiny ResNet, 1 train step, no eval (shared by the
-  evaluate and predict tests of one session)."""
-  from vaflax import train  # noqa: PLC0415
-
-  base = tmp_path_factory.getbasetemp()
-  if os.environ.get('PYTEST_XDIST_WORKER'):
-    base = base.parent  # one run for all xdist workers of the session
-  wd = base / 'tiny_run_1step'
-  with open(base / 'tiny_run_1step.lock', 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be training it right now
-    if not (wd / 'final_metrics.json').exists():
-      c = tiny_config(data_dir, total_steps=1, checkpoint_every_steps=1, eval_every_steps=1,
-                      log_every_steps=1)
-      c.input.eval_split = ''
-      train.train_and_evaluate(c, str(wd))
-  return str(wd)
 
 
 @pytest.fixture(scope='module')

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-from evaluate_test import tiny_run
+from conftest import tiny_run
 from PIL import Image
 
 from vaflax import circumplex, faces, predict
@@ -183,6 +183,7 @@ def test_no_face_video_unreadable_file_and_folder(predictor, media, tmp_path, ca
   s = predict.predict_file(predictor, media / 'noface.mp4', str(tmp_path), predict.Options(
       progress=False))
   assert s['frames_processed'] == 10 and s['frames_with_face'] == 0 and s['num_rows'] == 0
+  assert s['status'] == 'no_face' and s['error'] == ''
   assert 'no face' in s['note'] and s['dominant_quadrant'] is None
   rows = _rows(tmp_path / 'noface.csv')
   assert [(r['frame'], r['face_id'], r['valence']) for r in rows] == [
@@ -200,10 +201,10 @@ def test_no_face_video_unreadable_file_and_folder(predictor, media, tmp_path, ca
   rc = predict.main(argv + [f'--input={media}'])
   cap = capsys.readouterr()
   assert rc == 0 and cap.out.strip().splitlines()[-1] == (
-      '4 inputs: 3 ok, 0 partial, 1 error (0 already done)')
+      '4 inputs: 2 ok, 1 no_face, 0 partial, 1 error (0 already done)')
   assert 'notes.txt: not an image or video' in cap.err
   table = {r['path']: r for r in _rows(out / 'summary.csv')}
-  assert table['broken.mp4']['status'] == 'error'
+  assert table['broken.mp4']['status'] == 'error' and table['noface.mp4']['status'] == 'no_face'
   assert 'broken.mp4: cannot open as a video' in table['broken.mp4']['error']
   assert sorted(p.name for p in out.glob('*.csv')) == ['astro.csv', 'astro_still.csv',
                                                         'noface.csv', 'summary.csv']
@@ -214,6 +215,20 @@ def test_no_face_video_unreadable_file_and_folder(predictor, media, tmp_path, ca
   assert predict.main(argv + [f'--input={media / "noface.mp4"}']) == 0
   assert predict.main(argv + [f'--input={media / "missing.mp4"}']) == 2
   assert 'missing.mp4: no such file' in capsys.readouterr().err
+
+  # The console: one input (singular), the clip's line with its JSON's numbers, then the run's.
+  one = tmp_path / 'one'
+  loud = [a for a in argv if a != '--quiet'] + [f'--output={one}']
+  assert predict.main(loud + [f'--input={media / "astro_still.png"}']) == 0
+  cap = capsys.readouterr()
+  s1 = json.load(open(one / 'astro_still.json'))
+  err = cap.err.splitlines()
+  assert any(ln.startswith(f'1 input under {media}; shard 1/1: 1, 0 already') for ln in err)
+  assert (f"astro_still.png: ok, 1/1 frames with a face, {s1['frames_per_second']:.1f} frames/s "
+          '[1/1]') in err
+  assert any(ln.startswith('1 frame of 1 input in ') for ln in err)
+  assert cap.out.strip().splitlines()[-1] == (
+      '1 input: 1 ok, 0 no_face, 0 partial, 0 error (0 already done)')
 
 
 class _FakeWindowPredictor:

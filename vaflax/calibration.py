@@ -34,7 +34,9 @@ import numpy as np
 from vaflax import fileio
 
 DIMS = ('valence', 'arousal')
-COVERAGES = (0.8, 0.9, 0.95)  # stored in every calibration; --coverage picks the one used
+# Stored in every calibration (a reliability curve: nominal vs empirical); --coverage picks the
+# one predict reports. A coverage the split is too small for is stored as null (infinite width).
+COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
 FILENAME = 'calibration.json'
 _LOG_SIGMA_RANGE = (-6.0, 3.0)  # sigma within [e^-6, e^3]: a fit can never make a zero-width or
 # unbounded interval out of an odd feature value
@@ -139,7 +141,7 @@ def calibrate(pred_Nx2, target_Nx2, mask_Nx2, *, split: str, group_N=None, featu
     q = {_key(c): [conformal_quantile(resid_Nx2[mask[:, d], d], c) for d in range(2)]
          for c in coverages}
     n = int(mask.sum(0).min())
-    _check_n(n, q, split)
+    _check_n(n, q, coverage, split)
     return Calibration('plain', split, n, coverage, q, dataset=dataset,
                        checkpoint_step=checkpoint_step)
   feats = np.asarray(features_NxF, np.float64)
@@ -160,17 +162,16 @@ def calibrate(pred_Nx2, target_Nx2, mask_Nx2, *, split: str, group_N=None, featu
     q_scores.append(resid_Nx2[sel_cal, d] / scale(w, feats[sel_cal]))
   q = {_key(c): [conformal_quantile(q_scores[d], c) for d in range(2)] for c in coverages}
   n = min(len(s) for s in q_scores)
-  _check_n(n, q, split)
+  _check_n(n, q, coverage, split)
   return Calibration('scaled', split, n, coverage, q, tuple(weights), tuple(feature_names),
                      n_fit=int((fit & mask.any(-1)).sum()), dataset=dataset,
                      checkpoint_step=checkpoint_step)
 
 
-def _check_n(n: int, quantiles: dict, split: str) -> None:
-  bad = [k for k, v in quantiles.items() if not all(math.isfinite(x) for x in v)]
-  if bad:
-    raise CalibrationError(f'{split}: {n} labelled frames are too few for coverage {bad[0]} '
-                           f'(need at least {math.ceil(1 / (1 - float(bad[0]))) - 1})')
+def _check_n(n: int, quantiles: dict, coverage: float, split: str) -> None:
+  if not all(math.isfinite(x) for x in quantiles[_key(coverage)]):
+    raise CalibrationError(f'{split}: {n} labelled frames are too few for coverage {coverage:g} '
+                           f'(need at least {math.ceil(coverage / (1 - coverage))})')
 
 
 # --- Files --------------------------------------------------------------------------------------

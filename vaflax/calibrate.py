@@ -1,0 +1,190 @@
+r"""Calibrate a run's valence/arousal intervals on a held-out split, or check them on another.
+
+  python -m vaflax.calibrate --workdir=W [--split=validation] [--coverage=0.9]
+      [--method=scaled|plain] [--dataset=NAME] [--data_dir=D] [--config.x=y ...]
+  python -m vaflax.calibrate --workdir=W --check=test [--degrade=blur|downscale|rotate]
+
+The first form scores the split with the run's evaluation forward (vaflax/scoring.py, the
+predictions that predict and evaluate report) and writes W/calibration.json (vaflax/calibration.py:
+split-conformal quantiles at every coverage of calibration.COVERAGES; `scaled` also fits the
+difficulty model on the faces' sharpness and flip disagreement, vaflax/quality.py). The second
+form reads that file and prints the empirical coverage and mean width on another split, overall
+and per sharpness tercile, optionally on degraded copies of its faces. docs/uncertainty.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from vaflax import calibration, cpu_malloc, quality
+
+DEGRADATIONS = ('blur', 'downscale', 'rotate')
+
+
+def _degrade(kind: str, images_BxHxWxC: np.ndarray) -> np.ndarray:
+  """Model inputs made harder the way real faces are: Gaussian blur (sigma 2 px at 64 px),
+  a 4x smaller face enlarged back, or a 30 degree in-plane rotation."""
+  import cv2  # noqa: PLC0415
+
+  out = np.empty_like(images_BxHxWxC)
+  for i, x in enumerate(np.asarray(images_BxHxWxC, np.float32)):
+    h, w = x.shape[:2]
+    if kind == 'blur':
+      y = cv2.GaussianBlur(x, (0, 0), 2.0 * h / 64)
+    elif kind == 'downscale':
+      small = cv2.resize(x, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
+      y = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    else:
+      m = cv2.getRotationMatrix2D((w / 2, h / 2), 30.0, 1.0)
+      y = cv2.warpAffine(x, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+    out[i] = y.reshape(x.shape)
+  return out
+
+
+def interval_inputs(run, split: str, *, dataset: str | None = None, degrade: str = '',
+                    difficulty: bool = True) -> dict:
+  """Per-frame arrays of a restored run on `split`: its predictions (`pred`, the run's own
+  evaluation rules, flip TTA included), labels (`va`, `mask`), `video`, and with `difficulty`
+  the features of calibration's difficulty model (`features`, quality.DIFFICULTY_FEATURES)
+  and each frame's `sharpness`. Window models (frames B x T) are flattened to frames."""
+  import jax  # noqa: PLC0415
+  import ml_collections  # noqa: PLC0415
+
+  from vaflax import runs, scoring, sharding  # noqa: PLC0415
+  from vaflax.data import sources  # noqa: PLC0415
+
+  data = sources.EvalData(run.config, split, dataset=dataset)
+  step = scoring.make_eval_step(run.config, run.graphdef, run.state_sharding, run.mesh)
+  raw_step = None
+  if difficulty:  # the model's own two views, without TTA (TTA would average them away)
+    raw_config = ml_collections.ConfigDict(run.config.to_dict())
+    runs.apply_overrides(raw_config, ['eval.flip_tta=False'])
+    raw_step = scoring.make_eval_step(raw_config, run.graphdef, run.state_sharding, run.mesh)
+  cols: dict[str, list] = {}
+  for batch in data:
+    key = 'frames' if 'frames' in batch else 'image'
+    if degrade:
+      batch = {**batch, key: _degrade(degrade, batch[key].reshape(-1, *batch[key].shape[-3:]))
+               .reshape(batch[key].shape)}
+    out = jax.device_get(step(run.state, sharding.to_global(batch, run.mesh)))
+    keep = np.asarray(out['mask']).reshape(-1, 2).max(-1) > 0
+    for k in ('pred', 'va', 'mask'):
+      cols.setdefault(k, []).append(np.asarray(out[k]).reshape(-1, 2)[keep])
+    cols.setdefault('video', []).append(np.asarray(out['video']).reshape(-1)[keep])
+    if raw_step is not None:
+      images = batch[key].reshape(-1, *batch[key].shape[-3:])[keep]
+      flipped = {**batch, key: batch[key][..., ::-1, :]}
+      a = jax.device_get(raw_step(run.state, sharding.to_global(batch, run.mesh)))
+      b = jax.device_get(raw_step(run.state, sharding.to_global(flipped, run.mesh)))
+      feats = quality.difficulty_features(images, np.asarray(a['pred']).reshape(-1, 2)[keep],
+                                          np.asarray(b['pred']).reshape(-1, 2)[keep])
+      cols.setdefault('features', []).append(feats)
+      cols.setdefault('sharpness', []).append(np.exp(feats[:, 0]) - 1e-3)
+  if 'pred' not in cols:
+    raise ValueError(f'{run.workdir}: this run predicts no valence/arousal; nothing to calibrate')
+  arrays = {k: np.concatenate(v) for k, v in cols.items()}
+  arrays['dataset'] = data.name
+  return arrays
+
+
+def calibrate_run(workdir: str, *, split: str = 'validation', coverage: float = 0.9,
+                  method: str = 'scaled', dataset: str | None = None, overrides=()) -> tuple:
+  """Writes WORKDIR/calibration.json; returns (Calibration, path, the coverage report on the
+  calibration split itself)."""
+  from vaflax import runs  # noqa: PLC0415
+
+  run = runs.load_run(workdir, overrides=overrides)
+  arrays = interval_inputs(run, split, dataset=dataset, difficulty=method == 'scaled')
+  cal = calibration.calibrate(
+      arrays['pred'], arrays['va'], arrays['mask'], split=split, group_N=arrays['video'],
+      features_NxF=arrays.get('features'), feature_names=quality.DIFFICULTY_FEATURES
+      if method == 'scaled' else (), coverage=coverage, dataset=arrays['dataset'],
+      checkpoint_step=run.step)
+  path = calibration.save(cal, run.workdir)
+  lo, hi = cal.intervals(arrays['pred'], arrays.get('features'))
+  return cal, path, calibration.coverage_report(arrays['va'], arrays['mask'], lo, hi)
+
+
+def check_run(workdir: str, split: str = 'test', *, dataset: str | None = None,
+              degrade: str = '', overrides=()) -> dict:
+  """Empirical coverage and mean width of the run's stored calibration on `split`, at every
+  stored coverage, overall and per sharpness tercile of the split's faces."""
+  from vaflax import runs  # noqa: PLC0415
+
+  run = runs.load_run(workdir, overrides=overrides)
+  cal = calibration.load(run.workdir)
+  if cal is None:
+    raise FileNotFoundError(f'{run.workdir}: no {calibration.FILENAME}; run python -m '
+                            f'vaflax.calibrate --workdir={workdir} first')
+  arrays = interval_inputs(run, split, dataset=dataset, degrade=degrade)
+  terciles = np.quantile(arrays['sharpness'], [1 / 3, 2 / 3])
+  bins = np.array(['blurry', 'middle', 'sharp'])[np.searchsorted(terciles, arrays['sharpness'])]
+  report = {'split': split, 'degrade': degrade or 'none', 'method': cal.method, 'coverages': {}}
+  for key in sorted(cal.quantiles, key=float):
+    if not all(np.isfinite(cal.quantiles[key])):
+      continue
+    lo, hi = cal.intervals(arrays['pred'], arrays.get('features'), coverage=float(key))
+    report['coverages'][key] = calibration.coverage_report(arrays['va'], arrays['mask'], lo, hi,
+                                                           bins)
+  return report
+
+
+def _print_report(rep: dict) -> None:
+  for key, r in rep['coverages'].items():
+    bins = ', '.join(f"{b} {s['coverage_valence']:.3f}/{s['coverage_arousal']:.3f}"
+                     for b, s in r.get('bins', {}).items())
+    print(f"nominal {float(key):.2f}: coverage V {r['coverage_valence']:.3f} "
+          f"A {r['coverage_arousal']:.3f}, mean width V {r['width_valence']:.3f} "
+          f"A {r['width_arousal']:.3f} (n={r['n_valence']}); per sharpness tercile V/A: {bins}")
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
+  ap = argparse.ArgumentParser(prog='python -m vaflax.calibrate', description=__doc__.split('\n')[0])
+  ap.add_argument('--workdir', required=True)
+  ap.add_argument('--split', default='validation', help='held-out split to calibrate on')
+  ap.add_argument('--coverage', type=float, default=0.9, help='the intervals predict reports')
+  ap.add_argument('--method', choices=('scaled', 'plain'), default='scaled')
+  ap.add_argument('--dataset', default=None)
+  ap.add_argument('--data_dir', default=None)
+  ap.add_argument('--check', default='', help='a split to measure the stored calibration on')
+  ap.add_argument('--degrade', choices=DEGRADATIONS, default=None,
+                  help='with --check: degrade the faces first')
+  args = ap.parse_args([a for a in argv if not a.startswith('--config.')])
+  if not 0 < args.coverage < 1:
+    ap.error(f'--coverage must be in (0, 1), got {args.coverage}')
+  if args.degrade and not args.check:
+    ap.error('--degrade goes with --check')
+  if args.data_dir:
+    overrides.append(f'input.data_dir={args.data_dir}')
+  cpu_malloc.keep_freed_memory()
+  from absl import flags  # noqa: PLC0415
+
+  flags.FLAGS.mark_as_parsed()  # Grain reads absl flags
+  try:
+    if args.check:
+      rep = check_run(args.workdir, args.check, dataset=args.dataset, degrade=args.degrade or '',
+                      overrides=overrides)
+      print(f"{args.workdir} on {rep['split']} (degrade: {rep['degrade']}, {rep['method']}):")
+      _print_report(rep)
+      return 0
+    cal, path, rep = calibrate_run(args.workdir, split=args.split, coverage=args.coverage,
+                                   method=args.method, dataset=args.dataset, overrides=overrides)
+  except (FileNotFoundError, ValueError, calibration.CalibrationError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  q = cal.quantiles[f'{cal.coverage:g}']
+  print(f'{cal.method} calibration on {cal.dataset}/{cal.split}: n={cal.n}, coverage '
+        f'{cal.coverage:g}: quantile V {q[0]:.4f} A {q[1]:.4f}; on the split itself coverage '
+        f"V {rep['coverage_valence']:.3f} A {rep['coverage_arousal']:.3f}, mean width "
+        f"V {rep['width_valence']:.3f} A {rep['width_arousal']:.3f}")
+  print(f'wrote {path}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
