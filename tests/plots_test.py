@@ -75,3 +75,53 @@ def test_training_curves(tmp_path):
                                   size=(400, 300)), (400, 300))
   with pytest.raises(ValueError, match='no numeric series'):
     plots.training_curves(tmp_path / 'c3.png', path, keys=['nope'])
+
+
+def png_title(path) -> str:
+  with Image.open(path) as im:
+    return im.text.get('Title', '')
+
+
+def test_titles_are_drawn_and_written_into_the_png_text(tmp_path, va):
+  pred, target = va
+  cm = circumplex.quadrant_confusion(circumplex.va_to_quadrant(target),
+                                     circumplex.va_to_quadrant(pred))
+  p = plots.confusion_heatmap(tmp_path / 'cm.png', cm, title='Quadrants: x/test, flip TTA')
+  assert png_title(p) == 'Quadrants: x/test, flip TTA'
+  p = plots.va_scatter(tmp_path / 's.png', pred, target, title='x/test, step 3')
+  assert png_title(p).split(' | ')[0] == 'x/test, step 3'  # the suptitle, then each panel's
+  assert 'valence: CCC' in png_title(p) and 'arousal: CCC' in png_title(p)
+  with Image.open(plots.va_scatter(tmp_path / 'u.png', pred, target)) as im:
+    assert not im.text['Title'].startswith('x/')  # no suptitle unless asked
+
+
+def test_circumplex_scatter_numbers_and_names_the_points(tmp_path):
+  va = np.array([[0.5, 0.5], [-0.4, 0.2], [0.1, -0.6]])
+  names = ['clip_a.mp4', 'b$c.jpg', 'd.png']
+  p = plots.circumplex_scatter(tmp_path / 'n.png', va, labels=names, title='3 clips')
+  check_png(p, (640 + 260, 640))  # room for the legend of names
+  unnamed = plots.circumplex_scatter(tmp_path / 'u.png', va, title='3 clips')
+  with Image.open(p) as a, Image.open(unnamed) as b:
+    # The numbered points are drawn larger and in colours: more coloured pixels.
+    def coloured(im):
+      x = np.asarray(im.convert('RGB'), np.int16)
+      return int(((x.max(-1) - x.min(-1)) > 60).sum())
+    assert coloured(a) > 2 * coloured(b)
+  with pytest.raises(ValueError, match='2 labels for 3 points'):
+    plots.circumplex_scatter(tmp_path / 'x.png', va, labels=names[:2])
+
+
+def test_va_over_time_spans_the_clip_with_faceless_gaps(tmp_path):
+  t = np.arange(160) / 25.0  # a 6.4 s clip; a face only in its first 2.4 s
+  va = np.stack([np.sin(t), 0.5 * np.cos(2 * t)], 1)
+  va[t >= 2.4] = np.nan
+
+  def shaded_columns(path):
+    x = np.asarray(Image.open(path).convert('RGB'))
+    return np.flatnonzero((np.all(x == 230, -1)).sum(0) > 100)  # the 0.9 grey of the gap
+
+  cols = shaded_columns(plots.va_over_time(tmp_path / 'gap.png', t, va, duration_s=6.4))
+  assert len(cols) > 400  # ~ 4 s of the 6.4 s axis (~ 850 px wide)
+  full = np.nan_to_num(va)
+  assert len(shaded_columns(plots.va_over_time(tmp_path / 'full.png', t, full,
+                                               duration_s=6.4))) == 0

@@ -2,7 +2,8 @@
 
 Every function takes the output path first, writes a PNG of exactly `size` pixels (width,
 height) and returns the path. Figures are built with `matplotlib.figure.Figure`, not pyplot,
-so nothing touches the global backend or leaks figures across calls.
+so nothing touches the global backend or leaks figures across calls. The figure's titles are
+also written into the PNG's text (`Title`), so a reader or a test can tell what a file shows.
 """
 
 from __future__ import annotations
@@ -30,8 +31,16 @@ def _figure(size):
 
 def _save(fig, path):
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=_DPI, format='png')  # no bbox_inches='tight': keeps the pixel size
+  titles = [fig.get_suptitle()] + [ax.get_title() for ax in fig.axes]
+  meta = {'Title': ' | '.join(t for t in titles if t), 'Software': 'vaflax'}
+  # no bbox_inches='tight': keeps the pixel size
+  fig.savefig(path, dpi=_DPI, format='png', metadata=meta)
   return path
+
+
+def _plain(s) -> str:
+  """`s` as plain text: a '$' (e.g. in a file name) would start matplotlib's mathtext."""
+  return str(s).replace('$', r'\$')
 
 
 def _va(x, name):
@@ -64,22 +73,45 @@ def _circumplex_axes(ax, title):
     ax.set_title(title)
 
 
-def circumplex_scatter(path, pred_va, target_va=None, *, mask=None, title=None, size=(640, 640)):
-  """Predictions (and labels, when given) on the valence/arousal plane with the unit circle."""
+# Points that `circumplex_scatter` numbers and names in a legend; more are drawn unnamed.
+MAX_NAMED_POINTS = 40
+
+
+def circumplex_scatter(path, pred_va, target_va=None, *, mask=None, title=None, labels=None,
+                       size=(640, 640)):
+  """Predictions (and labels, when given) on the valence/arousal plane with the unit circle.
+
+  `labels` (one name per row, e.g. the clips of a collection): each point is numbered on the
+  plane and the legend says which name each number is (up to MAX_NAMED_POINTS points)."""
   pred_va = _va(pred_va, 'pred_va')
   keep = _valid_rows(mask, len(pred_va))
-  fig = _figure(size)
+  if labels is not None and len(labels) != len(pred_va):
+    raise ValueError(f'{len(labels)} labels for {len(pred_va)} points')
+  named = labels is not None and 0 < int(keep.sum()) <= MAX_NAMED_POINTS
+  fig = _figure((size[0] + 260, size[1]) if named else size)
   ax = fig.add_subplot()
   if target_va is not None:
     target_va = _va(target_va, 'target_va')[keep]
     ax.scatter(target_va[:, 0], target_va[:, 1], s=6, alpha=0.5, c='tab:gray', label='label')
-  ax.scatter(pred_va[keep, 0], pred_va[keep, 1], s=6, alpha=0.5, c='tab:blue', label='prediction')
+  if named:
+    colours = [f'C{k % 10}' for k in range(len(pred_va))]
+    for k, i in enumerate(np.flatnonzero(keep)):
+      x, y = pred_va[i]
+      ax.scatter([x], [y], s=30, color=colours[k], label=f'{k + 1}  {_plain(labels[i])}', zorder=3)
+      ax.annotate(str(k + 1), (x, y), xytext=(4, 4), textcoords='offset points', fontsize=9,
+                  fontweight='bold', color=colours[k], zorder=4)
+  else:
+    ax.scatter(pred_va[keep, 0], pred_va[keep, 1], s=6, alpha=0.5, c='tab:blue',
+               label='prediction')
   _circumplex_axes(ax, title)
-  ax.legend(loc='center left', fontsize=8)
+  if named:
+    fig.legend(loc='outside right upper', fontsize=8, title='clips')
+  else:
+    ax.legend(loc='center left', fontsize=8)
   return _save(fig, path)
 
 
-def va_scatter(path, pred_va, target_va, *, mask=None, size=(960, 480)):
+def va_scatter(path, pred_va, target_va, *, mask=None, title=None, size=(960, 480)):
   """Prediction against label per dimension, with the identity line and the pooled CCC."""
   pred_va, target_va = _va(pred_va, 'pred_va'), _va(target_va, 'target_va')
   scores = metrics.va_metrics(pred_va, target_va, mask)
@@ -99,10 +131,13 @@ def va_scatter(path, pred_va, target_va, *, mask=None, size=(960, 480)):
     ax.set_ylabel(f'predicted {name}')
     ax.set_title(f'{name}: CCC {scores[f"ccc_{name}"]:.3f}')
     ax.legend(loc='upper left', fontsize=8)
+  if title:
+    fig.suptitle(title)
   return _save(fig, path)
 
 
-def confusion_heatmap(path, confusion, class_names=None, *, normalise=True, size=(640, 560)):
+def confusion_heatmap(path, confusion, class_names=None, *, normalise=True, title=None,
+                      size=(640, 560)):
   """Heat map of a (C, C) confusion matrix (rows = true); cells show counts (and row share)."""
   cm = np.asarray(confusion, np.float64)
   if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
@@ -126,17 +161,29 @@ def confusion_heatmap(path, confusion, class_names=None, *, normalise=True, size
   ax.set_yticks(range(len(names)), names, fontsize=8)
   ax.set_xlabel('predicted')
   ax.set_ylabel('true')
+  if title:
+    ax.set_title(title)
   return _save(fig, path)
 
 
-def va_over_time(path, time_s, va, *, target_va=None, title=None, size=(960, 420)):
-  """Valence and arousal against time in seconds (labels dashed, when given)."""
+def va_over_time(path, time_s, va, *, target_va=None, title=None, duration_s=None,
+                 size=(960, 420)):
+  """Valence and arousal against time in seconds (labels dashed, when given), over the whole
+  clip (0 to `duration_s`, when known). Rows of NaN VA (frames without a face) are gaps, shaded."""
   time_s = np.asarray(time_s, np.float64).reshape(-1)
   va = _va(va, 'va')
   if len(time_s) != len(va):
     raise ValueError(f'time_s has {len(time_s)} entries for {len(va)} VA rows')
   fig = _figure(size)
   ax = fig.add_subplot()
+  end = max(float(duration_s or 0), float(time_s.max()) if len(time_s) else 0.0)
+  missing = np.isnan(va).any(1)
+  if missing.any():  # shade each run of faceless frames, from its first to the next face
+    edges = np.flatnonzero(np.diff(np.r_[0, missing.astype(np.int8), 0]))
+    for k, (a, b) in enumerate(zip(edges[::2], edges[1::2], strict=True)):
+      t0 = time_s[a - 1] if a > 0 else 0.0
+      t1 = time_s[b] if b < len(time_s) else end
+      ax.axvspan(t0, t1, color='0.9', lw=0, label='no face' if k == 0 else None)
   for d, (name, colour) in enumerate(zip(('valence', 'arousal'), ('tab:blue', 'tab:orange'),
                                          strict=True)):
     ax.plot(time_s, va[:, d], color=colour, lw=1.5, label=name)
@@ -145,6 +192,8 @@ def va_over_time(path, time_s, va, *, target_va=None, title=None, size=(960, 420
               label=f'{name} (label)')
   ax.axhline(0, color='0.6', lw=0.8)
   ax.set_ylim(-1.05, 1.05)
+  if end > 0:
+    ax.set_xlim(0, end)
   ax.set_xlabel('time (s)')
   ax.set_ylabel('value')
   ax.legend(loc='upper right', fontsize=8, ncol=2)
