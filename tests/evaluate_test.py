@@ -99,3 +99,26 @@ def test_multi_stage_workdir_uses_the_stage_that_finished_last(tmp_path):
   os.utime(tmp_path / 'fusion' / 'final_metrics.json', (time.time() + 100,) * 2)
   assert runs.resolve_workdir(str(tmp_path)) == str(tmp_path / 'fusion')
   assert runs.resolve_workdir(str(tmp_path / 'mae')) == str(tmp_path / 'mae')
+
+
+def test_flip_tta_results_have_their_own_names_and_titles(workdir, tmp_path):
+  """`--flip_tta` writes beside the plain evaluation (nothing overwritten), and every plot's
+  title says what it shows: dataset/split, step, flip TTA."""
+  out = tmp_path / 'eval'
+  args = [f'--workdir={workdir}', '--split=test', f'--output={out}', '--config.batch_size=96']
+  assert evaluate.main(args) == 0
+  plain = {p.name: p.read_bytes() for p in out.iterdir()}
+  assert evaluate.main([*args, '--flip_tta']) == 0
+  flipped = sorted({p.name for p in out.iterdir()} - set(plain))
+  assert flipped == sorted(n.replace('_test', '_test_flip_tta') for n in plain)
+  assert all((out / n).read_bytes() == b for n, b in plain.items())  # nothing overwritten
+  assert json.load(open(out / 'metrics_synthetic_va_test_flip_tta.json'))['flip_tta'] is True
+  assert json.load(open(out / 'metrics_synthetic_va_test.json'))['flip_tta'] is False
+  for name, what in (('circumplex', 'Predicted and labelled VA'),
+                     ('va_scatter', 'Prediction against label'),
+                     ('quadrant_confusion', 'Quadrants of the predicted VA')):
+    with Image.open(out / f'{name}_synthetic_va_test_flip_tta.png') as im:
+      assert im.text['Title'].startswith(f'{what}: synthetic_va/test, step 1, flip TTA')
+    with Image.open(out / f'{name}_synthetic_va_test.png') as im:
+      assert im.text['Title'].startswith(f'{what}: synthetic_va/test, step 1')
+      assert 'flip' not in im.text['Title']

@@ -118,7 +118,6 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
   name = eval_data.name
   out_dir = os.path.abspath(output or os.path.join(workdir, 'eval'))
   os.makedirs(out_dir, exist_ok=True)
-  tag = f'{name}_{split}'
   files = {}
   videos = (eval_data.info.metadata or {}).get('videos', {}).get(split) or []
 
@@ -130,6 +129,9 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
       'flip_tta': tta.enabled(config), 'model_name': config.model_name, 'task': config.task,
       'num_examples': eval_data.num_examples,
   }
+  # A flip-TTA evaluation writes under its own names: it never overwrites the plain one's files.
+  tag = f'{name}_{split}' + ('_flip_tta' if record['flip_tta'] else '')
+  shows = f'{name}/{split}, step {step}' + (', flip TTA' if record['flip_tta'] else '')
   if arrays:
     keep = arrays['mask'].max(-1) > 0
     record['num_frames'] = int(keep.sum())
@@ -154,16 +156,19 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
 
     sel = _subsample(int(keep.sum()))
     p, t, m = arrays['pred'][keep][sel], arrays['va'][keep][sel], arrays['mask'][keep][sel]
-    title = f'{name}/{split}, step {step}' + (' (flip TTA)' if flip else '')
     files['circumplex_png'] = plots.circumplex_scatter(
-        os.path.join(out_dir, f'circumplex_{tag}.png'), np.clip(p, -1, 1), t, mask=m, title=title)
+        os.path.join(out_dir, f'circumplex_{tag}.png'), np.clip(p, -1, 1), t, mask=m,
+        title=f'Predicted and labelled VA: {shows}')
     files['va_scatter_png'] = plots.va_scatter(
-        os.path.join(out_dir, f'va_scatter_{tag}.png'), np.clip(p, -1, 1), t, mask=m)
+        os.path.join(out_dir, f'va_scatter_{tag}.png'), np.clip(p, -1, 1), t, mask=m,
+        title=f'Prediction against label: {shows}')
     files['quadrant_confusion_png'] = plots.confusion_heatmap(
-        os.path.join(out_dir, f'quadrant_confusion_{tag}.png'), cm)
+        os.path.join(out_dir, f'quadrant_confusion_{tag}.png'), cm,
+        title=f'Quadrants of the predicted VA: {shows}')
     if 'quadrant_pred' in arrays:
       files['quadrant_head_confusion_png'] = plots.confusion_heatmap(
-          os.path.join(out_dir, f'quadrant_head_confusion_{tag}.png'), cm_head)
+          os.path.join(out_dir, f'quadrant_head_confusion_{tag}.png'), cm_head,
+          title=f'Quadrant head: {shows}')
   else:
     record['note'] = 'this task predicts no VA (e.g. MAE pretraining): only its eval_* means'
   record['metrics'] = results
@@ -207,7 +212,8 @@ def main(argv=None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   m = rec['metrics']
-  print(f"{rec['dataset']}/{rec['split']} step {rec['checkpoint_step']}: " + ', '.join(
+  flip = ' (flip TTA)' if rec['flip_tta'] else ''
+  print(f"{rec['dataset']}/{rec['split']} step {rec['checkpoint_step']}{flip}: " + ', '.join(
       f'{k}={m[k]:.4f}' for k in _SUMMARY_KEYS if isinstance(m.get(k), float)))
   print(f"wrote {rec['files']['metrics_json']}")
   return 0
