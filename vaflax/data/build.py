@@ -33,11 +33,22 @@ _TFDS_DOWNLOAD_LINES = ('Downloading and preparing dataset', 'downloaded and pre
 
 
 class _NoVariantFolderWarning(py_logging.Filter):
-  """Drops TFDS's 'Variant folder ... has no dataset_info.json': while a build writes its
-  version folder TFDS scans it and warns that it is not finished yet, which is expected."""
+  """Drops TFDS's 'Variant folder ... has no dataset_info.json': a version folder that a build
+  is still writing (this one or another process's) is not finished yet, which is expected;
+  `is_prepared` says whether a dataset is there."""
 
   def filter(self, record) -> bool:
     return not str(record.msg).startswith('Variant folder %s has no')
+
+
+@contextlib.contextmanager
+def _no_variant_folder_warning():
+  quiet, absl_logger = _NoVariantFolderWarning(), py_logging.getLogger('absl')
+  absl_logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(quiet)
 
 
 def available() -> list[str]:
@@ -55,11 +66,14 @@ def builder_module(name: str):
 
 def make_builder(name: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
   mod = builder_module(name)
-  return mod.Builder(data_dir=os.path.expanduser(data_dir), file_format='array_record', **kwargs)
+  with _no_variant_folder_warning():
+    return mod.Builder(data_dir=os.path.expanduser(data_dir), file_format='array_record', **kwargs)
 
 
 def is_built(name: str, data_dir: str) -> bool:
-  return make_builder(name, data_dir).is_prepared()
+  b = make_builder(name, data_dir)
+  with _no_variant_folder_warning():
+    return b.is_prepared()
 
 
 def build(name: str, data_dir: str, manual_dir: str | None = None, overwrite: bool = False,
@@ -90,16 +104,12 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, overwrite: bo
 
 def _prepare(b: tfds.core.DatasetBuilder, manual_dir: str | None) -> None:
   """download_and_prepare without TFDS's download wording (its other lines pass through)."""
-  quiet = _NoVariantFolderWarning()
-  absl_logger = py_logging.getLogger('absl')
-  absl_logger.addFilter(quiet)
   out = io.StringIO()
   try:
-    with contextlib.redirect_stdout(out):
+    with _no_variant_folder_warning(), contextlib.redirect_stdout(out):
       b.download_and_prepare(
           download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
   finally:
-    absl_logger.removeFilter(quiet)
     for line in out.getvalue().splitlines():
       if line.strip() and not any(t in line for t in _TFDS_DOWNLOAD_LINES):
         print(line)
