@@ -32,12 +32,19 @@ build; video-only val CCC 0.94 / 0.96, fused 0.96 / 0.97; measured 2026-11-30, d
 Arguments: variant (ViT name/patch), dataset (VA data of finetune and fusion), pretrain_dataset
 (faces for the MAE; mixture parts joined by '+'), pretrained (a workdir written by
 `python -m vaflax.convert --format=mae`: skips the MAE stage, fine-tunes its encoder with the
-file's position embedding and ImageNet normalisation; docs/pretrained.md), runlocal.
+file's position embedding and ImageNet normalisation; docs/pretrained.md), audio ('logmel', the
+default: a small log-mel CNN learnt with the fusion; 'speech': a frozen pretrained speech encoder,
+audio_init=W a run written by `python -m vaflax.convert --format=speech`, docs/mae_va.md),
+runlocal. For example, with a tiny random encoder:
+  python -m vaflax.convert --format=speech --input=tests/fixtures/speech/wav2vec2 --workdir=/tmp/w2v
+  python -m vaflax.main --config=configs/mae_va.py:runlocal,audio=speech,audio_init=/tmp/w2v \
+      --workdir=/tmp/mae_va_speech
 """
 
 import ml_collections
 
 from configs import common, mae_pretrain
+from vaflax import speech_features
 
 RUNLOCAL_AUDIO = dict(n_mels=32, width=64, num_layers=2)
 RUNLOCAL_DATASET = 'synthetic_va_large'  # built on first use, no download
@@ -138,9 +145,33 @@ def _fusion(a) -> ml_collections.ConfigDict:
   return c
 
 
+def _speech_audio(c, encoder_run: str) -> None:
+  """The fusion stage `c` on a frozen speech encoder's cached states (vaflax/speech_features.py):
+  the encoder runs once per clip, over chunks of one window of continuous audio, and its I
+  hidden states per video frame are cached under input.speech_cache_dir, keyed by the encoder's
+  weight checksum; the fusion learns the softmax layer weights, a projection and the rest."""
+  if not encoder_run:
+    raise ValueError('mae_va: audio=speech needs audio_init=<run of python -m vaflax.convert '
+                     '--format=speech> (a tiny random one for runlocal: --input='
+                     'tests/fixtures/speech/wav2vec2)')
+  dims = speech_features.encoder_dims(encoder_run)
+  c.model.audio_kind = 'speech'
+  c.model.speech = ml_collections.ConfigDict(dict(
+      num_states=dims['num_states'],  # the encoder's layers + 1
+      dim=dims['dim'],  # its width
+      width=c.model.audio.get_ref('width')))  # the audio features' width (as the log-mel CNN's)
+  c.input.speech_encoder = encoder_run  # the converted encoder run (its weights key the cache)
+  c.input.speech_cache_dir = ''  # '' = <data_dir>/speech_features
+  c.input.speech_chunk_frames = 0  # video frames per encoder chunk; 0 = the window
+  for key in ('pp_train', 'pp_eval'):
+    c.input[key] = c.input[key].replace('standardize(audio=True)', 'standardize').replace(
+        "'audio', ", "'speech', ")
+
+
 def get_config(arg=None):
   a = common.parse_arg(arg, variant='B/16', dataset='affwild2_va',
-                       pretrain_dataset=mae_pretrain.FACE_MIXTURE, pretrained='', runlocal=False)
+                       pretrain_dataset=mae_pretrain.FACE_MIXTURE, pretrained='', runlocal=False,
+                       audio='logmel', audio_init='')
   c = ml_collections.ConfigDict()
   c.recipe = 'mae_va'  # the stages of vaflax/trainers/mae_va.py, run by vaflax/stages.py
   c.init_from = ''  # an MAE (or ViT) run to fine-tune from; '' = pretrain one in workdir/pretrain
@@ -209,6 +240,12 @@ def get_config(arg=None):
     c.fusion.eval_every_steps = 150
     c.fusion.checkpoint_every_steps = 150
 
+  if a.audio == 'speech':
+    _speech_audio(c.fusion, a.audio_init)
+  elif a.audio != 'logmel' or a.audio_init:
+    raise ValueError(f"mae_va: audio={a.audio!r}, audio_init={a.audio_init!r}: audio is 'logmel' "
+                     "(no checkpoint) or 'speech' with audio_init=<a speech encoder run>")
+
   if a.pretrained:  # converted MAE weights (vaflax/convert): their encoder, their pos_embed
     c.init_from = a.pretrained
     c.vit.posemb = 'learn'
@@ -230,9 +267,11 @@ def get_config(arg=None):
 
   # The baseline: the same fusion stage without the audio branch (and without reading audio).
   c.fusion_video_only = ml_collections.ConfigDict()
-  _link(c.fusion_video_only, c.fusion, skip=('model.use_audio', 'input.pp_train', 'input.pp_eval'))
+  _link(c.fusion_video_only, c.fusion, skip=('model.use_audio', 'input.pp_train', 'input.pp_eval',
+                                              'input.speech_encoder'))
   c.fusion_video_only.model.use_audio = False
+  c.fusion_video_only.input.speech_encoder = ''  # reads no audio features
   c.fusion_video_only.input.pp_train = c.fusion.input.pp_train.replace(
-      'standardize(audio=True)', 'standardize').replace("'audio', ", '')
+      'standardize(audio=True)', 'standardize').replace("'audio', ", '').replace("'speech', ", '')
   c.fusion_video_only.input.pp_eval = c.fusion_video_only.input.pp_train
   return c

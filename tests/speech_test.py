@@ -156,3 +156,121 @@ def test_converted_run_embeds_audio(tmp_path):
   assert rel_err(raw, ref['hidden_speech']) < TOL
   with pytest.raises(ValueError, match='1-D'):
     run.embed_audio(np.zeros((2, 16000), np.float32))
+
+
+FULL = os.environ.get('VAFLAX_SPEECH_FULL', '')  # make_speech_fixtures.py --full --out=DIR
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FULL, reason='set VAFLAX_SPEECH_FULL to the --full fixtures (not committed)')
+@pytest.mark.parametrize('name', ('wav2vec2_base', 'hubert_base', 'wavlm_base'))
+def test_full_size_base_models(name):
+  """The developer's full-size check (docs/pretrained.md's table): random-init base models."""
+  c = convert.convert('speech', os.path.join(FULL, name))
+  ref = np.load(os.path.join(FULL, name, 'outputs.npz'))
+  worst = {}
+  for clip in ('speech', 'tone'):
+    got = speech.hidden_states(c.model, ref[clip][None])[:, 0]
+    worst[clip] = max(rel_err(g, w) for g, w in zip(got, ref[f'hidden_{clip}'], strict=True))
+  wave, mask = padded(ref)
+  got = speech.hidden_states(c.model, wave, mask)
+  worst['padded'] = max(rel_err(g, w) for g, w in zip(got, ref['hidden_batch'], strict=True))
+  print(name, {k: f'{v:.2e}' for k, v in worst.items()})
+  assert max(worst.values()) < TOL, worst
+
+
+# --- The fusion's speech features: pooling onto video frames, chunks, cache ---------------------
+
+
+@pytest.fixture(scope='module')
+def encoder_run(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp('speech') / 'w2v')
+  return convert.write_run(convert.convert('speech', os.path.join(FIXTURES, 'wav2vec2')), out)
+
+
+def test_frame_pooling_by_hand():
+  # 25 fps (640 samples per frame), 50 Hz frames (hop 320, field 400): centres at 200, 520,
+  # 840, 1160 -> video frames 0, 0, 1, 1.
+  pool = speech.frame_pooling(2, 640, 4, 320, 400)
+  np.testing.assert_array_equal(pool, [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
+  # 100 fps (160 samples): frames without a centre take the nearest encoder frame.
+  pool = speech.frame_pooling(4, 160, 2, 320, 400)
+  np.testing.assert_array_equal(pool.argmax(1), [0, 0, 1, 1])
+  np.testing.assert_array_equal(pool.sum(1), 1)
+
+
+def test_clip_features_chunk_the_clip_and_pool(encoder_run):
+  from vaflax import speech_features  # noqa: PLC0415
+
+  enc = speech_features.Encoder(encoder_run)
+  ref = np.load(os.path.join(FIXTURES, 'wav2vec2', 'outputs.npz'))
+  audio_TxS = ref['speech'][:10 * 640].reshape(10, 640)
+  feats = enc.clip_features(audio_TxS, chunk_frames=4)  # chunks at 0, 4 and (tail) 6
+  assert feats.shape == (10, enc.num_states, enc.model.width)
+  for start, rows in ((0, slice(0, 4)), (4, slice(4, 8)), (6, slice(8, 10))):
+    hidden = enc.hidden_states(audio_TxS[start:start + 4].reshape(-1))  # (I, T, D)
+    pooled = np.asarray(enc.model.pool_to_video(hidden[:, None], 4, 640))[:, 0]
+    want = np.transpose(pooled, (1, 0, 2))[rows.start - start:rows.stop - start]
+    np.testing.assert_allclose(feats[rows], want, rtol=1e-5, atol=1e-5)
+
+
+def test_split_cache_is_keyed_by_encoder_and_dataset(encoder_run, tmp_path, monkeypatch):
+  from vaflax import speech_features  # noqa: PLC0415
+
+  enc = speech_features.Encoder(encoder_run)
+  g = np.random.default_rng(0)
+  records = [{'audio': g.standard_normal(640).astype(np.float32)} for _ in range(16)]
+  videos = [('a', 0, 10), ('b', 10, 6)]
+  args = (str(tmp_path), 'toy', 'train', '1.0.0', records, videos, 4)
+  first = speech_features.split_cache(enc, *args)
+  assert first.shape == (16, enc.num_states, enc.model.width) and first.dtype == np.float16
+  np.testing.assert_allclose(first[10:], enc.clip_features(
+      np.stack([r['audio'] for r in records[10:]]), 4), rtol=2e-3, atol=2e-3)
+  calls = []
+  monkeypatch.setattr(speech_features.Encoder, 'clip_features',
+                      lambda self, a, c: calls.append(1) or np.zeros((len(a), 3, 32)))
+  again = speech_features.split_cache(enc, *args)  # found: nothing recomputed
+  assert not calls and np.array_equal(np.asarray(again), np.asarray(first))
+  speech_features.split_cache(enc, str(tmp_path), 'toy', 'train', '1.0.1', records, videos, 4)
+  assert len(calls) == 2  # a rebuilt dataset (another version): recomputed, video by video
+  # Other weights: another folder (the checksum of the weights is the key).
+  enc._checksum = 'f' * 64
+  speech_features.split_cache(enc, *args)
+  assert len(calls) == 4 and os.path.isdir(tmp_path / ('f' * 16))
+
+
+def test_uncached_fusion_path_reads_the_same_features(encoder_run):
+  """The fusion's in-step encoder (audio (B, T, S)) gives the cache's features of a
+  window-long chunk."""
+  from flax import nnx  # noqa: PLC0415
+
+  from vaflax import runs, speech_features  # noqa: PLC0415
+  from vaflax.models import audio as audio_lib  # noqa: PLC0415
+
+  enc = speech_features.Encoder(encoder_run)
+  cfg = runs.load_config(encoder_run)
+  branch = audio_lib.SpeechFeatures(enc.num_states, enc.model.width, width=16,
+                                    encoder=cfg.model.to_dict(), rngs=nnx.Rngs(0))
+  nnx.update(branch.encoder, nnx.state(enc.model))
+  ref = np.load(os.path.join(FIXTURES, 'wav2vec2', 'outputs.npz'))
+  audio_TxS = ref['speech'][:8 * 640].reshape(8, 640)
+  got = np.asarray(branch.encode(jnp.asarray(audio_TxS[None])))[0]
+  np.testing.assert_allclose(got, enc.clip_features(audio_TxS, 8), rtol=1e-5, atol=1e-5)
+  out = branch(jnp.asarray(got[None]))
+  assert out.shape == (1, 8, 16) and np.isfinite(np.asarray(out)).all()
+  np.testing.assert_allclose(np.asarray(branch.layer_weights()), 1 / enc.num_states, rtol=1e-6)
+
+
+def test_mae_va_config_speech_audio(encoder_run):
+  from configs import mae_va  # noqa: PLC0415
+
+  c = mae_va.get_config(f'runlocal,audio=speech,audio_init={encoder_run}')
+  assert c.fusion.model.audio_kind == 'speech'
+  assert (c.fusion.model.speech.num_states, c.fusion.model.speech.dim) == (3, 32)
+  assert c.fusion.input.speech_encoder == encoder_run
+  assert "'speech'" in c.fusion.input.pp_train and "'audio'" not in c.fusion.input.pp_train
+  assert not c.fusion_video_only.input.speech_encoder
+  assert "'speech'" not in c.fusion_video_only.input.pp_eval
+  assert 'audio_kind' not in mae_va.get_config('runlocal').fusion.model  # log-mel by default
+  with pytest.raises(ValueError, match='audio_init'):
+    mae_va.get_config('runlocal,audio=speech')

@@ -36,6 +36,8 @@ from vaflax import checkpoint as ckpt_lib
 from vaflax import runs
 from vaflax.models import speech
 
+CHUNK_BATCH = 16  # chunks per encoder call (a base model: ~0.2 GB of states per 4 s chunk)
+
 
 def weights_checksum(state) -> str:
   h = hashlib.sha256()
@@ -109,13 +111,17 @@ class Encoder:
     starts = list(range(0, t - c + 1, c))
     if starts[-1] + c < t:
       starts.append(t - c)
+    # Chunks go CHUNK_BATCH at a time (each normalised on its own, as one utterance).
+    pooled = []
+    for g in range(0, len(starts), CHUNK_BATCH):
+      waves = np.stack([audio_TxS[st:st + c].reshape(c * s) for st in starts[g:g + CHUNK_BATCH]])
+      hidden_IxNxTxD = self._encode(self._state, jnp.asarray(waves))
+      pooled.append(np.asarray(self.model.pool_to_video(hidden_IxNxTxD, c, s)))
+    pooled_IxNxCxD = np.concatenate(pooled, axis=1)
     out = np.zeros((t, self.num_states, self.model.width), np.float32)
     done = 0
-    for start in starts:
-      wave = audio_TxS[start:start + c].reshape(1, c * s)
-      hidden = self._encode(self._state, jnp.asarray(wave))
-      pooled = np.asarray(self.model.pool_to_video(hidden, c, s))[:, 0]  # (I, c, D)
-      out[done:start + c] = np.transpose(pooled, (1, 0, 2))[done - start:]
+    for k, start in enumerate(starts):  # the tail chunk fills only the frames not yet covered
+      out[done:start + c] = np.transpose(pooled_IxNxCxD[:, k], (1, 0, 2))[done - start:]
       done = start + c
     return out
 
@@ -161,3 +167,34 @@ def split_cache(encoder: Encoder, cache_dir: str, dataset: str, split: str, vers
     out[start:start + count] = encoder.clip_features(audio, chunk_frames)
   _atomic_save(path, out, meta)
   return np.load(path, mmap_mode='r')
+
+
+def cache_dir(config) -> str:
+  """config.input.speech_cache_dir, by default `<data_dir>/speech_features`."""
+  return (config.input.get('speech_cache_dir') or
+          os.path.join(os.path.expanduser(config.input.data_dir), 'speech_features'))
+
+
+class FeatureSource:
+  """A split's records (data/sources.py IndexedSource) with ex['speech'] (I, D) float32, the
+  cached states of the encoder `config.input.speech_encoder` for that frame. The cache is made
+  (or found) when the source is opened; workers open the .npy memory-mapped on first read."""
+
+  def __init__(self, src, videos, name: str, split: str, version, config):
+    encoder = Encoder(config.input.speech_encoder)
+    chunk = int(config.input.get('speech_chunk_frames') or config.input.window or 1)
+    cached = split_cache(encoder, cache_dir(config), name, split, version, src, videos, chunk)
+    self.path, self._src, self._feats = cached.filename, src, None
+
+  def __len__(self):
+    return len(self._src)
+
+  def __getitem__(self, i):
+    if self._feats is None:
+      self._feats = np.load(self.path, mmap_mode='r')
+    ex = dict(self._src[i])
+    ex['speech'] = np.asarray(self._feats[int(ex['index'])], np.float32)
+    return ex
+
+  def __getstate__(self):  # pickled into data workers: the path, not the mapping
+    return dict(self.__dict__, _feats=None)

@@ -1,4 +1,4 @@
-"""python -m vaflax.convert --format=emonet|torchvision_resnet|mae|fan --input=FILE --workdir=OUT [--variant=V]
+"""python -m vaflax.convert --format=emonet|torchvision_resnet|mae|fan|speech --input=FILE --workdir=OUT [--variant=V]
 
 Writes OUT as a run directory (docs/pretrained.md: where to get each file, its licence, its
 preprocessing). Prints what was loaded, what was left new and what was ignored.
@@ -36,7 +36,8 @@ def main(argv=None) -> int:
   print(c.report.summary())  # its "kept their initial value" are the format's new weights
   print(f'  ignored on purpose ({len(c.ignored)}): {", ".join(c.ignored[:12]) or "nothing"}'
         f'{" ..." if len(c.ignored) > 12 else ""}')
-  print(f'preprocessing: {c.config.input.pp_eval}')
+  mod = convert.format_module(args.format)
+  print(f'preprocessing: {getattr(mod, "PREPROCESSING", c.config.input.pp_eval)}')
   print(f'licence: {convert.format_module(args.format).LICENCE}')
   print(f'wrote {out} in {time.perf_counter() - t0:.1f} s')
   return 0

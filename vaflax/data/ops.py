@@ -140,6 +140,8 @@ def _standardize(audio: bool = False):
     }
     if audio:
       out['audio'] = inputs['audio']
+    if 'speech' in ex:  # cached speech-encoder states (vaflax/speech_features.py), (I, D)
+      out['speech'] = np.asarray(ex['speech'], np.float32)
     return out
   return f
 

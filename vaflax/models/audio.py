@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vaflax.models import speech
+
 # --- Front end --------------------------------------------------------------------------------
 
 
@@ -182,3 +184,46 @@ class AudioEncoder(nnx.Module):
       x_BxTxD = x_BxTxD + jax.nn.gelu(y)
     return self.out_norm(x_BxTxD)
 
+
+
+# --- Pretrained speech encoder features ---------------------------------------------------------
+
+
+class SpeechFeatures(nnx.Module):
+  """The audio branch on a frozen speech encoder (wav2vec 2.0 / HuBERT / WavLM, models/speech.py):
+  its I hidden states per video frame -> a learned softmax-weighted sum over the layers (the
+  SUPERB recipe, Yang et al. 2021; each state LayerNorm-ed without parameters first, as s3prl's
+  featurizer with normalize=True, so that no layer wins by scale) -> Linear -> LayerNorm.
+
+  Input: `feats_BxTxIxD`, the states already averaged onto the video frames (read from the
+  per-clip cache, vaflax/speech_features.py); or, with `encoder` (speech.Model kwargs), the
+  window's audio (B, T, S), run through the encoder here at every step (the uncached path:
+  its context is the window, the cache's the window-long chunk of the clip)."""
+
+  def __init__(self, num_states: int, dim: int, *, width: int = 128, encoder: dict | None = None,
+               dtype: Any = None, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    self.width = width
+    self.layer_logits = nnx.Param(jnp.zeros((num_states,), param_dtype))
+    self.proj = nnx.Linear(dim, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.out_norm = nnx.LayerNorm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.encoder = speech.Model(**dict(encoder), rngs=rngs) if encoder else None
+    if self.encoder is not None and self.encoder.num_states != num_states:
+      raise ValueError(f'SpeechFeatures: num_states={num_states} but the encoder gives '
+                       f'{self.encoder.num_states}')
+
+  def layer_weights(self):
+    return jax.nn.softmax(self.layer_logits[...].astype(jnp.float32))
+
+  def encode(self, audio_BxTxS):
+    """(B, T, I, D) per-video-frame states of a window's audio (the encoder frozen)."""
+    b, t, s = audio_BxTxS.shape
+    wave = speech.normalize_wave(audio_BxTxS.reshape(b, t * s))
+    hidden_IxBxTxD = jax.lax.stop_gradient(self.encoder(wave))
+    return jnp.transpose(self.encoder.pool_to_video(hidden_IxBxTxD, t, s), (1, 2, 0, 3))
+
+  def __call__(self, feats_BxTxIxD):
+    x = feats_BxTxIxD.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    x = (x - mean) * jax.lax.rsqrt(jnp.square(x - mean).mean(-1, keepdims=True) + 1e-5)
+    x_BxTxD = jnp.einsum('btid,i->btd', x, self.layer_weights())
+    return self.out_norm(self.proj(x_BxTxD))

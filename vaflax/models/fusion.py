@@ -33,6 +33,8 @@ class Model(nnx.Module):
       visual: dict | None = None,
       audio: dict | None = None,
       use_audio: bool = True,
+      audio_kind: str = 'logmel',
+      speech: dict | None = None,
       width: int = 128,
       num_layers: int = 4,
       num_heads: int = 4,
@@ -46,7 +48,11 @@ class Model(nnx.Module):
       rngs: nnx.Rngs,
   ):
     """`visual`: vit.Encoder kwargs (variant, image_size, pool_type, remat, ...);
-    `audio`: audio.AudioEncoder kwargs; the rest configure the temporal Transformer.
+    `audio`: audio.AudioEncoder kwargs (audio_kind='logmel', the default); with
+    audio_kind='speech', `speech`: audio.SpeechFeatures kwargs (num_states, dim; `encoder` for the
+    uncached path) over a frozen pretrained speech encoder, whose cached per-frame states come in
+    batch['speech'] (B, T, I, D) (or, uncached, batch['audio']). The rest configure the temporal
+    Transformer.
     `visual_dropout` (with audio only): in training, the visual features of a whole window are
     zeroed with this probability (modality dropout), so the model cannot ignore the audio
     when the visual features fit the training identities better than they generalise."""
@@ -59,10 +65,16 @@ class Model(nnx.Module):
     self.use_audio = bool(use_audio)
     in_dim = self.visual.width
     if self.use_audio:
-      audio = dict(audio or {})
-      audio.setdefault('dtype', dtype)
-      audio.setdefault('param_dtype', param_dtype)
-      self.audio = audio_lib.AudioEncoder(rngs=rngs, **audio)
+      if audio_kind not in ('logmel', 'speech'):
+        raise ValueError(f"fusion.Model: audio_kind must be 'logmel' or 'speech', got {audio_kind!r}")
+      kwargs = dict((audio if audio_kind == 'logmel' else speech) or {})
+      kwargs.setdefault('dtype', dtype)
+      kwargs.setdefault('param_dtype', param_dtype)
+      if audio_kind == 'logmel':
+        self.audio = audio_lib.AudioEncoder(rngs=rngs, **kwargs)
+      else:
+        kwargs.setdefault('width', (audio or {}).get('width', 128))
+        self.audio = audio_lib.SpeechFeatures(rngs=rngs, **kwargs)
       in_dim += self.audio.width
     if not 0.0 <= visual_dropout < 1.0:
       raise ValueError(f'fusion.Model: visual_dropout must be in [0, 1), got {visual_dropout}')
@@ -91,6 +103,21 @@ class Model(nnx.Module):
     feats_BxTxD = einops.rearrange(pooled, '(b t) d -> b t d', b=b)
     return feats_BxTxD
 
+  def _speech_states(self, batch: dict, b: int, t: int):
+    if self.audio.encoder is not None:
+      if 'audio' not in batch:
+        raise KeyError(f"fusion.Model (uncached speech) needs batch['audio'] (B, T, S); got "
+                       f'{sorted(batch)}')
+      return self.audio.encode(batch['audio'])
+    if 'speech' not in batch:
+      raise KeyError("fusion.Model(audio_kind='speech') needs batch['speech'] (B, T, I, D), the "
+                     'cached speech-encoder states (config.input.speech_encoder); got '
+                     f'{sorted(batch)}')
+    s = batch['speech']
+    if s.ndim != 4 or s.shape[:2] != (b, t):
+      raise ValueError(f"fusion.Model: batch['speech'] must be (B={b}, T={t}, I, D), got {s.shape}")
+    return s
+
   def __call__(self, batch: dict) -> dict:
     if 'frames' not in batch:
       raise KeyError(f"fusion.Model needs batch['frames'] (B, T, H, W, 3); got {sorted(batch)}")
@@ -103,7 +130,9 @@ class Model(nnx.Module):
     feats = [self.visual_features(frames)]
     if self.visual_dropout is not None:
       feats[0] = self.visual_dropout(feats[0])
-    if self.use_audio:
+    if self.use_audio and isinstance(self.audio, audio_lib.SpeechFeatures):
+      feats.append(self.audio(self._speech_states(batch, b, t)))
+    elif self.use_audio:
       if 'audio' not in batch:
         raise KeyError("fusion.Model(use_audio=True) needs batch['audio'] (B, T, S); got "
                        f'{sorted(batch)}')
