@@ -227,6 +227,31 @@ def test_video_that_ends_early_is_reported(tmp_path):
   assert sum(1 for _ in w) == 30 and w.warning is None
 
 
+def test_a_clip_short_of_its_declared_frames_only_at_the_end_is_whole(tmp_path):
+  # An intra-only clip (every packet one frame): cutting bytes off its end loses whole frames.
+  base = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
+  with av.open(str(tmp_path / 'intra.mp4'), 'w', options={'movflags': 'faststart'}) as out:
+    vs = out.add_stream('libx264', rate=25, options={'bf': '0', 'g': '1'})
+    vs.width = vs.height = 64
+    vs.pix_fmt = 'yuv420p'
+    for i in range(100):
+      for p in vs.encode(av.VideoFrame.from_ndarray(np.roll(base, 3 * i, axis=1), 'rgb24')):
+        out.mux(p)
+    for p in vs.encode():
+      out.mux(p)
+  data = (tmp_path / 'intra.mp4').read_bytes()
+  got = {}
+  for cut in (10, 5 * len(data) // 100):  # into the last frame; about 5 frames
+    (tmp_path / 'cut.mp4').write_bytes(data[:-cut])
+    s = predict.open_input(tmp_path / 'cut.mp4')
+    got[cut] = (sum(1 for _ in s), s.warning, s.note)
+  n, warning, note = got[10]
+  assert (n, warning) == (99, None)
+  assert note == 'decoded 99 of the 100 frames the container declares: the last 1 missing, within 2%'
+  n, warning, note = got[5 * len(data) // 100]
+  assert 90 < n < 98 and note is None and warning.startswith(f'decoded {n} of the 100 frames')
+
+
 # --- Safety: no unpickling, no eval, no archive extraction ---------------------------------------
 
 # (module, function) calls that can run code from the data they read.

@@ -325,16 +325,23 @@ def run(predictor, input_path, out_dir: str, opts: pipeline.Options, *, shard=(1
     log(f'removed {len(stale)} temporary files of dead runs under {out_dir}')
   log(f'{_count(len(inputs), "input")} under {root}; shard {shard[0]}/{shard[1]}: {len(mine)}, '
       f'{len(mine) - len(todo)} already complete, {len(todo)} to do')
-  t0, frames = time.time(), [0]
+  t0, frames, ended = time.time(), [0], [0]
 
-  def on_done(s):
+  def on_done(s):  # the clip's own numbers, as its JSON has them
     frames[0] += s.get('frames_processed') or 0
-    rate = frames[0] / max(time.time() - t0, 1e-9)
+    ended[0] += 1
+    fps = s.get('frames_per_second')
+    note = s.get('note') if s['status'] == 'ok' else None
     log(f"{s['path']}: {s['status']}{' (' + s['error'] + ')' if s['error'] else ''}, "
-        f"{s.get('frames_with_face', 0)}/{s.get('frames_processed', 0)} frames with a face "
-        f'[{frames[0]} frames, {rate:.1f} frames/s]')
+        f"{s.get('frames_with_face', 0)}/{s.get('frames_processed', 0)} frames with a face"
+        f"{f', {fps:.1f} frames/s' if fps else ''}{f' ({note})' if note else ''} "
+        f'[{ended[0]}/{len(todo)}]')
 
   fresh = {s['path']: s for s in predict_many(predictor, todo, out_dir, opts, workers, on_done)}
+  if todo:
+    took = time.time() - t0
+    log(f'{_count(frames[0], "frame")} of {_count(len(todo), "input")} in {took:.1f} s: '
+        f'{frames[0] / max(took, 1e-9):.1f} frames/s')
   rows = []
   for inp in mine:
     s = completed(inp, out_dir, log)
@@ -351,11 +358,14 @@ def _count(n: int, what: str) -> str:
   return f'{n} {what}' + ('' if n == 1 else 's')
 
 
+STATUSES = ('ok', 'no_face', 'partial', 'error')  # docs/predict.md, "The table"
+
+
 def main_line(rows: list[dict], skipped: int) -> str:
   """The run's last line: counts by status."""
-  n = {st: sum(r['status'] == st for r in rows) for st in ('ok', 'partial', 'error')}
-  return (f"{_count(len(rows), 'input')}: {n['ok']} ok, {n['partial']} partial, {n['error']} "
-          f'error ({skipped} already done)')
+  n = {st: sum(r['status'] == st for r in rows) for st in STATUSES}
+  return (f"{_count(len(rows), 'input')}: {n['ok']} ok, {n['no_face']} no_face, "
+          f"{n['partial']} partial, {n['error']} error ({skipped} already done)")
 
 
 def log_stderr(msg: str):

@@ -119,7 +119,7 @@ def scan(predictor: Predictor, path, opts: Options, emit, crops_dir: str | None 
   finally:
     source.close()
   return {'kind': source.kind, 'fps': source.fps, 'duration_s': source.duration,
-          'frames_decoded': source.decoded, 'warning': source.warning}
+          'frames_decoded': source.decoded, 'warning': source.warning, 'note': source.note}
 
 
 def _process(predictor, finder, tracker, k, t, rgb, audio, crops_dir, detected) -> Frame:
@@ -226,9 +226,10 @@ def summarize(predictor: Predictor, clip: Clip, info: dict, res: Resolved, opts:
   """The clip's JSON summary (without 'files')."""
   elapsed = time.time() - clip.t_start
   f = res.has_face
+  status = 'partial' if info.get('warning') else 'no_face' if not clip.with_face else 'ok'
   summary = {
       'input': os.path.abspath(clip.path), 'path': rel or os.path.basename(clip.path),
-      'status': 'partial' if info.get('warning') else 'ok', 'error': info.get('warning') or '',
+      'status': status, 'error': info.get('warning') or '',
       'kind': info['kind'], 'source': source_stat(clip.path),
       'workdir': predictor.workdir, 'checkpoint_step': predictor.step,
       'model_name': predictor.config.model_name,
@@ -245,6 +246,8 @@ def summarize(predictor: Predictor, clip: Clip, info: dict, res: Resolved, opts:
       'seconds': elapsed, 'frames_per_second': clip.processed / max(elapsed, 1e-9),
   }
   summary.update(outputs.va_summary(res.va[f], res.quadrant[f], res.face_id[f], clip.processed))
+  if info.get('note'):  # e.g. the last frames of a whole clip missing (decode.py)
+    summary['note'] = '; '.join(filter(None, (summary.get('note'), info['note'])))
   if info.get('warning'):
     summary['warning'] = info['warning']
   return summary
