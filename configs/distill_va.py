@@ -2,8 +2,9 @@ r"""Teacher-student distillation and student ensemble of Deng, Chen, Shi 2020 (V
 
   python -m vaflax.main --config=configs/distill_va.py:runlocal --workdir=/tmp/distill_va
   python -m vaflax.main --config=configs/distill_va.py --workdir=W/distill_cnn
+  python -m vaflax.main --config=configs/distill_va.py:arch=cnn_rnn --workdir=W/distill_cnn_rnn
   python -m vaflax.main --config=configs/distill_va.py:arch=cnn_rnn --workdir=W/distill_cnn_rnn \
-      --config.init_from=W/cnn      # a configs/resnet_va.py:bins=20 workdir (the frozen CNN)
+      --config.init_from=W/cnn      # a configs/resnet_va.py:bins=20 workdir: no CNN stage
 
 Recipe ("FAU, Facial Expressions, Valence and Arousal: A Multi-task Solution", arXiv 2002.03557,
 and the authors' code): a teacher is trained on the ground truth (CE over 20 bins + (1 - CCC) on
@@ -13,14 +14,15 @@ same architecture for 3 epochs each, with the loss
 (authors' `optimize_parameters_kd`; set distill.gt_weight = 1 for "loss + lambda * KL"). The
 prediction is the mean of the students' expectations. Adam lr 1e-4 (beta1 0.5, authors' code),
 x0.1 every 3 epochs; Aff-Wild2 (x0.2 in the mixture) + AFEW-VA; 112x112 crops; ResNet-50 with a
-128-unit head (arch=cnn) or the frozen binned CNN + bi-GRU(64) over 32-frame windows (arch=cnn_rnn,
-init_from a CNN workdir, which initialises teacher and students alike; with runlocal too, e.g. the
-`cnn` stage of configs/resnet_gru_va.py:runlocal with --config.model.width=32). Students train
+128-unit head (arch=cnn) or the frozen binned CNN + bi-GRU(64) over 32-frame windows (arch=cnn_rnn:
+the recipe trains the binned CNN first, or takes --config.init_from=<a CNN workdir>; either
+initialises teacher and students alike). Students train
 together in one jitted step (a list of modules called in one trace: one compile for all), so
 they see the same batches and differ by initialisation.
 
-Stages (vaflax/stages.py; each resumable, skipped once finished): workdir/teacher, then
-workdir/students (teacher loaded from the first stage and frozen), whose evaluation scores the
+Stages (vaflax/recipes.py; each resumable, skipped once finished): workdir/cnn (arch=cnn_rnn
+without init_from), workdir/teacher, then
+workdir/students (teacher loaded from the teacher stage and frozen), whose evaluation scores the
 teacher, each student and the ensemble; workdir/final_metrics.json has val/teacher/*,
 val/student{k}/*, val/student_mean/* and val/ccc_* (the ensemble's).
 
@@ -45,7 +47,10 @@ def get_config(arg=None):
     c = resnet_va.get_config('bins=20' + local)
   elif a.arch == 'cnn_rnn':
     c = resnet_gru_va.get_config(f'window={a.window}' + local)
-    del c['cnn']  # its CNN stage: here the CNN comes from --config.init_from
+    # Its CNN stage (skipped when --config.init_from names a trained CNN): the binned CNN that
+    # teacher and students read, frozen (the paper's CNN-RNN).
+    c.cnn.model.num_bins = 20
+    c.cnn.loss.binned_weight = 1.0
     # The paper's GRU head: resnet_gru_va:runlocal's residual head (ours) would need the CNN's
     # readout, and a binned student cannot take a tanh CNN's (docs/deng2020.md).
     c.model.residual = False

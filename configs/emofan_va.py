@@ -6,6 +6,7 @@ Intelligence; the released EmoNet).
   python -m vaflax.main --config=configs/emofan_va.py --workdir=W
   python -m vaflax.main --config=configs/emofan_va.py:stage=landmarks --workdir=W1
   python -m vaflax.main --config=configs/emofan_va.py:stage=frozen,init=W1 --workdir=W2
+  python -m vaflax.main --config=configs/emofan_va.py:stage=two_stage --workdir=W
 
 Model (vaflax/models/fan.py): FAN (Bulat & Tzimiropoulos 2017) with 2 stacked hourglasses of
 width 256 and depth 4, as in EmoNet's released models, at 256 px; its 68 landmark heatmaps
@@ -22,6 +23,8 @@ head only. Here the FAN is trained on the dataset's own 68 landmarks:
   frozen     the paper's second stage: the FAN frozen (config.frozen: no update, running BN
              statistics) and initialised from `init=` (a `landmarks` workdir, via init_from);
              VA + emotions train the head.
+  two_stage  landmarks, then frozen on its FAN, in one command: the `emofan` recipe
+             (vaflax/recipes.py), one sub-workdir per stage, each resumable.
 
 Data: AffectNet (tfds_builders/affectnet, `python -m vaflax.data.build affectnet ...`). The
 builder already crops: original release, `faces.crop_face` on the annotated face box with margin
@@ -56,7 +59,7 @@ face-alignment's 2D-FAN): EmoNet's own recipe. The model takes W's FAN (its stac
 pooling, from W/config.json), arch=emonet, the FAN frozen (stage=frozen), and trains the emotion
 head on [0, 1] inputs as the FAN was trained (docs/pretrained.md).
 
-Arguments: stage (joint | landmarks | frozen), init (workdir to initialise from; needed by
+Arguments: stage (joint | landmarks | frozen | two_stage), init (workdir to initialise from; needed by
 stage=frozen), arch (vaflax | emonet), pretrained (a converted FAN run), dataset (a name or
 mixture), runlocal.
 """
@@ -70,7 +73,7 @@ from configs import common
 from vaflax import presets
 
 _KEEP = presets.FAN_KEEP
-STAGES = ('joint', 'landmarks', 'frozen')
+STAGES = ('joint', 'landmarks', 'frozen', 'two_stage')
 ARCHS = ('vaflax', 'emonet')
 _TRUNK = ('num_stacks', 'hourglass_depth', 'width', 'num_landmarks', 'pool')
 
@@ -108,6 +111,11 @@ def get_config(arg=None):
   c.model = presets.fan_model(a.arch)  # EmoNet's FAN and head; arch=emonet: the released model
   c.frozen = 'fan(/|$)' if a.stage == 'frozen' else ''  # FAN fixed: no update, running BN statistics
   c.init_from = a.init  # model weights from another run (stage=frozen: the landmarks run)
+  if a.stage == 'two_stage':  # landmarks -> frozen by the stage runner (vaflax/recipes.py)
+    if a.init or a.pretrained:
+      raise ValueError('configs/emofan_va.py: stage=two_stage trains its own FAN first; give no '
+                       'init= or pretrained=')
+    c.recipe = 'emofan'
 
   c.input.dataset = a.dataset
   c.input.train_split = 'train'

@@ -133,3 +133,55 @@ def _weights(stage_dir, sub=None):
   model = st['model'][sub] if sub else st['model']
   return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree.leaves_with_path(model)
           if jnp.issubdtype(x.dtype, jnp.floating)}
+
+
+def test_recipe_passes_the_users_init_from_with_its_mapping():
+  """distill: the teacher starts from config.init_from as given; every student gets each source
+  under students/k with the user's SRC=DST mapping kept (once the text dropped it), and the
+  students stage reads the teacher stage under teacher/."""
+  from configs import distill_va  # noqa: PLC0415
+  from vaflax import recipes, runs, stages  # noqa: PLC0415
+
+  c = distill_va.get_config('runlocal,students=2')
+  c.init_from = '/r/cnn:backbone=backbone;/r/other'
+  teacher, students = stages.plan(recipes.get('distill'), c, '/w')
+  assert teacher.init == runs.parse_init_from(c.init_from)
+  assert teacher.config.init_from == c.init_from and teacher.config.task == 'supervised'
+  assert students.init == (
+      runs.WeightSource('/w/teacher', (('', 'teacher'),)),
+      runs.WeightSource('/r/cnn', (('backbone', 'students/0/backbone'),
+                                   ('backbone', 'students/1/backbone'))),
+      runs.WeightSource('/r/other', (('', 'students/0'), ('', 'students/1'))))
+  assert runs.parse_init_from(students.config.init_from) == students.init
+  assert students.config.task == 'distill' and students.config.frozen.startswith('teacher(/|$)')
+  c.init_from = ''
+  teacher, students = stages.plan(recipes.get('distill'), c, '/w')
+  assert teacher.config.init_from == '' and students.config.init_from == '/w/teacher:=teacher'
+
+
+def test_a_stage_starts_only_from_an_earlier_stage():
+  from vaflax import stages  # noqa: PLC0415
+
+  c = ml_collections.ConfigDict({'init_from': '', 'total_steps': 1})
+  with pytest.raises(ValueError, match="'later', which is not an earlier stage"):
+    stages.resolve([stages.Stage('a', c, (stages.FromStage('later'),)),
+                    stages.Stage('later', c)], '/w')
+  with pytest.raises(ValueError, match='Stage\\(init=...\\)'):
+    stages.resolve([stages.Stage('a', ml_collections.ConfigDict({'init_from': '/x'}))], '/w')
+
+
+def test_distillation_from_a_cnn_rnn_is_one_recipe():
+  """arch=cnn_rnn: the binned frame CNN is the recipe's first stage, and teacher and students
+  start from it (each student under students/k); a CNN given by init_from replaces the stage."""
+  from configs import distill_va  # noqa: PLC0415
+  from vaflax import recipes, stages  # noqa: PLC0415
+
+  c = distill_va.get_config('runlocal,arch=cnn_rnn,students=2')
+  cnn, teacher, students = stages.plan(recipes.get('distill'), c, '/w')
+  assert cnn.name == 'cnn' and cnn.config.model_name == 'resnet' and cnn.config.input.window == 0
+  assert cnn.config.model.num_bins == 20 and cnn.config.loss.binned_weight == 1.0
+  assert teacher.config.model_name == 'temporal' and 'cnn' not in teacher.config
+  assert teacher.config.init_from == '/w/cnn'
+  assert students.config.init_from == '/w/teacher:=teacher;/w/cnn:=students/0,=students/1'
+  c.init_from = '/r/cnn'
+  assert [s.name for s in stages.plan(recipes.get('distill'), c, '/w')] == ['teacher', 'students']

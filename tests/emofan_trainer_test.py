@@ -215,3 +215,50 @@ def test_predict_fn_traces_on_emofan_with_flip_tta():
   res = nnx.eval_shape(f)
   assert res['va'].shape == (2, 2) and res['landmarks'].shape == (2, 68, 2)
   assert res['emotion_logits'].shape == (2, 4)
+
+
+def test_two_stage_recipe_plan():
+  """configs/emofan_va.py:stage=two_stage is the emofan recipe: landmarks (heatmap loss only),
+  then the head on the landmarks stage's FAN, frozen; the head starts anew."""
+  from configs import emofan_va  # noqa: PLC0415
+  from vaflax import recipes, runs, stages  # noqa: PLC0415
+
+  c = emofan_va.get_config('runlocal,stage=two_stage')
+  assert c.recipe == 'emofan'
+  lm, head = stages.plan(recipes.get(c.recipe), c, '/w')
+  assert (lm.name, head.name) == ('landmarks', 'head')
+  assert (lm.config.loss.va_weight, lm.config.loss.emotion_weight) == (0.0, 0.0)
+  assert lm.config.loss.landmark_weight > 0 and lm.config.frozen == '' and lm.config.recipe == ''
+  assert head.config.loss.landmark_weight == 0.0 and head.config.loss.va_weight == 1.0
+  assert head.config.frozen == 'fan(/|$)'
+  assert head.init == (runs.WeightSource('/w/landmarks', (('fan', 'fan'),)),)
+  assert head.config.init_from == '/w/landmarks:fan=fan'
+  with pytest.raises(ValueError, match='two_stage'):
+    emofan_va.get_config('runlocal,stage=two_stage,init=/w1')
+
+
+@pytest.mark.slow
+def test_two_stage_recipe_runs_and_freezes_the_landmark_fan(tmp_path, synthetic_data_dir):
+  """Both stages through the one runner: the head stage's FAN is exactly the landmarks stage's
+  final FAN (loaded, then frozen), its head trained."""
+  from configs import emofan_va  # noqa: PLC0415
+  from vaflax import recipes, runs, stages  # noqa: PLC0415
+
+  c = emofan_va.get_config('runlocal,stage=two_stage')
+  c.input.data_dir = synthetic_data_dir
+  c.input.eval_split = ''
+  c.model.update(num_stacks=1, hourglass_depth=1, width=16, head_width=16, head_blocks=1)
+  c.image_size = 32
+  c.batch_size, c.total_steps, c.log_every_steps = 8, 3, 3
+  c.checkpoint_every_steps = c.eval_every_steps = 3
+  c.schedule.warmup_steps = 0
+  c.mesh.num_devices = 1
+  c.tensorboard = False
+  stages.run(recipes.get(c.recipe), c, str(tmp_path))
+  lm = runs.load_run(str(tmp_path / 'landmarks')).weights()
+  head = runs.load_run(str(tmp_path / 'head')).weights()
+  fan_keys = [k for k in lm if k.startswith('fan/')]
+  assert fan_keys
+  for k in fan_keys:
+    np.testing.assert_array_equal(head[k], lm[k], err_msg=k)
+  assert any(not np.array_equal(head[k], lm[k]) for k in lm if not k.startswith('fan/'))

@@ -127,3 +127,55 @@ def test_unknown_config_key_and_unwritable_workdir(tmp_path, synthetic_data_dir)
   r = _run_main(['--config=configs/resnet_va.py:runlocal', f'--workdir={blocker}/sub',
                  f'--config.input.data_dir={synthetic_data_dir}'])
   assert r.returncode == 2 and 'not writable' in r.stderr and '--workdir' in r.stderr
+
+
+def test_init_from_text_and_typed_sources_round_trip():
+  """config.init_from <-> runs.WeightSource: every source of a ';' list, each with its own
+  SRC=DST mapping (or none), survives parse -> format -> parse; `under` places targets."""
+  from vaflax import runs  # noqa: PLC0415
+
+  text = '/r/mae:encoder=encoder;/r/cnn;/r/t:=teacher,backbone=students/0/backbone'
+  got = runs.parse_init_from(text)
+  assert got == (runs.WeightSource('/r/mae', (('encoder', 'encoder'),)),
+                 runs.WeightSource('/r/cnn'),
+                 runs.WeightSource('/r/t', (('', 'teacher'), ('backbone', 'students/0/backbone'))))
+  assert runs.format_init_from(got) == text and runs.parse_init_from(runs.format_init_from(got)) == got
+  assert runs.parse_init_from(' /a ; ;/b: ') == (runs.WeightSource('/a'), runs.WeightSource('/b'))
+  assert runs.WeightSource('/r/cnn').pairs() == [('', '')]
+  assert runs.WeightSource('/r/cnn').under('students/1').mapping == (('', 'students/1'),)
+  assert runs.WeightSource('/x', (('backbone', 'enc'),)).under('s/0').mapping == (('backbone', 's/0/enc'),)
+  with pytest.raises(ValueError, match='SOURCE_PREFIX=TARGET_PREFIX'):
+    runs.parse_init_from('/r/a:encoder')
+  with pytest.raises(ValueError, match='contains'):
+    runs.WeightSource('/odd;dir')
+
+
+def test_restore_is_the_saved_state_and_data_position(tmp_path, synthetic_data_dir):
+  """train.restore (the loop's resume) returns the model and optimizer state that was saved and
+  sets the Grain iterator to the saved position; runs.load_run reads the model alone."""
+  from vaflax import checkpoint as ckpt_lib  # noqa: PLC0415
+  from vaflax import runs  # noqa: PLC0415
+
+  c = tiny_config(synthetic_data_dir, total_steps=2, checkpoint_every_steps=2)
+  wd = str(tmp_path / 'run')
+  train.train_and_evaluate(c, wd)
+  _, raw = raw_checkpoint(wd)
+  ds, n = pipeline.make_train_dataset(c)
+  setup = train.make_setup(c, n, init=False)
+  it = iter(ds)
+  with ckpt_lib.manager(os.path.join(wd, 'checkpoints'), async_save=False) as mngr:
+    state, meta = train.restore(setup, mngr, it)
+  assert meta['step'] == 2
+  leaves = [_np(x) for x in jax.tree.leaves(state)]
+  want = [_np(x) for x in jax.tree.leaves((raw['model'], raw['optimizer']))]
+  assert len(leaves) == len(want)
+  for a, b in zip(leaves, want, strict=True):  # what the files hold, read without a target
+    np.testing.assert_array_equal(a, b)
+  fresh = iter(pipeline.make_train_dataset(c)[0])
+  for _ in range(2):  # the two batches the run consumed
+    next(fresh)
+  np.testing.assert_array_equal(next(it)['index'], next(fresh)['index'])
+  run = runs.load_run(wd)
+  model_leaves = [_np(x) for x in jax.tree.leaves(run.state)]
+  for a, b in zip(model_leaves, [_np(x) for x in jax.tree.leaves(state[0])], strict=True):
+    np.testing.assert_array_equal(a, b)

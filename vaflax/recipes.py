@@ -11,6 +11,8 @@ its mapping: a source given without a mapping takes the recipe's default one.
            (configs/resnet_gru_va.py)
   distill  Deng, Chen, Shi 2020: a teacher, then N students distilled from it
            (configs/distill_va.py; the task is vaflax/trainers/distill.py)
+  emofan   Toisoul et al. 2021: the FAN on landmarks, then the emotion head on the frozen FAN
+           (configs/emofan_va.py:stage=two_stage)
 """
 
 from __future__ import annotations
@@ -143,29 +145,48 @@ def cnn_rnn_summary(config, workdir: str, results: dict) -> dict:
 
 # --- distill: a teacher, then N students distilled from it (Deng et al. 2020) --------------------
 #
-#   teacher   the supervised task on the model (binned), from config.init_from when set
+#   cnn       with `config.cnn` (arch=cnn_rnn) and no config.init_from: the binned frame CNN
+#             whose backbone and head/hidden teacher and students read, frozen (config.frozen)
+#   teacher   the supervised task on the model (binned), from config.init_from (or `cnn`)
 #   students  the distill task: the teacher from stage 1 (frozen), the students from
-#             config.init_from when set (each student gets the same sources, under students/k)
+#             config.init_from (or `cnn`) too (each student gets the same sources, under
+#             students/k)
 
 
 def distill_stages(config, workdir: str) -> list[Stage]:
   del workdir
   dc = config.distill
   user = _user_sources(config)
-  teacher = stages.stage_config(config, task='supervised', recipe='',
+  first = []
+  if 'cnn' in config and not user:
+    first = [Stage('cnn', stages.stage_config(config.cnn),
+                   runs.parse_init_from(config.cnn.init_from))]
+    user = (FromStage('cnn'),)
+  single = stages.stage_config(config, recipe='')
+  if 'cnn' in single:
+    del single['cnn']
+  teacher = stages.stage_config(single, task='supervised',
                                 total_steps=int(dc.teacher_total_steps),
                                 total_epochs=float(dc.teacher_total_epochs))
   # The teacher stage's model sits under teacher/; each user source under every student.
   # (One source per run, its mapping repeated per student: each run is read once.)
   students_k = [f'students/{k}' for k in range(int(dc.num_students))]
   sources = (FromStage('teacher', (('', 'teacher'),)),) + tuple(
-      runs.WeightSource(s.workdir, sum((s.under(p).mapping for p in students_k), ()))
-      for s in user)
+      _under_each(s, students_k) for s in user)
   # The teacher is fixed; a frozen part of the single model (config.frozen) stays frozen in
   # every student.
   frozen = 'teacher(/|$)' + (f'|students/\\d+/({config.frozen})' if config.frozen else '')
-  students = stages.stage_config(config, task='distill', recipe='', frozen=frozen)
-  return [Stage('teacher', teacher, user), Stage('students', students, sources)]
+  students = stages.stage_config(single, task='distill', frozen=frozen)
+  return first + [Stage('teacher', teacher, user), Stage('students', students, sources)]
+
+
+def _under_each(source, prefixes):
+  """`source` with its targets placed under each prefix (one source: its run is read once)."""
+  pairs = [('', '')] if source.mapping is None else list(source.mapping)
+  mapping = tuple((src, '/'.join(x for x in (p, dst) if x)) for p in prefixes for src, dst in pairs)
+  if isinstance(source, FromStage):
+    return FromStage(source.stage, mapping)
+  return runs.WeightSource(source.workdir, mapping)
 
 
 def distill_summary(config, workdir: str, results: dict) -> dict:
@@ -188,10 +209,44 @@ def distill_summary(config, workdir: str, results: dict) -> dict:
   return rec
 
 
+# --- emofan: the FAN on landmarks, then the head on the frozen FAN (Toisoul et al. 2021) --------
+#
+#   landmarks  the FAN alone: heatmap loss only (VA and emotion weights 0; VA still scored)
+#   head       the paper's second stage: the FAN from `landmarks`, frozen (no update, running BN
+#              statistics); VA + emotions train the emotion head, which starts anew
+# Both stages train for the config's steps with its other fields (configs/emofan_va.py).
+
+FAN = (('fan', 'fan'),)
+
+
+def emofan_stages(config, workdir: str) -> list[Stage]:
+  del workdir
+  if not config.loss.landmark_weight:
+    raise ValueError('recipe emofan: config.loss.landmark_weight is 0, so its landmarks stage '
+                     'would train nothing')
+  landmarks = stages.stage_config(config, recipe='', frozen='')
+  landmarks.loss.va_weight = landmarks.loss.emotion_weight = 0.0
+  head = stages.stage_config(config, recipe='', frozen='fan(/|$)')
+  head.loss.landmark_weight = 0.0  # reported only: the FAN is frozen
+  return [Stage('landmarks', landmarks, _user_sources(config)),
+          Stage('head', head, (FromStage('landmarks', FAN),))]
+
+
+def emofan_summary(config, workdir: str, results: dict) -> dict:
+  """The head stage's val/* unprefixed, the landmarks stage's as landmarks/val/*."""
+  del config, workdir
+  rec = {}
+  for name, prefix in (('landmarks', 'landmarks/'), ('head', '')):
+    rec.update({prefix + k: v for k, v in results.get(name, {}).items()
+                if k.startswith('val/') and isinstance(v, int | float)})
+  return rec
+
+
 RECIPES: dict[str, stages.Recipe] = {r.name: r for r in (
     stages.Recipe('mae_va', mae_va_stages, mae_va_summary),
     stages.Recipe('cnn_rnn', cnn_rnn_stages, cnn_rnn_summary),
     stages.Recipe('distill', distill_stages, distill_summary),
+    stages.Recipe('emofan', emofan_stages, emofan_summary),
 )}
 
 
