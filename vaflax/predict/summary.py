@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from vaflax import circumplex
-from vaflax.predict.outputs import atomic, cell, uncell
+from vaflax.predict.outputs import atomic, cell, text, uncell
 
 _QUADRANTS = circumplex.QUADRANT_NAMES[:circumplex.NUM_QUADRANTS]
 SHARE_COLUMNS = tuple(f'share_{q}' for q in _QUADRANTS)
@@ -35,7 +35,8 @@ def _f(x, fmt='.4f') -> str:
 def row(s: dict) -> dict:
   """The table row of an input's JSON summary (vaflax/predict/pipeline.py)."""
   share = s.get('quadrant_share') or {}
-  out = {'path': s['path'], 'status': s['status'], 'error': s.get('error') or '',
+  # The path as tables and plots show it: a name that is not UTF-8 with \xNN (outputs.text).
+  out = {'path': text(s['path']), 'status': s['status'], 'error': s.get('error') or '',
          'frames': s.get('frames_processed') or 0, 'face_frames': s.get('frames_with_face') or 0,
          'duration_s': _f(s.get('duration_s'), '.3f'),
          'valence_mean': _f((s.get('valence') or {}).get('mean')),
