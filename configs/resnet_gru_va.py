@@ -20,7 +20,7 @@ result to compare with: Deng et al. won the VA track of ABAW 2020 (FG 2020) with
 distilled students; the exact validation/test CCCs are in the paper's tables, which we could not
 retrieve here, so none is quoted (see docs/deng2020.md).
 
-One command runs both stages (vaflax/trainers/cnn_rnn.py, one sub-workdir each, resumable):
+One command runs both stages (the cnn_rnn recipe, vaflax/recipes.py; one sub-workdir each, resumable):
 workdir/cnn trains the CNN (`config.cnn`, configs/resnet_va.py with this config's ResNet size,
 image size and data), workdir/cnn_rnn the CNN-RNN on its frozen features. With
 `--config.init_from=<CNN workdir>` the CNN stage is skipped. workdir/final_metrics.json holds the
@@ -39,7 +39,7 @@ def get_config(arg=None):
   a = common.parse_arg(arg, window=32, freeze=True, dataset='affwild2_va:0.2,afew_va:1',
                        runlocal=False)
   c = common.base_config()
-  c.recipe = 'cnn_rnn'  # the CNN, then the CNN-RNN on it (vaflax/trainers/cnn_rnn.py)
+  c.recipe = 'cnn_rnn'  # the CNN, then the CNN-RNN on it (vaflax/recipes.py)
   c.task = 'supervised'
   c.model_name = 'temporal'
   c.model.depth = 50  # ResNet depth of the per-frame CNN
