@@ -125,3 +125,27 @@ def test_va_over_time_spans_the_clip_with_faceless_gaps(tmp_path):
   full = np.nan_to_num(va)
   assert len(shaded_columns(plots.va_over_time(tmp_path / 'full.png', t, full,
                                                duration_s=6.4))) == 0
+
+
+def test_predict_pictures_photo_without_time_and_video_over_the_whole_clip(tmp_path):
+  from vaflax.predict import outputs  # noqa: PLC0415
+
+  # A photo with two faces: one circumplex of its faces, numbered; no time plot.
+  rows = [outputs.Row(0, 0.0, f, 10, 10, 40, 40, 0.9) for f in (0, 1)]
+  files = outputs.write_plots(str(tmp_path), 'group.jpg', rows, np.array([[0.3, 0.2], [-0.1, 0.5]]),
+                              is_video=False)
+  assert sorted(files) == ['trajectory_png']
+  assert png_title(files['trajectory_png']) == 'group.jpg: 2 face(s)'
+  with Image.open(files['trajectory_png']) as im:
+    assert im.size == (640 + 260, 640)  # the legend of numbered faces
+  # A 6.4 s clip whose face is seen in its first 2.4 s only: the time axis covers the clip.
+  t = np.arange(160) / 25
+  clip = [outputs.Row(k, t[k], 0 if t[k] < 2.4 else outputs.NO_FACE, 10, 10, 40, 40, 0.9)
+          for k in range(160)]
+  face = [r for r in clip if r.face_id == 0]
+  va = np.stack([np.sin(t[:len(face)]), np.cos(t[:len(face)])], 1) * 0.5
+  files = outputs.write_plots(str(tmp_path), 'clip.mp4', face, va, is_video=True,
+                              clip_rows=clip, duration_s=6.4)
+  assert png_title(files['va_time_png']) == 'clip.mp4, face 0'
+  x = np.asarray(Image.open(files['va_time_png']).convert('RGB'))
+  assert (np.all(x == 230, -1).sum(0) > 100).sum() > 400  # the faceless 4 s, shaded

@@ -38,7 +38,7 @@ def _save(fig, path):
   return path
 
 
-def _plain(s) -> str:
+def plain_text(s) -> str:
   """`s` as plain text: a '$' (e.g. in a file name) would start matplotlib's mathtext."""
   return str(s).replace('$', r'\$')
 
@@ -97,7 +97,7 @@ def circumplex_scatter(path, pred_va, target_va=None, *, mask=None, title=None, 
     colours = [f'C{k % 10}' for k in range(len(pred_va))]
     for k, i in enumerate(np.flatnonzero(keep)):
       x, y = pred_va[i]
-      ax.scatter([x], [y], s=30, color=colours[k], label=f'{k + 1}  {_plain(labels[i])}', zorder=3)
+      ax.scatter([x], [y], s=30, color=colours[k], label=f'{k + 1}  {plain_text(labels[i])}', zorder=3)
       ax.annotate(str(k + 1), (x, y), xytext=(4, 4), textcoords='offset points', fontsize=9,
                   fontweight='bold', color=colours[k], zorder=4)
   else:

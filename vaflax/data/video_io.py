@@ -13,6 +13,7 @@ timestamps.
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import os
 from collections.abc import Iterator
 
@@ -209,8 +210,10 @@ def largest_face(rgb_HxWx3: np.ndarray) -> tuple[float, float, float, float] | N
 
 def add_video_stream(container, fps: float, width: int, height: int, *, codec: str = 'libx264',
                      crf: int = 18, preset: str = 'veryslow'):
-  """A yuv420p video stream of `container` (opened for writing); feed it with `encode_rgb`."""
-  vs = container.add_stream(codec, rate=int(round(fps)))
+  """A yuv420p video stream of `container` (opened for writing); feed it with `encode_rgb`.
+  `fps`: a Fraction is kept exactly (a source's 24000/1001), a float is rounded."""
+  vs = container.add_stream(codec, rate=fps if isinstance(fps, fractions.Fraction)
+                            else int(round(fps)))
   vs.width, vs.height = width, height
   vs.pix_fmt = 'yuv420p'
   if codec == 'libx264':

@@ -180,67 +180,41 @@ def write_json(path, summary: dict) -> str:
   return path
 
 
-def write_plots(out_dir, stem, rows: list[Row], va_Nx2, is_video: bool) -> dict:
-  """Trajectory on the circumplex (and VA over time for a video) of the face seen most; `rows`
-  and `va_Nx2` are the rows with a face."""
+def write_plots(out_dir, stem, rows: list[Row], va_Nx2, is_video: bool, *,
+                clip_rows: list[Row] | None = None, duration_s: float | None = None) -> dict:
+  """The pictures of one input; `rows` and `va_Nx2` are the rows with a face.
+
+  A video: the trajectory on the circumplex and VA over time of the face seen most, the latter
+  over the whole clip (0 to `duration_s`) with the processed frames where that face is absent
+  (`clip_rows`: every row of the clip, faceless frames included) as gaps. A photo: its faces on
+  the circumplex, numbered, with no time axis (same file name, `<stem>_trajectory.png`)."""
   from vaflax import plots  # noqa: PLC0415
 
   face_id = np.array([r.face_id for r in rows], np.int64)
+  files = {'trajectory_png': os.path.join(out_dir, f'{stem}_trajectory.png')}
+  name = os.path.basename(stem)
+  if not is_video:
+    with atomic(files['trajectory_png']) as tmp:
+      plots.circumplex_scatter(tmp, va_Nx2, labels=[f'face {f}' for f in face_id],
+                               title=plots.plain_text(text(f'{name}: {len(rows)} face(s)')))
+    return files
   main_id = int(np.bincount(face_id).argmax())
   sel = face_id == main_id
   times = np.array([r.time_s for r in rows], np.float64)[sel]
-  # Plain text: a '$' in a file name would start matplotlib's mathtext (and fail the plot).
-  label = text(f'{os.path.basename(stem)}, face {main_id}').replace('$', r'\$')
-  files = {'trajectory_png': os.path.join(out_dir, f'{stem}_trajectory.png')}
+  label = plots.plain_text(text(f'{name}, face {main_id}'))
   with atomic(files['trajectory_png']) as tmp:
     plots.circumplex_trajectory(tmp, va_Nx2[sel], times, title=label)
-  if is_video:
-    files['va_time_png'] = os.path.join(out_dir, f'{stem}_va_time.png')
-    with atomic(files['va_time_png']) as tmp:
-      plots.va_over_time(tmp, times, va_Nx2[sel], title=label)
+  # Every processed frame on the time axis; NaN where the main face is not in it (a gap).
+  frame_time = {int(r.frame): float(r.time_s) for r in (clip_rows or rows)}
+  at = {int(r.frame): k for k, r in enumerate(r for r, keep in zip(rows, sel, strict=True) if keep)}
+  frames = sorted(frame_time)
+  va_time = np.full((len(frames), 2), np.nan)
+  main_va = va_Nx2[sel]
+  for j, fr in enumerate(frames):
+    if fr in at:
+      va_time[j] = main_va[at[fr]]
+  files['va_time_png'] = os.path.join(out_dir, f'{stem}_va_time.png')
+  with atomic(files['va_time_png']) as tmp:
+    plots.va_over_time(tmp, [frame_time[fr] for fr in frames], va_time, title=label,
+                        duration_s=duration_s)
   return files
-
-
-_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60)]
-
-
-def write_overlay(path, out_path, rows: list[Row], va_Nx2, quadrant_N, fps) -> str:
-  """Re-decodes the video and draws each face box with its VA and quadrant (last values held
-  on frames skipped by --frame_stride); `rows` are the rows with a face."""
-  import av  # noqa: PLC0415
-  import cv2  # noqa: PLC0415
-
-  from vaflax.data import video_io  # noqa: PLC0415
-
-  by_frame: dict[int, list[int]] = {}
-  for i, r in enumerate(rows):
-    by_frame.setdefault(int(r.frame), []).append(i)
-  current: list[int] = []
-  font = cv2.FONT_HERSHEY_SIMPLEX
-  with atomic(out_path) as tmp, video_io.Video(path) as src, av.open(tmp, 'w') as out:
-    vs = None
-    for k, (_, frame) in enumerate(src.frames()):
-      rgb = np.ascontiguousarray(frame.to_ndarray(format='rgb24'))
-      if vs is None:
-        vs = video_io.add_video_stream(out, fps or 25, rgb.shape[1] // 2 * 2,
-                                       rgb.shape[0] // 2 * 2, crf=23, preset='veryfast')
-      if k in by_frame:
-        current = by_frame[k]
-      elif rows and k - max(rows[i].frame for i in current or [0]) > 30:
-        current = []
-      for i in current:
-        r = rows[i]
-        x, y, w, h = (int(round(v)) for v in (r.x, r.y, r.w, r.h))
-        colour = _COLOURS[r.face_id % len(_COLOURS)]
-        cv2.rectangle(rgb, (x, y), (x + w, y + h), colour, 2)
-        text = f'#{r.face_id} V {va_Nx2[i, 0]:+.2f} A {va_Nx2[i, 1]:+.2f}'
-        cv2.putText(rgb, text, (x, max(12, y - 6)), font, 0.45, colour, 1, cv2.LINE_AA)
-        cv2.putText(rgb, circumplex.QUADRANT_NAMES[quadrant_N[i]], (x, y + h + 14), font, 0.4,
-                    colour, 1, cv2.LINE_AA)
-      for p in video_io.encode_rgb(vs, rgb[: vs.height, : vs.width]):
-        out.mux(p)
-    if vs is not None:
-      for p in vs.encode():
-        out.mux(p)
-  return out_path

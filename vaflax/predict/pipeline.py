@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from vaflax import circumplex, media
-from vaflax.predict import decode, detection, outputs, tracking
+from vaflax.predict import decode, detection, outputs, overlay, tracking
 from vaflax.predict.batching import Batcher
 from vaflax.predict.model import Predictor
 
@@ -269,9 +269,10 @@ def finish_clip(predictor: Predictor, clip: Clip, info: dict, va_face, head_face
   face_rows = [r for r in clip.rows if r.face_id != outputs.NO_FACE]
   if face_rows and opts.plots:
     files.update(outputs.write_plots(clip.out_dir, clip.stem, face_rows, res.va[f],
-                                     info['kind'] == 'video'))
+                                     info['kind'] == 'video', clip_rows=clip.rows,
+                                     duration_s=info.get('duration_s')))
   if opts.overlay and info['kind'] == 'video':
-    files['overlay_mp4'] = outputs.write_overlay(clip.path, base + '_overlay.mp4', face_rows,
+    files['overlay_mp4'] = overlay.write_overlay(clip.path, base + '_overlay.mp4', face_rows,
                                                  res.va[f], res.quadrant[f], info['fps'])
   if opts.save_crops and face_rows:
     files['crops_dir'] = base + '_crops'

@@ -67,12 +67,14 @@ def plot(path: str, rows: list[dict]) -> str | None:
   """Each clip with a face at its mean VA on the circumplex; None when no clip has one."""
   from vaflax import plots  # noqa: PLC0415
 
-  va = np.array([[float(r['valence_mean']), float(r['arousal_mean'])] for r in rows
-                 if r['valence_mean'] != ''], np.float64).reshape(-1, 2)
+  scored = [r for r in rows if r['valence_mean'] != '']
+  va = np.array([[float(r['valence_mean']), float(r['arousal_mean'])] for r in scored],
+                np.float64).reshape(-1, 2)
   if not len(va):
     return None
-  with atomic(path) as tmp:
-    plots.circumplex_scatter(tmp, va, title=f'{len(va)} of {len(rows)} clips: mean VA')
+  with atomic(path) as tmp:  # each clip numbered on the plane and named in the legend
+    plots.circumplex_scatter(tmp, va, labels=[r['path'] for r in scored],
+                             title=f'{len(va)} of {len(rows)} clips: mean VA')
   return path
 
 
