@@ -19,6 +19,7 @@ Malformed input raises CheckpointError naming the file and the byte offset.
 
 from __future__ import annotations
 
+import gc
 import struct
 
 from vaflax.convert.errors import CheckpointError, UnsafeCheckpointError, printable
@@ -118,55 +119,70 @@ class Machine:
 
   def load(self):
     data, end, ops, stack, memo, mark = self.data, self.end, _OPS, self.stack, self.memo, _MARK
+    marks, p = self.marks, self.pos
     for _ in range(self.max_ops):
-      p = self.op_pos = self.pos
       if p >= end:
+        self.op_pos = p
         self.fail('the pickle ends without a STOP opcode')
       code = data[p]
       # The opcodes torch.save writes most, inline when their arguments are in bounds and valid
       # (3x faster); anything unusual goes to the table's handler, which checks and explains.
-      if code == 0x72 and p + 5 <= end and stack and stack[-1] is not mark:  # LONG_BINPUT
-        i = _U4.unpack_from(data, p + 1)[0]
-        if i <= self.puts:
-          memo[i] = stack[-1]
-          self.puts += 1
-          self.pos = p + 5
+      if code == 0x72:  # LONG_BINPUT
+        if p + 5 <= end and stack and stack[-1] is not mark:
+          i = _U4.unpack_from(data, p + 1)[0]
+          if i <= self.puts:
+            memo[i] = stack[-1]
+            self.puts += 1
+            p += 5
+            continue
+      elif code == 0x68:  # BINGET
+        if p + 2 <= end and data[p + 1] in memo:
+          stack.append(memo[data[p + 1]])
+          p += 2
           continue
-      elif code == 0x71 and p + 2 <= end and stack and stack[-1] is not mark:  # BINPUT
-        i = data[p + 1]
-        if i <= self.puts:
-          memo[i] = stack[-1]
-          self.puts += 1
-          self.pos = p + 2
+      elif code == 0x4b:  # BININT1
+        if p + 2 <= end:
+          stack.append(data[p + 1])
+          p += 2
           continue
-      elif code == 0x68 and p + 2 <= end and data[p + 1] in memo:  # BINGET
-        stack.append(memo[data[p + 1]])
-        self.pos = p + 2
-        continue
-      elif code == 0x4b and p + 2 <= end:  # BININT1
-        stack.append(data[p + 1])
-        self.pos = p + 2
-        continue
-      elif code == 0x4d and p + 3 <= end:  # BININT2
-        stack.append(data[p + 1] | data[p + 2] << 8)
-        self.pos = p + 3
-        continue
+      elif code == 0x28:  # MARK
+        if len(marks) < MAX_MARKS:
+          marks.append(len(stack))
+          stack.append(mark)
+          p += 1
+          continue
+      elif code == 0x74:  # TUPLE
+        if marks:
+          at = marks.pop()
+          t = tuple(stack[at + 1:])
+          del stack[at:]
+          stack.append(t)
+          p += 1
+          continue
+      elif code == 0x71:  # BINPUT
+        if p + 2 <= end and stack and stack[-1] is not mark and data[p + 1] <= self.puts:
+          memo[data[p + 1]] = stack[-1]
+          self.puts += 1
+          p += 2
+          continue
+      elif code == 0x4d:  # BININT2
+        if p + 3 <= end:
+          stack.append(data[p + 1] | data[p + 2] << 8)
+          p += 3
+          continue
       elif code == 0x29:  # EMPTY_TUPLE
         stack.append(())
-        self.pos = p + 1
+        p += 1
         continue
       elif code == 0x89:  # NEWFALSE
         stack.append(False)
-        self.pos = p + 1
+        p += 1
         continue
-      elif code == 0x28 and len(self.marks) < MAX_MARKS:  # MARK
-        self.marks.append(len(stack))
-        stack.append(mark)
-        self.pos = p + 1
-        continue
-      self.pos = p + 1
+      self.op_pos, self.pos = p, p + 1
       if ops[code](self) is _STOP:
         return self.pop(), self.pos
+      p = self.pos
+    self.op_pos = p
     self.fail(f'more than {self.max_ops} opcodes; refused as a denial of service')
 
   # Data.
@@ -473,4 +489,13 @@ OPCODES = tuple(_TABLE)  # every opcode byte this machine knows (the fuzz suite 
 
 def load(data, path, hooks, pos: int = 0, max_ops: int = MAX_OPS):
   """(object, offset after STOP) of the pickle at `data[pos:]`; see the module docstring."""
-  return Machine(data, path, hooks, pos, max_ops).load()
+  # The machine makes many small containers, each of which would count toward a cyclic-GC pass
+  # over every object of the process (jax's included): paused while it runs, as CPython's own
+  # unpickler allocates without such passes mattering. Refcounting still frees everything.
+  paused = gc.isenabled()
+  gc.disable()
+  try:
+    return Machine(data, path, hooks, pos, max_ops).load()
+  finally:
+    if paused:
+      gc.enable()

@@ -34,6 +34,7 @@ STORAGE_DTYPES = {
     'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
     'BoolStorage': np.bool_,
 }
+_DTYPES = {name: np.dtype(t) for name, t in STORAGE_DTYPES.items()}
 MAX_DIMS = 64  # torch's own limit on tensor rank
 MAX_COUNT = 1 << 48  # any element count, offset or stride: far above memory, far below overflow
 
@@ -147,7 +148,7 @@ class Hooks:
     if self.legacy and len(pid) > 5 and pid[5] is not None:
       raise CheckpointError(self.path, 'storage views (pre-1.0 torch.save) are not supported',
                             f'storage {key}')
-    dtype = np.dtype(STORAGE_DTYPES[storage_type.name])
+    dtype = _DTYPES[storage_type.name]
     ref = StorageRef(key, dtype, numel)
     first = self.storages.setdefault(key, ref)
     # One key, one set of bytes, whatever dtype views it (a legacy stream: one dtype).
@@ -187,16 +188,19 @@ class Hooks:
     if len(args) < 4 or not isinstance(args[0], StorageRef):
       raise CheckpointError(self.path, 'a tensor without (storage, offset, size, stride)')
     storage, offset, size, stride = args[:4]
-    key = f'storage {storage.key}'
+    key = 'storage ' + storage.key
     if not isinstance(size, tuple | list) or not isinstance(stride, tuple | list):
       raise CheckpointError(self.path, 'a tensor whose size or stride is not a tuple', key)
     if len(size) != len(stride) or len(size) > MAX_DIMS:
       raise CheckpointError(self.path, f'a tensor with {len(size)} sizes and {len(stride)} '
                             f'strides (at most {MAX_DIMS})', key)
-    offset = _count(offset, 'a tensor offset', self.path, key)
-    size = tuple(_count(n, 'a tensor size', self.path, key) for n in size)
-    stride = tuple(_count(s, 'a tensor stride', self.path, key) for s in stride)
-    return TensorRef(storage, offset, size, stride)
+    if not all(type(v) is int and 0 <= v <= MAX_COUNT for v in (offset, *size, *stride)):
+      _count(offset, 'a tensor offset', self.path, key)  # raises for the first bad one
+      for n in size:
+        _count(n, 'a tensor size', self.path, key)
+      for n in stride:
+        _count(n, 'a tensor stride', self.path, key)
+    return TensorRef(storage, offset, tuple(size), tuple(stride))
 
   def newobj(self, cls, args, kwargs):
     if isinstance(cls, ScriptClass) and args == () and not kwargs:
