@@ -43,7 +43,9 @@ SECONDS = float(os.environ.get('VAFLAX_FUZZ_SECONDS', '1800'))
 CI_EXAMPLES = int(os.environ.get('VAFLAX_FUZZ_EXAMPLES', '60'))
 CPU_SECONDS_PER_READ = 10.0  # a hang guard, far above any read here (they take milliseconds)
 MEMORY_SLACK = 64 << 20  # Python objects of the pickle on top of the byte budget
-FUZZ = settings(max_examples=100_000 if LONG else CI_EXAMPLES, deadline=None, database=None,
+# Long: rounds of 200 fresh random examples, repeated until the time is spent (Hypothesis checks
+# no clock itself; a round is short enough to stop near the end).
+FUZZ = settings(max_examples=200 if LONG else CI_EXAMPLES, deadline=None, database=None,
                 derandomize=not LONG, suppress_health_check=list(HealthCheck))
 STATS = collections.defaultdict(collections.Counter)
 TESTS = 6  # the long profile splits VAFLAX_FUZZ_SECONDS between the tests below
@@ -54,13 +56,16 @@ def repeat(test, *args):
   VAFLAX_FUZZ_SECONDS (long), then prints what its examples did."""
   end = time.monotonic() + (SECONDS / TESTS if LONG else 0)
   rounds = 0
+  name = test.__name__.lstrip('_')
+  s = STATS[name]
   while True:
     test(*args)
     rounds += 1
+    if LONG:
+      print(f'{time.strftime("%H:%M:%S")} fuzz {name}: round {rounds}, {s["examples"]} examples '
+            f'so far, {s["unexpected"]} unexpected', flush=True)
     if time.monotonic() >= end:
       break
-  name = test.__name__.lstrip('_')
-  s = STATS[name]
   print(f'\nfuzz {name}: {rounds} rounds, {s["examples"]} examples ({s["read"]} read, '
         f'{s["refused"]} refused, {s["unexpected"]} unexpected exceptions)', flush=True)
   assert s['examples'] > 0 and s['unexpected'] == 0
