@@ -242,10 +242,10 @@ def main(argv=None) -> int:
       print(f"{len(locs)} rows in {len(_videos(locs))} videos: {counts['predicted']} predicted; "
             f"filled {counts['interpolated']} by interpolation, {counts['video_mean']} by the "
             f"video's mean, {counts['zero']} with 0 ({missing['no_crop']} without a crop, "
-            f"{missing['unreadable']} unreadable) -> {path}")
+            f"{missing['unreadable']} unreadable) -> {printable(path)}")
     if labels is not None:
       s = score(read_predictions(path), labels)
-      print(f"{path}: {s['frames']} annotated frames: CCC valence {s['ccc_valence']:.4f}, "
+      print(f"{printable(path)}: {s['frames']} annotated frames: CCC valence {s['ccc_valence']:.4f}, "
             f"arousal {s['ccc_arousal']:.4f}; ABAW score (mean) {s['abaw_score']:.4f}")
   except (OSError, ValueError, KeyError) as e:
     print(f'error: {printable(e)}', file=sys.stderr)

@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     return 2
   for p in res.ignored:
     print(f'skipped {printable(p)}: not an image or video extension', file=sys.stderr)
-  print(f'table: {res.table}')
+  print(f'table: {printable(res.table)}')
   print(collection.main_line(res.rows, res.skipped))
   return 0
 
@@ -137,7 +137,7 @@ def _main_merge(out_dir) -> int:
   except ValueError as e:
     print(f'error: {printable(e)}', file=sys.stderr)
     return 2
-  print(f'table: {path}')
+  print(f'table: {printable(path)}')
   print(collection.main_line(rows, 0))
   return 0
 
@@ -157,5 +157,5 @@ def _main_cropped(a, overrides) -> int:
   except (InputError, FileNotFoundError, PermissionError, ValueError, KeyError) as e:
     print(f'error: {printable(e)}', file=sys.stderr)
     return 2
-  print(f'{ok} crops scored, {bad} errors -> {path}')
+  print(f'{ok} crops scored, {bad} errors -> {printable(path)}')
   return 0
