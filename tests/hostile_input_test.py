@@ -230,7 +230,11 @@ def test_cropped_and_abaw_count_unreadable_crops(tmp_path):
   (d / 'big.png').write_bytes(png(12000, 12000, data=False))
   (d / 'half.png').write_bytes(png(64, 64)[:60])
   files = sorted(str(p) for p in d.iterdir())
+  (tmp_path / 'out').mkdir()
+  dead = tmp_path / 'out' / f'cropped.part{2**22 + 7}h{fileio.HOST}.csv'  # a killed run's
+  dead.write_text('half a table')
   path, ok, bad = cropped.predict_crops(_StubRun(), files, str(tmp_path / 'out'), str(d))
+  assert not dead.exists() and os.listdir(tmp_path / 'out') == ['cropped.csv']
   assert (ok, bad) == (1, 3)
   table = {r['path']: r for r in _table(path)}
   assert table["'=a.png"]['status'] == 'ok' and float(table["'=a.png"]['valence']) == 0.2

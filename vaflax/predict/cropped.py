@@ -16,7 +16,7 @@ import numpy as np
 
 from vaflax import circumplex
 from vaflax.media import IMAGE_EXTS, MAX_PIXELS, InputError, read_image
-from vaflax.predict.outputs import atomic, cell
+from vaflax.predict.outputs import atomic, cell, remove_stale_parts
 
 CSV_NAME = 'cropped.csv'
 
@@ -77,6 +77,7 @@ def predict_crops(run, files: list[str], out_dir: str, root: str,
   """Scores each image file as one face crop with `run` (vaflax.api.Run); returns (CSV path,
   rows ok, rows with an error)."""
   os.makedirs(out_dir, exist_ok=True)
+  remove_stale_parts(out_dir)  # a killed run's cropped.part<pid>h<host>.csv
   images = [p for p in files if p.lower().endswith(IMAGE_EXTS)]
   scored = {images[i]: (out, err) for i, out, err in score_crops(run, images,
                                                                   max_pixels=max_pixels)}
