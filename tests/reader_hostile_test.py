@@ -132,6 +132,13 @@ def test_valid_views_match_indexing_by_hand(tmp_path, fmt):
     np.testing.assert_array_equal(got[f'v{i}'], want, err_msg=str(VIEWS[i]))
 
 
+def test_a_rank_numpy_cannot_hold_is_refused(tmp_path):
+  path = craft.zip_checkpoint(tmp_path / 'r.pth', craft.state_dict(
+      {'w': ('0', 1, 0, (1,) * 40, (1,) * 40)}), {'0': craft.f32(1)})
+  with pytest.raises(CheckpointError, match=r'storage 0: a tensor with 40 sizes and 40 strides'):
+    reader.read_checkpoint(path)
+
+
 def test_bool_bytes_other_than_0_and_1_read_as_true(tmp_path):
   path = craft.zip_checkpoint(tmp_path / 'b.pth', craft.state_dict(
       {'b': ('0', 4, 0, (4,), (1,), 'BoolStorage')}), {'0': b'\x00\x01\x02\xff'})

@@ -35,7 +35,7 @@ STORAGE_DTYPES = {
     'BoolStorage': np.bool_,
 }
 _DTYPES = {name: np.dtype(t) for name, t in STORAGE_DTYPES.items()}
-MAX_DIMS = 64  # torch's own limit on tensor rank
+MAX_DIMS = 32  # NumPy 1.x's limit on array rank (2.x allows 64; no checkpoint comes near either)
 MAX_COUNT = 1 << 48  # any element count, offset or stride: far above memory, far below overflow
 
 
