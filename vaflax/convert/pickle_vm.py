@@ -233,36 +233,6 @@ class Machine:
   def op_unicode_text(self):
     self.push(self.text(self.line(), 'raw-unicode-escape'))
 
-  def _sized(self, st: struct.Struct) -> bytes:
-    return self.take(self.unpack(st))
-
-  def op_binstring(self):  # Python 2 str: torch.load decodes them as UTF-8
-    self.push(self.text(self._sized(_I4)))
-
-  def op_short_binstring(self):
-    self.push(self.text(self._sized(_U1)))
-
-  def op_binunicode(self):
-    self.push(self.text(self._sized(_U4)))
-
-  def op_short_binunicode(self):
-    self.push(self.text(self._sized(_U1)))
-
-  def op_binunicode8(self):
-    self.push(self.text(self._sized(_U8)))
-
-  def op_binbytes(self):
-    self.push(self._sized(_U4))
-
-  def op_short_binbytes(self):
-    self.push(self._sized(_U1))
-
-  def op_binbytes8(self):
-    self.push(self._sized(_U8))
-
-  def op_bytearray8(self):
-    self.push(bytearray(self._sized(_U8)))
-
   # Containers.
   def op_mark(self):
     if len(self.marks) >= MAX_MARKS:
@@ -433,6 +403,14 @@ def _unpacked(st):
   return lambda m: m.stack.append(m.unpack(st))
 
 
+def _text(st):  # a length of format `st`, then UTF-8 (Python 2 str too: torch.load decodes so)
+  return lambda m: m.stack.append(m.text(m.take(m.unpack(st))))
+
+
+def _blob(st, kind=bytes):
+  return lambda m: m.stack.append(kind(m.take(m.unpack(st))))
+
+
 def _memo(st, fn):
   return lambda m: fn(m, m.unpack(st))
 
@@ -447,8 +425,8 @@ _TABLE = {
     b'M': ('BININT2', _unpacked(_U2)), b'N': ('NONE', _const(None)),
     b'P': ('PERSID', Machine.op_persid), b'Q': ('BINPERSID', Machine.op_binpersid),
     b'R': ('REDUCE', Machine.op_reduce), b'S': ('STRING', Machine.op_string),
-    b'T': ('BINSTRING', Machine.op_binstring), b'U': ('SHORT_BINSTRING', Machine.op_short_binstring),
-    b'V': ('UNICODE', Machine.op_unicode_text), b'X': ('BINUNICODE', Machine.op_binunicode),
+    b'T': ('BINSTRING', _text(_I4)), b'U': ('SHORT_BINSTRING', _text(_U1)),
+    b'V': ('UNICODE', Machine.op_unicode_text), b'X': ('BINUNICODE', _text(_U4)),
     b'a': ('APPEND', Machine.op_append), b'b': ('BUILD', Machine.op_build),
     b'c': ('GLOBAL', Machine.op_global), b'd': ('DICT', Machine.op_dict),
     b'}': ('EMPTY_DICT', lambda m: m.push({})), b'e': ('APPENDS', Machine.op_appends),
@@ -468,16 +446,16 @@ _TABLE = {
     b'\x88': ('NEWTRUE', _const(True)), b'\x89': ('NEWFALSE', _const(False)),
     b'\x8a': ('LONG1', Machine.op_long1), b'\x8b': ('LONG4', Machine.op_long4),
     # Protocol 3.
-    b'B': ('BINBYTES', Machine.op_binbytes), b'C': ('SHORT_BINBYTES', Machine.op_short_binbytes),
+    b'B': ('BINBYTES', _blob(_U4)), b'C': ('SHORT_BINBYTES', _blob(_U1)),
     # Protocol 4.
-    b'\x8c': ('SHORT_BINUNICODE', Machine.op_short_binunicode),
-    b'\x8d': ('BINUNICODE8', Machine.op_binunicode8), b'\x8e': ('BINBYTES8', Machine.op_binbytes8),
+    b'\x8c': ('SHORT_BINUNICODE', _text(_U1)),
+    b'\x8d': ('BINUNICODE8', _text(_U8)), b'\x8e': ('BINBYTES8', _blob(_U8)),
     b'\x8f': ('EMPTY_SET', lambda m: m.push(set())), b'\x90': ('ADDITEMS', Machine.op_additems),
     b'\x91': ('FROZENSET', Machine.op_frozenset), b'\x92': ('NEWOBJ_EX', Machine.op_newobj_ex),
     b'\x93': ('STACK_GLOBAL', Machine.op_stack_global), b'\x94': ('MEMOIZE', Machine.op_memoize),
     b'\x95': ('FRAME', Machine.op_frame),
     # Protocol 5.
-    b'\x96': ('BYTEARRAY8', Machine.op_bytearray8), b'\x97': ('NEXT_BUFFER', Machine.op_refused),
+    b'\x96': ('BYTEARRAY8', _blob(_U8, bytearray)), b'\x97': ('NEXT_BUFFER', Machine.op_refused),
     b'\x98': ('READONLY_BUFFER', Machine.op_refused),
 }
 _OPS = [Machine.op_unknown] * 256
