@@ -81,10 +81,10 @@ class Machine:
 
   def line(self) -> bytes:
     stop = min(self.end, self.pos + MAX_LINE + 1)
-    i = bytes(self.data[self.pos:stop]).find(b'\n')
+    i = self.data.find(b'\n', self.pos, stop)  # bytes and mmap both search in place
     if i < 0:
       self.fail(f'a text argument without a newline within {MAX_LINE} bytes')
-    out = self.take(i)
+    out = self.take(i - self.pos)
     self.pos += 1
     return out
 
