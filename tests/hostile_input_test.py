@@ -197,7 +197,7 @@ def test_a_failure_inside_one_input_is_its_error_row(tmp_path):
   assert rows['thin.mov']['status'] == 'error'
   assert rows['thin.mov']['error'].startswith(f'{src}/thin.mov: writing outputs: ')
   assert 'over the pixel limit' in rows['big.png']['error']
-  assert rows['ok.png']['status'] == 'ok' and rows['ok.png']['frames'] == 1
+  assert rows['ok.png']['status'] == 'no_face' and rows['ok.png']['frames'] == 1  # blank
   assert [r['path'] for r in _table(tmp_path / 'out' / 'summary.csv')] == [
       'big.png', 'ok.png', 'thin.mov']
 
