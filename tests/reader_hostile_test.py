@@ -132,6 +132,18 @@ def test_valid_views_match_indexing_by_hand(tmp_path, fmt):
     np.testing.assert_array_equal(got[f'v{i}'], want, err_msg=str(VIEWS[i]))
 
 
+def test_legacy_pickle_longer_than_the_first_read(tmp_path):
+  """The legacy reader reads a pickle in growing pieces (1 MiB first): a 3 MB one is whole."""
+  p = craft.Pickle().raw(b'}(').str('note').str('x' * 3_000_000).str('w')
+  craft.tensor_ops(p, '0', 4, 0, (4,), (1,))
+  path = craft.legacy_checkpoint(tmp_path / 'l.pth', p.raw(b'u').bytes(), [('0', 4, craft.f32(4))])
+  np.testing.assert_array_equal(reader.read_checkpoint(path)['w'], np.arange(4))
+  data = path.read_bytes()
+  path.write_bytes(data[:2_000_000])  # cut inside the long string
+  with pytest.raises(CheckpointError, match=r'runs past the end of the pickle'):
+    reader.read_checkpoint(path)
+
+
 def test_a_rank_numpy_cannot_hold_is_refused(tmp_path):
   path = craft.zip_checkpoint(tmp_path / 'r.pth', craft.state_dict(
       {'w': ('0', 1, 0, (1,) * 40, (1,) * 40)}), {'0': craft.f32(1)})

@@ -31,6 +31,11 @@ MAX_LONG_BYTES = 1024  # LONG4: a 2466-digit integer is plenty for any count or 
 SCALARS = (str, int, float, bool, bytes, type(None))
 
 
+class PastEndError(CheckpointError):
+  """The pickle runs past the end of the bytes given (a reader holding only a prefix of the file
+  may retry with more)."""
+
+
 class _Mark:
   """The MARK sentinel on the stack (a fresh object per machine is not needed: it never leaves)."""
 
@@ -54,13 +59,13 @@ class Machine:
 
   # --- errors and reading -----------------------------------------------------------------------
 
-  def fail(self, problem: str, unsafe: bool = False):
-    cls = UnsafeCheckpointError if unsafe else CheckpointError
+  def fail(self, problem: str, unsafe: bool = False, past_end: bool = False):
+    cls = UnsafeCheckpointError if unsafe else PastEndError if past_end else CheckpointError
     raise cls(self.path, problem, key=f'pickle byte {self.op_pos}')
 
   def take(self, n: int) -> bytes:
     if n < 0 or n > self.end - self.pos:
-      self.fail(f'an argument of {n} bytes runs past the end of the pickle ({self.end} bytes)')
+      self.fail(f'an argument of {n} bytes runs past the end of the pickle ({self.end} bytes)', past_end=True)
     out = self.data[self.pos:self.pos + n]
     self.pos += n
     return bytes(out)
@@ -68,14 +73,14 @@ class Machine:
   def byte(self) -> int:
     p = self.pos
     if p >= self.end:
-      self.fail('an argument runs past the end of the pickle')
+      self.fail('an argument runs past the end of the pickle', past_end=True)
     self.pos = p + 1
     return self.data[p]
 
   def unpack(self, st: struct.Struct):
     p = self.pos
     if p + st.size > self.end:
-      self.fail(f'an argument of {st.size} bytes runs past the end of the pickle')
+      self.fail(f'an argument of {st.size} bytes runs past the end of the pickle', past_end=True)
     self.pos = p + st.size
     return st.unpack_from(self.data, p)[0]
 
@@ -83,7 +88,8 @@ class Machine:
     stop = min(self.end, self.pos + MAX_LINE + 1)
     i = self.data.find(b'\n', self.pos, stop)  # bytes and mmap both search in place
     if i < 0:
-      self.fail(f'a text argument without a newline within {MAX_LINE} bytes')
+      self.fail(f'a text argument without a newline within {MAX_LINE} bytes',
+                past_end=stop == self.end)
     out = self.take(i - self.pos)
     self.pos += 1
     return out
@@ -123,7 +129,7 @@ class Machine:
     for _ in range(self.max_ops):
       if p >= end:
         self.op_pos = p
-        self.fail('the pickle ends without a STOP opcode')
+        self.fail('the pickle ends without a STOP opcode', past_end=True)
       code = data[p]
       # The opcodes torch.save writes most, inline when their arguments are in bounds and valid
       # (3x faster); anything unusual goes to the table's handler, which checks and explains.
@@ -194,7 +200,7 @@ class Machine:
   def op_frame(self):
     n = self.unpack(_U8)
     if n > self.end - self.pos:
-      self.fail(f'a frame of {n} bytes runs past the end of the pickle')
+      self.fail(f'a frame of {n} bytes runs past the end of the pickle', past_end=True)
 
   def op_int_text(self):
     raw = self.line()

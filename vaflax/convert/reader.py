@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import lzma
 import math
-import mmap
 import os
 import struct
 import zipfile
@@ -119,8 +118,8 @@ def read_checkpoint(path, max_bytes: int | None = None) -> Checkpoint:
     with z:
       return _read_zip(z, path, budget)
   if head[:2] == b'\x80\x02':
-    with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-      return _read_legacy(mm, f, path, budget)
+    with open(path, 'rb') as f:
+      return _read_legacy(f, size, path, budget)
   raise CheckpointError(path, 'not a PyTorch checkpoint (zip or legacy pickle) nor .safetensors')
 
 
@@ -173,20 +172,36 @@ def _read_zip(z: zipfile.ZipFile, path, budget: Budget) -> Checkpoint:
   return Checkpoint(_cut(_state_dict(obj, path), storage_bytes, budget), kind)
 
 
-def _read_legacy(mm, f, path, budget: Budget) -> Checkpoint:
-  """The pickles are read from `mm` (the file mapped), the storages with `f` (a read is cheaper
-  than faulting the mapped pages in)."""
-  magic, pos = pickle_vm.load(mm, path, tensors.Hooks(path, legacy=True))
+def _load_at(f, size: int, pos: int, path, hooks_of):
+  """(object, offset after it, its hooks) of the pickle at `pos`: read from the file in growing
+  pieces (its end is only known once it has run), never mapped, so a file that shrinks while it
+  is read is an error, not a SIGBUS."""
+  n = 1 << 20
+  while True:
+    f.seek(pos)
+    data = f.read(n)
+    hooks = hooks_of()
+    try:
+      obj, end = pickle_vm.load(data, path, hooks)
+      return obj, pos + end, hooks
+    except pickle_vm.PastEndError:
+      if len(data) >= size - pos:  # the rest of the file was there: the pickle is cut short
+        raise
+      n *= 8
+
+
+def _read_legacy(f, size: int, path, budget: Budget) -> Checkpoint:
+  hooks_of = lambda: tensors.Hooks(path, legacy=True)  # noqa: E731
+  magic, pos, _ = _load_at(f, size, 0, path, hooks_of)
   if type(magic) is not int or magic != _LEGACY_MAGIC:
     raise CheckpointError(path, 'neither a zip archive, a safetensors file nor a legacy '
                           'torch.save stream (wrong magic number)')
-  _, pos = pickle_vm.load(mm, path, tensors.Hooks(path, legacy=True), pos)  # protocol version
-  sys_info, pos = pickle_vm.load(mm, path, tensors.Hooks(path, legacy=True), pos)
+  _, pos, _ = _load_at(f, size, pos, path, hooks_of)  # protocol version
+  sys_info, pos, _ = _load_at(f, size, pos, path, hooks_of)
   if isinstance(sys_info, dict) and sys_info.get('little_endian') is False:
     raise CheckpointError(path, 'big-endian checkpoint; not supported')
-  hooks = tensors.Hooks(path, legacy=True)
-  obj, pos = pickle_vm.load(mm, path, hooks, pos)
-  keys, pos = pickle_vm.load(mm, path, tensors.Hooks(path, legacy=True), pos)
+  obj, pos, hooks = _load_at(f, size, pos, path, hooks_of)
+  keys, pos, _ = _load_at(f, size, pos, path, hooks_of)
   if not isinstance(keys, list) or not all(type(k) in (str, int) for k in keys):
     raise CheckpointError(path, 'the list of storage keys after the pickle is not a list of keys')
   # The storages follow, each an int64 element count and its bytes: where each one lies.
@@ -197,15 +212,17 @@ def _read_legacy(mm, f, path, budget: Budget) -> Checkpoint:
     if ref is None:
       raise CheckpointError(path, 'the stream holds a storage no tensor declares',
                             f'storage {key}')
-    if pos + 8 > len(mm):
+    f.seek(pos)
+    head = f.read(8)
+    if len(head) < 8:
       raise CheckpointError(path, 'the file ends before it', f'storage {key}')
-    (count,) = struct.unpack_from('<q', mm, pos)
+    (count,) = struct.unpack('<q', head)
     if count != ref.numel:
       raise CheckpointError(path, f'{count} elements in the stream; the pickle declares '
                             f'{ref.numel}', f'storage {key}')
     where[key] = pos + 8
     pos += 8 + ref.nbytes
-    if pos > len(mm):
+    if pos > size:
       raise CheckpointError(path, f'its {ref.nbytes} bytes run past the end of the file',
                             f'storage {key}')
 
@@ -214,7 +231,10 @@ def _read_legacy(mm, f, path, budget: Budget) -> Checkpoint:
       raise CheckpointError(path, f'its storage {printable(ref.key)} is not in the stream', key)
     budget.take(ref.nbytes, key, 'its storage')
     f.seek(where[ref.key])
-    return f.read(ref.nbytes)  # in the file: checked when `where` was filled
+    raw = f.read(ref.nbytes)
+    if len(raw) != ref.nbytes:  # the file shrank since it was measured
+      raise CheckpointError(path, f'the file ends inside its storage {ref.key}', key)
+    return raw
 
   return Checkpoint(_cut(_state_dict(obj, path), storage_bytes, budget), 'legacy')
 
@@ -222,7 +242,7 @@ def _read_legacy(mm, f, path, budget: Budget) -> Checkpoint:
 def _read_safetensors(path, budget: Budget) -> dict[str, np.ndarray]:
   out = {}
   try:
-    with safe_open(path, framework='np') as f:
+    with safe_open(path, framework='np', backend='pread') as f:  # read, never mapped
       for key in f.keys():
         piece = f.get_slice(key)
         code, shape = piece.get_dtype(), tuple(piece.get_shape())
