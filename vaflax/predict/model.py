@@ -36,7 +36,7 @@ class Predictor:
     import jax  # noqa: PLC0415 -- after flag parsing
     from flax import nnx  # noqa: PLC0415
 
-    from vaflax import runs, tasks, tta  # noqa: PLC0415
+    from vaflax import runs, speech_features, tasks, tta  # noqa: PLC0415
     from vaflax.data import ops as ops_lib  # noqa: PLC0415
 
     if data_dir:
@@ -49,6 +49,12 @@ class Predictor:
     self.window = int(config.input.window)
     pp = config.input.pp_eval
     self._pp, self.uses_audio = ops_lib.build_inputs(pp, image_size=config.image_size)
+    # A fusion on a speech encoder (mae_va audio=speech) reads the encoder's states of the
+    # video's audio track, made by the recipe's one rule (speech_features.Encoder.clip_features).
+    self.speech = (speech_features.Encoder(config.input.speech_encoder)
+                   if config.input.get('speech_encoder') else None)
+    self._speech_track = (None, None)
+    self.uses_audio = self.uses_audio or self.speech is not None
     self.pp_spec = pp.format(image_size=config.image_size)
     self.batch_size = max(1, batch_size // self.window) if self.window else max(1, batch_size)
     self.crop_spec, self.sample_rate, self.audio_samples = self._data_spec()
@@ -122,10 +128,32 @@ class Predictor:
     (`preprocess` gives the latter silence)."""
     if not self.uses_audio or audio is None:
       return None
+    if self.speech is not None:
+      return self._speech_states(audio, t)
     return audio.chunk(t, self.audio_samples)[0]
+
+  def _speech_states(self, audio, t: float) -> np.ndarray:
+    """(I, D) speech-encoder states of the frame at time t: the whole track cut into frames of
+    audio_samples from its first sample, through clip_features with the run's window as the
+    chunk (as the training cache), computed once per track."""
+    s = self.audio_samples
+    if self._speech_track[0] is not audio:
+      n = max(1, -(-len(audio.samples) // s))
+      track = np.zeros((n * s,), np.float32)
+      track[:len(audio.samples)] = audio.samples
+      chunk = int(self.config.input.get('speech_chunk_frames') or self.window or 1)
+      self._speech_track = (audio, self.speech.clip_features(track.reshape(n, s), chunk))
+    feats = self._speech_track[1]
+    k = int(round((t - audio.t0) * audio.sample_rate / s))
+    return feats[min(max(k, 0), len(feats) - 1)]
 
   def preprocess(self, crop_HxWx3: np.ndarray, audio=None) -> dict:
     """A uint8 face crop (and its audio chunk) -> the model inputs of one frame, via pp_eval."""
+    if self.speech is not None:  # `audio`: this frame's (I, D) states (audio_chunk), or none
+      out = self._pp(faces.crop_inputs(crop_HxWx3), np.random.default_rng(0))
+      states = (np.zeros((self.speech.num_states, self.speech.model.width), np.float32)
+                if audio is None else np.asarray(audio, np.float32))
+      return {'image': np.asarray(out['image'], np.float32), 'speech': states}
     if self.uses_audio and audio is None:
       audio = np.zeros((self.audio_samples,), np.float32)
     ex = faces.crop_inputs(crop_HxWx3, audio if self.uses_audio else None)
