@@ -117,6 +117,8 @@ def test_hostile_names_each_get_their_row_and_reruns_complete(tmp_path, capsys):
   for p in (dead, live, other, mine):
     p.write_text('left behind')
   (out / 'a__b.json').write_text('[1, 2, 3]')
+  (out / 'a..b.json').write_text('{"path": "a..b.jpg", "status": "ok", "duration_s": "x"}')
+  (out / '$x$.json').write_text('"a string"')
 
   log = []
   res = collection.run(STUB, str(src), str(out), QUIET, log=log.append)
@@ -134,6 +136,8 @@ def test_hostile_names_each_get_their_row_and_reruns_complete(tmp_path, capsys):
   assert not dead.exists() and live.exists() and other.exists() and mine.exists()
   assert any('removed 1 temporary files of dead runs' in m for m in log)
   assert any('a__b.json is not a completion record (JSON list, not an object)' in m for m in log)
+  assert any('a..b.json is not a completion record (TypeError: ' in m for m in log)  # duration
+  assert any('$x$.json is not a completion record (JSON str, not an object)' in m for m in log)
 
   # The table: every input once, text cells neutralised, names that are not UTF-8 shown with
   # \xNN; read back, the names come back.

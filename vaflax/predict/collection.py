@@ -178,8 +178,9 @@ def in_shard(rel: str, shard: tuple[int, int]) -> bool:
 
 def completed(inp: Input, out_dir: str, warn=None) -> dict | None:
   """The input's JSON summary when its outputs are complete for the file as it is now, else None.
-  A file there that is not a summary (not JSON, not an object) is "not complete": `warn` says so
-  and the input is redone (its outputs replace the file)."""
+  A file there that is not a summary (not JSON, not an object, no known status, fields that do
+  not make a table row) is "not complete": `warn` says so and the input is redone (its outputs
+  replace the file)."""
   json_path = os.path.join(out_dir, f'{inp.stem}.json')
   try:
     with open(json_path, 'rb') as f:
@@ -187,11 +188,19 @@ def completed(inp: Input, out_dir: str, warn=None) -> dict | None:
   except FileNotFoundError:
     return None
   except (OSError, ValueError) as e:
-    s = f'{type(e).__name__}'
-  if not isinstance(s, dict):
+    s, why = None, type(e).__name__
+  else:
+    why = None if isinstance(s, dict) else f'JSON {type(s).__name__}, not an object'
+  if why is None and s.get('status') not in STATUSES:
+    why = f"status {s.get('status')!r}"
+  if why is None:
+    try:
+      summary.row(s)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+      why = f'{type(e).__name__}: {e}'
+  if why is not None:
     if warn:
-      what = s if isinstance(s, str) else f'JSON {type(s).__name__}, not an object'
-      warn(f'warning: {json_path} is not a completion record ({what}); redoing its input')
+      warn(f'warning: {json_path} is not a completion record ({why}); redoing its input')
     return None
   try:
     now = pipeline.source_stat(inp.path)
