@@ -109,6 +109,11 @@ def test_the_budget_can_be_raised_for_a_trusted_file(attacks, monkeypatch):
   monkeypatch.setenv(reader.MAX_BYTES_ENV, str(1 << 30))
   np.testing.assert_array_equal(reader.read_checkpoint(path)['t1999'],
                                 np.arange(1 << 16, dtype=np.float32))
+  monkeypatch.setenv(reader.MAX_BYTES_ENV, '1000')
+  with pytest.raises(CheckpointError, match=r'over the budget of 1000 \(VAFLAX_CHECKPOINT_MAX'):
+    reader.read_checkpoint(path)
+  with pytest.raises(CheckpointError, match=r'over the budget of 999 \(max_bytes\)'):
+    reader.read_checkpoint(path, max_bytes=999)
 
 
 # Views a torch.save file may hold: (storage numel, offset, size, stride). Size-1 dimensions may

@@ -88,16 +88,16 @@ def max_bytes_for(file_size: int) -> int:
 
 
 class Budget:
-  def __init__(self, path, max_bytes: int):
-    self.path, self.max_bytes, self.used = path, max_bytes, 0
+  def __init__(self, path, max_bytes: int, why: str):
+    self.path, self.max_bytes, self.why, self.used = path, max_bytes, why, 0
 
   def take(self, nbytes: int, key, what: str):
     self.used += nbytes
     if self.used > self.max_bytes:
       raise CheckpointError(
           self.path, f'{what} ({nbytes} bytes) brings the bytes read and returned to {self.used}, '
-          f'over the budget of {self.max_bytes} ({MAX_BYTES_PER_FILE_BYTE} x the file size + '
-          f'{MAX_BYTES_FLOOR >> 20} MiB); if you trust the file, set {MAX_BYTES_ENV}', key)
+          f'over the budget of {self.max_bytes} ({self.why}); if you trust the file, set '
+          f'{MAX_BYTES_ENV}', key)
 
 
 def read_checkpoint(path, max_bytes: int | None = None) -> Checkpoint:
@@ -107,7 +107,12 @@ def read_checkpoint(path, max_bytes: int | None = None) -> Checkpoint:
   with open(path, 'rb') as f:
     head = f.read(8)
     size = os.fstat(f.fileno()).st_size
-  budget = Budget(path, max_bytes_for(size) if max_bytes is None else max_bytes)
+  if max_bytes is None:
+    why = (f'{MAX_BYTES_ENV}' if os.environ.get(MAX_BYTES_ENV, '').strip() else
+           f'{MAX_BYTES_PER_FILE_BYTE} x the file size + {MAX_BYTES_FLOOR >> 20} MiB')
+    budget = Budget(path, max_bytes_for(size), why)
+  else:
+    budget = Budget(path, max_bytes, 'max_bytes')
   if path.endswith('.safetensors'):
     return Checkpoint(_read_safetensors(path, budget), 'safetensors')
   if head[:4] == b'PK\x03\x04':
