@@ -229,6 +229,7 @@ def test_cli_writes_a_run_that_load_run_reads(tmp_path, capsys, fmt, name):
     assert rel_diff(out_['features'], ref['features']) < 1e-4 and out_['va'].shape == (2, 2)
 
 
+@pytest.mark.slow  # a conversion, a load and a compile per format
 @pytest.mark.parametrize('fmt,name,image_size,margin', [
     ('torchvision_resnet', 'resnet50_w4', 224, 0.2), ('mae', 'mae_vit_d32_p8', 32, 0.2),
     ('emonet', 'emonet8_w16', 64, 0.4)])
@@ -348,3 +349,21 @@ def test_emofan_recipe_starts_from_a_converted_fan(tmp_path):
   model.eval()
   out_ = model({'image': ref['faces'].astype(np.float32) / 255.0})  # face-alignment's input
   assert rel_diff(out_['heatmaps_all'], ref['heatmaps'].transpose(0, 1, 3, 4, 2)) < 1e-4
+
+
+def test_no_library_module_imports_configs():
+  """configs/ import vaflax, never the other way (presets shared with the converters live in
+  vaflax/presets.py): no module of the package imports `configs`, at any depth."""
+  import ast  # noqa: PLC0415
+  import pathlib  # noqa: PLC0415
+
+  root = pathlib.Path(__file__).resolve().parent.parent / 'vaflax'
+  found = []
+  for path in sorted(root.rglob('*.py')):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+               else [node.module or ''] if isinstance(node, ast.ImportFrom) and not node.level
+               else [])
+      found += [f'{path.relative_to(root.parent)}: {n}' for n in names
+                if n == 'configs' or n.startswith('configs.')]
+  assert found == []

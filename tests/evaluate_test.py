@@ -101,6 +101,7 @@ def test_multi_stage_workdir_uses_the_stage_that_finished_last(tmp_path):
   assert runs.resolve_workdir(str(tmp_path / 'mae')) == str(tmp_path / 'mae')
 
 
+@pytest.mark.slow  # two evaluations of the test split
 def test_flip_tta_results_have_their_own_names_and_titles(workdir, tmp_path):
   """`--flip_tta` writes beside the plain evaluation (nothing overwritten), and every plot's
   title says what it shows: dataset/split, step, flip TTA."""
