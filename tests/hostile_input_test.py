@@ -147,6 +147,10 @@ def test_hostile_names_each_get_their_row_and_reruns_complete(tmp_path, capsys):
   assert 'bad\\xff\\xfe.png' in cells and 'summary.jpg' in cells
   assert all(r['error'].startswith(str(src)) for r in table)  # paths are absolute: no formula
   assert sorted(r['path'] for r in summary.read_table(str(out))) == shown
+  (tmp_path / 'merge').mkdir()
+  (tmp_path / 'merge' / 'summary-1of1.csv').write_text('path,status\nx.png\n')
+  with pytest.raises(ValueError, match='summary-1of1.csv:2: not a row of a summary table'):
+    summary.read_table(str(tmp_path / 'merge'))
 
   # The console: one line per message whatever the names hold.
   collection.log_stderr(f"{'new\nline.png'}: error (\x1b[31mred)")
@@ -272,6 +276,9 @@ def test_cropped_and_abaw_count_unreadable_crops(tmp_path):
   lines = open(sub).read().splitlines()
   assert lines[1] == '"v,1/00001.jpg",0.400000,-0.400000' and lines[4].startswith("'=v/00001.jpg,")
   assert list(abaw.read_predictions(sub)) == locs  # read back: the same locations
+  sample.write_bytes(b'image_location,valence,arousal\nv\xff/00001.jpg,0,0\n')
+  with pytest.raises(ValueError, match="sample.txt: not a UTF-8 CSV file"):
+    abaw.read_sample(sample)
   for bad in ('../secret/00001.jpg', '/etc/00001.jpg', 'v/../../x.jpg', 'v//1.jpg'):
     sample.write_text(f'image_location,valence,arousal\n{bad},0,0\n')
     with pytest.raises(ValueError, match='is not <video>/<frame>.jpg inside the frames folder'):

@@ -34,9 +34,12 @@ INVALID = -5.0  # Aff-Wild2's "not annotated" marker
 def _rows(path) -> tuple[list[str], list[tuple[int, list[str]]]]:
   """(header cells, [(line number, cells)] of the non-blank rows) of a sample or prediction
   file, read with the csv module."""
-  with open(path, encoding='utf-8-sig', newline='') as f:
-    reader = csv.reader(f)
-    rows = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
+  try:
+    with open(path, encoding='utf-8-sig', newline='') as f:
+      reader = csv.reader(f)
+      rows = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise ValueError(f'{path}: not a UTF-8 CSV file ({type(e).__name__}: {e})') from None
   if not rows or rows[0][1][0].strip() != 'image_location':
     first = ','.join(rows[0][1])[:80] if rows else 'an empty file'
     raise ValueError(f'{path}: the first line must be the header {HEADER!r}; got {first!r}')
@@ -153,7 +156,7 @@ def write(path, header: str, locs: list[str], va_Nx2) -> str:
   if not np.isfinite(va).all():
     raise ValueError('non-finite values left after filling')
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with atomic(path) as tmp, open(tmp, 'w', newline='') as f:
+  with atomic(path) as tmp, open(tmp, 'w', newline='', encoding='utf-8') as f:
     f.write(header + '\n')
     w = csv.writer(f, lineterminator='\n')
     for loc, (v, a) in zip(locs, va, strict=True):

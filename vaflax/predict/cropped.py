@@ -87,7 +87,7 @@ def predict_crops(run, files: list[str], out_dir: str, root: str,
   expr_cols = [f'expr_{names[k] if k < len(names) else k}' for k in range(n_expr)]
   path_csv = os.path.join(out_dir, CSV_NAME)
   ok = 0
-  with atomic(path_csv) as tmp, open(tmp, 'w', newline='') as f:
+  with atomic(path_csv) as tmp, open(tmp, 'w', newline='', encoding='utf-8') as f:
     w = csv.writer(f)
     w.writerow(['path', 'status', 'error', 'valence', 'arousal', 'quadrant', *expr_cols])
     for path in files:

@@ -52,7 +52,7 @@ _TEXT_COLUMNS = ('path', 'error')  # from file names and messages: neutralised (
 def write_table(path: str, rows: list[dict]) -> str:
   """The table sorted by path, written atomically, and its plot beside it."""
   rows = sorted(rows, key=lambda r: r['path'])
-  with atomic(path) as tmp, open(tmp, 'w', newline='') as f:
+  with atomic(path) as tmp, open(tmp, 'w', newline='', encoding='utf-8') as f:
     w = csv.DictWriter(f, COLUMNS)
     w.writeheader()
     w.writerows({**r, **{c: cell(r[c]) for c in _TEXT_COLUMNS}} for r in rows)
@@ -79,8 +79,12 @@ def plot(path: str, rows: list[dict]) -> str | None:
 
 
 def _read(path) -> list[dict]:
-  with open(path, newline='') as f:
-    return [{**r, **{c: uncell(r[c]) for c in _TEXT_COLUMNS}} for r in csv.DictReader(f)]
+  with open(path, newline='', encoding='utf-8', errors='replace') as f:
+    rows = list(csv.DictReader(f))
+  for k, r in enumerate(rows, start=2):  # a table edited by hand or by something else
+    if any(not isinstance(r.get(c), str) for c in COLUMNS):
+      raise ValueError(f'{path}:{k}: not a row of a summary table (columns {", ".join(COLUMNS)})')
+  return [{**r, **{c: uncell(r[c]) for c in _TEXT_COLUMNS}} for r in rows]
 
 
 def read_table(out_dir: str) -> list[dict]:
