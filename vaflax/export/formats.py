@@ -34,22 +34,35 @@ def _jax2onnx_compat():
 
 
 @contextlib.contextmanager
-def _without_transpose_folding():
-  """jax2onnx 0.17.1's passes that fold Transpose pairs across elementwise ops mis-wire a
-  ResNet's residual blocks (the block input reaches one branch in NHWC and the other in NCHW:
-  onnxruntime refuses the graph, 'Add: incompatible dimensions'). Run without them; onnxruntime
-  removes redundant transposes itself when it loads the graph."""
-  from jax2onnx.converter import ir_optimizations as opt  # noqa: PLC0415
+def _jax2onnx_fixes():
+  """Two changes to jax2onnx 0.17.1 for the length of one conversion (each only where the
+  attribute it replaces exists):
 
-  saved = getattr(opt, '_OPTIMIZER_PASSES', None)
-  if saved is None:
-    yield
-    return
-  opt._OPTIMIZER_PASSES = tuple(p for p in saved if 'transpose' not in p.name)
+  - its passes that fold Transpose pairs across elementwise ops mis-wire a ResNet's residual
+    blocks (the block input reaches one branch in NHWC, the other in NCHW: onnxruntime refuses the
+    graph, 'Add: incompatible dimensions'): they are left out; onnxruntime removes redundant
+    transposes itself when it loads the graph;
+  - after each JAX equation it checks that the equation's output is connected by scanning every
+    node built so far (quadratic: minutes for BlazeFace on 2 cores); a value with a producer node
+    is connected, so that is asked first.
+  """
+  from jax2onnx.converter import ir_optimizations as opt  # noqa: PLC0415
+  from jax2onnx.converter import output_binding as ob  # noqa: PLC0415
+
+  saved_passes = getattr(opt, '_OPTIMIZER_PASSES', None)
+  saved_check = getattr(ob, '_value_is_graph_connected', None)
+  if saved_passes is not None:
+    opt._OPTIMIZER_PASSES = tuple(p for p in saved_passes if 'transpose' not in p.name)
+  if saved_check is not None:
+    ob._value_is_graph_connected = lambda ctx, value: (
+        getattr(value, 'producer', lambda: None)() is not None or saved_check(ctx, value))
   try:
     yield
   finally:
-    opt._OPTIMIZER_PASSES = saved
+    if saved_passes is not None:
+      opt._OPTIMIZER_PASSES = saved_passes
+    if saved_check is not None:
+      ob._value_is_graph_connected = saved_check
 
 
 def _shape(spec: dict):
@@ -62,7 +75,7 @@ def to_onnx(fn, inputs: list[dict], outputs: list[dict], path: str, name: str) -
 
   _jax2onnx_compat()
   specs = [_onnx_input(s) for s in inputs]
-  with _without_transpose_folding():
+  with _jax2onnx_fixes():
     model = jax2onnx.to_onnx(fn, specs, model_name=name, opset=21,
                              input_names=[s['name'] for s in inputs],
                              output_names=[s['name'] for s in outputs])

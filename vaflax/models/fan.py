@@ -180,9 +180,11 @@ POOLS = ('avg', 'max')
 def _pool2(x, pool: str):
   # FAN halves the resolution with 2x2 pooling: max in the released EmoNet and the face-alignment
   # package before 1.3 (as Newell et al.), average in face-alignment 1.3+ and vaflax's own models.
+  # window_shape by keyword: jax2onnx (vaflax.export) replaces these functions with ones that
+  # take it by keyword only.
   if pool == 'max':
-    return nnx.max_pool(x, (2, 2), strides=(2, 2))
-  return nnx.avg_pool(x, (2, 2), strides=(2, 2))
+    return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+  return nnx.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 
 class Hourglass(nnx.Module):
@@ -343,7 +345,7 @@ class Model(nnx.Module):
     for blk in self.head_blocks:
       # SAME padding keeps a 1x1 map at 1x1, so tiny inputs accept any number of blocks; on
       # even sides (EmoNet's 64 -> 4) it is PyTorch's MaxPool2d(2, 2).
-      x = nnx.max_pool(blk(x), (2, 2), strides=(2, 2), padding='SAME')
+      x = nnx.max_pool(blk(x), window_shape=(2, 2), strides=(2, 2), padding='SAME')
     if self.head_bn is not None:
       x = nnx.relu(self.head_bn(x))
     pooled_BxC = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
