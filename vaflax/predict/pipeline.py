@@ -71,8 +71,8 @@ class _ProgressLine:
     rate = n / max(now - self.t0, 1e-9)
     tot = f'/{self.total}' if self.total else ''
     end = '\n' if final or not self.tty else ''
-    print(f'\r{self.name}: {n}{tot} frames, {rate:.1f} frames/s', end=end, file=sys.stderr,
-          flush=True)
+    print(f'\r{outputs.printable(self.name)}: {n}{tot} frames, {rate:.1f} frames/s', end=end,
+          file=sys.stderr, flush=True)
 
 
 def _read_audio(path, sample_rate):
@@ -81,7 +81,8 @@ def _read_audio(path, sample_rate):
   try:
     return video_io.read_audio(path, sample_rate=sample_rate)
   except Exception as e:  # noqa: BLE001 -- a broken audio track leaves the video usable
-    print(f'note: {path}: audio unreadable ({type(e).__name__}); using silence', file=sys.stderr)
+    print(f'note: {outputs.printable(path)}: audio unreadable ({type(e).__name__}); using '
+          'silence', file=sys.stderr)
     return None
 
 
