@@ -44,7 +44,7 @@ def _out(name, shape, dtype='float32'):
 
 def face_graph(workdir: str, *, overrides=(), flip_tta: bool | None = None) -> FaceGraph:
   """The face model of the run in `workdir`; `flip_tta` overrides config.eval.flip_tta."""
-  from vaflax import runs, tasks, tta  # noqa: PLC0415
+  from vaflax import runs  # noqa: PLC0415
   from vaflax.predict.model import Predictor  # noqa: PLC0415
 
   overrides = list(overrides)
@@ -53,13 +53,25 @@ def face_graph(workdir: str, *, overrides=(), flip_tta: bool | None = None) -> F
   # The predictor is the one reader of a run's crop spec and preprocessing (its dataset's
   # metadata when the run records none); the model itself is restored once more here, whole.
   pred = Predictor(workdir, overrides=overrides)
-  config = pred.config
   run = runs.load_run(pred.workdir, pred.step, overrides=[*overrides, *ONE_DEVICE])
-  model = _plain_convs(run.model())
+  graph = build(run.model(), pred.config, crop_size=pred.crop_size, pp_spec=pred.pp_spec,
+                window=pred.window, audio_samples=pred.audio_samples if pred.uses_audio else 0)
+  graph.info.update({'workdir': pred.workdir, 'step': pred.step,
+                     'crop': pred.crop_spec.to_dict()})
+  return graph
+
+
+def build(model, config, *, crop_size: int, pp_spec: str, window: int = 0,
+          audio_samples: int = 0) -> FaceGraph:
+  """The exported function of an eval-mode `model` of `config` (any weights: benchmarks build
+  full-size models with random ones): uint8 crops of crop_size -> pp_spec -> outputs."""
+  from vaflax import tasks, tta  # noqa: PLC0415
+
+  model = _plain_convs(model)
   predict_fn = tasks.predict_fn(config)
-  steps = preprocess.describe(pred.pp_spec, pred.crop_size)
+  steps = preprocess.describe(pp_spec, crop_size)
   pp = preprocess.build(steps)
-  S, T = pred.crop_size, pred.window
+  S, T = crop_size, window
   graphdef, state = nnx.split(model)
   # Weights become constants of the exported graph (float32 as trained or converted).
   state = jax.tree.map(jnp.asarray, state)
@@ -68,12 +80,12 @@ def face_graph(workdir: str, *, overrides=(), flip_tta: bool | None = None) -> F
     m = nnx.merge(graphdef, state)
     out = predict_fn(m, batch, config)
     if 'va' not in out:
-      raise ValueError(f'{pred.workdir}: task {config.task!r} predicts no valence/arousal '
-                       f'(outputs {sorted(out)}): nothing to export')
+      raise ValueError(f'task {config.task!r} predicts no valence/arousal (outputs '
+                       f'{sorted(out)}): nothing to export')
     return m, out
 
   probe = jax.eval_shape(lambda b: forward(_prepared(b, pp))[1],
-                         _probe_batch(S, T, pred.uses_audio, pred.audio_samples))
+                         _probe_batch(S, T, bool(audio_samples), audio_samples))
   has_expr = 'emotion_logits' in probe
   has_emb = not T and hasattr(model, 'features')
   names = ['valence', 'arousal'] + (['expression'] if has_expr else [])
@@ -81,8 +93,8 @@ def face_graph(workdir: str, *, overrides=(), flip_tta: bool | None = None) -> F
 
   if T:
     inputs = [_out('frames', (None, T, S, S, 3), 'uint8')]
-    if pred.uses_audio:
-      inputs.append(_out('audio', (None, T, pred.audio_samples)))
+    if audio_samples:
+      inputs.append(_out('audio', (None, T, audio_samples)))
 
     def fn(frames, audio=None):
       batch = {'frames': pp(frames)}
@@ -115,10 +127,9 @@ def face_graph(workdir: str, *, overrides=(), flip_tta: bool | None = None) -> F
     outputs = [_out(n, shapes[n]) for n in names]
 
   info = {
-      'workdir': pred.workdir, 'step': pred.step, 'model_name': config.model_name,
-      'task': config.task, 'crop': pred.crop_spec.to_dict(),
-      'window': T, 'flip_tta': tta.enabled(config),
-      'preprocessing': {'pp_eval': pred.pp_spec, 'in_graph': steps},
+      'model_name': config.model_name, 'task': config.task, 'window': T,
+      'flip_tta': tta.enabled(config),
+      'preprocessing': {'pp_eval': pp_spec, 'in_graph': steps},
   }
   if has_expr:
     from vaflax import circumplex  # noqa: PLC0415
@@ -126,6 +137,8 @@ def face_graph(workdir: str, *, overrides=(), flip_tta: bool | None = None) -> F
     n = probe['emotion_logits'].shape[-1]
     names_e = list(circumplex.AFFECTNET_EMOTIONS)
     info['expression_classes'] = [names_e[k] if k < len(names_e) else str(k) for k in range(n)]
+  if has_emb:
+    info['embedding'] = 'the features the VA head reads (model.features) of the unmirrored crop'
   if T:
     info['window_note'] = (f'frames: {T} consecutive face crops of one track (uint8, the crop '
                            'spec below), as predict feeds windows; outputs are per frame')
