@@ -158,10 +158,17 @@ def test_a_rank_numpy_cannot_hold_is_refused(tmp_path):
 
 def test_bool_bytes_other_than_0_and_1_read_as_true(tmp_path):
   path = craft.zip_checkpoint(tmp_path / 'b.pth', craft.state_dict(
-      {'b': ('0', 4, 0, (4,), (1,), 'BoolStorage')}), {'0': b'\x00\x01\x02\xff'})
-  got = reader.read_checkpoint(path)['b']
-  assert got.dtype == np.bool_ and got.tolist() == [False, True, True, True]
-  assert got.view(np.uint8).tolist() == [0, 1, 1, 1]
+      {'b': ('0', 4, 0, (4,), (1,), 'BoolStorage'), 's': ('0', 4, 2, (), (), 'BoolStorage')}),
+      {'0': b'\x00\x01\x02\xff'})
+  got = reader.read_checkpoint(path)
+  assert got['b'].dtype == np.bool_ and got['b'].tolist() == [False, True, True, True]
+  assert got['b'].view(np.uint8).tolist() == [0, 1, 1, 1]
+  # A 0-d bool is an array too (found by the long fuzz run: `a != 0` gave a NumPy scalar).
+  assert isinstance(got['s'], np.ndarray) and got['s'].shape == () and got['s'].item() is True
+  path = craft.safetensors_file(tmp_path / 'b.safetensors', {
+      'x': {'dtype': 'BOOL', 'shape': [], 'data_offsets': [0, 1]}}, b'\x07')
+  x = reader.read_checkpoint(path)['x']
+  assert isinstance(x, np.ndarray) and x.shape == () and x.view(np.uint8).item() == 1
 
 
 def test_legacy_stream_whose_count_differs_from_the_pickle(tmp_path):

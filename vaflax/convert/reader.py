@@ -261,7 +261,7 @@ def _read_safetensors(path, budget: Budget) -> dict[str, np.ndarray]:
         if arr.dtype != dtype or arr.shape != shape:
           raise CheckpointError(path, f'the safetensors package gave {arr.dtype}{arr.shape} for '
                                 f'{code}{shape}', key)
-        out[key] = arr.view(np.uint8) != 0 if arr.dtype == np.bool_ else arr  # as torch's
+        out[key] = tensors.as_bool(arr) if arr.dtype == np.bool_ else arr
   except SafetensorError as e:
     raise CheckpointError(path, f'not a valid safetensors file: {printable(e, 300)}') from None
   return out

@@ -250,5 +250,13 @@ def materialise(ref: TensorRef, flat: np.ndarray) -> np.ndarray:
   view = np.ndarray(ref.size, flat.dtype, buffer=flat, offset=ref.offset * itemsize,
                     strides=tuple(s * itemsize for s in ref.stride))
   if flat.dtype == np.bool_:
-    return view.view(np.uint8) != 0  # a byte other than 0/1 is True, as in torch
+    return as_bool(view)
   return view if ref.numel == flat.size else view.copy()
+
+
+def as_bool(a: np.ndarray) -> np.ndarray:
+  """A bool array whose bytes are 0 or 1 (a file's byte 2 is True, as in torch); an array even
+  when `a` is 0-d (`a != 0` would give a NumPy scalar)."""
+  out = np.empty(a.shape, np.bool_)
+  np.not_equal(a.view(np.uint8), 0, out=out)
+  return out
