@@ -24,7 +24,7 @@ import struct
 
 from vaflax.convert.errors import CheckpointError, UnsafeCheckpointError, printable
 
-MAX_OPS = 4_000_000  # opcodes in one pickle; a ResNet-50 state dict takes ~6k, a TorchScript FAN ~16k
+MAX_OPS = 4_000_000  # opcodes in one pickle; a ResNet-50 state dict takes ~14k, a TorchScript FAN ~16k
 MAX_MARKS = 1000  # open MARKs (nesting of protocol-0 containers)
 MAX_LINE = 4096  # one text argument (a GLOBAL's names, a protocol-0 number)
 MAX_LONG_BYTES = 1024  # LONG4: a 2466-digit integer is plenty for any count or size
