@@ -170,9 +170,12 @@ def test_hostile_names_each_get_their_row_and_reruns_complete(tmp_path, capsys):
   (lst / '__').mkdir(parents=True)
   (tmp_path / 'b.jpg').write_bytes(b'not an image')
   (lst / '__' / 'b.jpg').write_bytes(b'not an image')
-  (lst / 'inputs.txt').write_text('../b.jpg\n__/b.jpg\n')
+  (lst / 'inputs.txt').write_text('../b.jpg\n__/b.jpg\nnul\0.png\n')  # a NUL: no such file
   res = collection.run(STUB, str(lst / 'inputs.txt'), str(tmp_path / 'out2'), QUIET)
-  assert sorted(r['path'] for r in res.rows) == ['../b.jpg', '__/b.jpg']
+  assert sorted(r['path'] for r in res.rows) == ['../b.jpg', '__/b.jpg', 'nul\0.png']
+  assert res.rows[2]['error'].endswith('its JSON could not be written (ValueError: embedded null '
+                                       'byte)')
+  assert [r['path'] for r in _table(tmp_path / 'out2' / 'summary.csv')][2] == 'nul\\x00.png'
   assert len(list((tmp_path / 'out2' / '__').glob('*.json'))) == 2
   assert collection.run(STUB, str(lst / 'inputs.txt'), str(tmp_path / 'out2'), QUIET).skipped == 2
 

@@ -185,9 +185,11 @@ def completed(inp: Input, out_dir: str, warn=None) -> dict | None:
   try:
     with open(json_path, 'rb') as f:
       s = json.loads(f.read(1 << 24))  # a summary is a few kB; 16 MB bounds a stray file
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError) as e:
+  except (FileNotFoundError, ValueError) as e:
+    if isinstance(e, FileNotFoundError) or 'null' in str(e):  # absent (a NUL: cannot exist)
+      return None
+    s, why = None, type(e).__name__
+  except OSError as e:
     s, why = None, type(e).__name__
   else:
     why = None if isinstance(s, dict) else f'JSON {type(s).__name__}, not an object'

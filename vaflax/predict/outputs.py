@@ -68,7 +68,7 @@ def cell(s) -> str:
   """A text cell for a CSV: `text(s)`, with a leading ' when it begins with =, +, -, @, a tab or
   a carriage return, so that a spreadsheet shows it as text instead of running it as a formula
   (OWASP's CSV-injection advice). Numbers are not written through this."""
-  s = text(s)
+  s = text(s).replace('\0', '\\x00')  # a NUL (from a list file's line) ends C strings
   return "'" + s if s.startswith(_FORMULA_START) else s
 
 

@@ -188,8 +188,10 @@ def error_summary(path, stem: str, out_dir: str, error: str, rel: str | None = N
   try:
     os.makedirs(os.path.dirname(json_path), exist_ok=True)
     outputs.write_json(json_path, summary)
-  except OSError as e:  # e.g. a name too long for the file system: the row still says why
-    summary['error'] += f'; its JSON could not be written ({type(e).__name__}: {e.strerror})'
+  except (OSError, ValueError) as e:  # a name too long for the file system, a NUL in a list
+    # file's entry: the row still says why
+    summary['error'] += (f'; its JSON could not be written ({type(e).__name__}: '
+                         f'{getattr(e, "strerror", None) or e})')
     del summary['files']['json']
   return summary
 
