@@ -119,7 +119,7 @@ def test_flip_tta_results_have_their_own_names_and_titles(workdir, tmp_path):
                      ('va_scatter', 'Prediction against label'),
                      ('quadrant_confusion', 'Quadrants of the predicted VA')):
     with Image.open(out / f'{name}_synthetic_va_test_flip_tta.png') as im:
-      assert im.text['Title'].startswith(f'{what}: synthetic_va/test, step 1, flip TTA')
+      assert im.text['Title'].startswith(f'{what}\nsynthetic_va/test, step 1, flip TTA')
     with Image.open(out / f'{name}_synthetic_va_test.png') as im:
-      assert im.text['Title'].startswith(f'{what}: synthetic_va/test, step 1')
+      assert im.text['Title'].startswith(f'{what}\nsynthetic_va/test, step 1')
       assert 'flip' not in im.text['Title']

@@ -158,17 +158,17 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
     p, t, m = arrays['pred'][keep][sel], arrays['va'][keep][sel], arrays['mask'][keep][sel]
     files['circumplex_png'] = plots.circumplex_scatter(
         os.path.join(out_dir, f'circumplex_{tag}.png'), np.clip(p, -1, 1), t, mask=m,
-        title=f'Predicted and labelled VA: {shows}')
+        title=f'Predicted and labelled VA\n{shows}')
     files['va_scatter_png'] = plots.va_scatter(
         os.path.join(out_dir, f'va_scatter_{tag}.png'), np.clip(p, -1, 1), t, mask=m,
-        title=f'Prediction against label: {shows}')
+        title=f'Prediction against label\n{shows}')
     files['quadrant_confusion_png'] = plots.confusion_heatmap(
         os.path.join(out_dir, f'quadrant_confusion_{tag}.png'), cm,
-        title=f'Quadrants of the predicted VA: {shows}')
+        title=f'Quadrants of the predicted VA\n{shows}')
     if 'quadrant_pred' in arrays:
       files['quadrant_head_confusion_png'] = plots.confusion_heatmap(
           os.path.join(out_dir, f'quadrant_head_confusion_{tag}.png'), cm_head,
-          title=f'Quadrant head: {shows}')
+          title=f'Quadrant head\n{shows}')
   else:
     record['note'] = 'this task predicts no VA (e.g. MAE pretraining): only its eval_* means'
   record['metrics'] = results
