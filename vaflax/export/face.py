@@ -69,6 +69,15 @@ def build(model, config, *, crop_size: int, pp_spec: str, window: int = 0,
 
   model = _plain_convs(model)
   predict_fn = tasks.predict_fn(config)
+  if tasks.get(config.task).mirrors_itself:
+    # EmoFAN's predict_fn also decodes landmarks from the heatmaps (an integer argmax and rem that
+    # jax2onnx cannot lower with a dynamic batch). The outputs exported are mirror-invariant, so
+    # flip TTA over the model's own outputs gives the same numbers as the task's.
+    def own(m, batch, config):
+      del config
+      return {k: v for k, v in m(batch).items() if k in tta.MIRROR_INVARIANT}
+
+    predict_fn = tta.flip_tta(own) if tta.enabled(config) else own
   steps = preprocess.describe(pp_spec, crop_size)
   pp = preprocess.build(steps)
   S, T = crop_size, window
@@ -77,7 +86,9 @@ def build(model, config, *, crop_size: int, pp_spec: str, window: int = 0,
   state = jax.tree.map(jnp.asarray, state)
 
   def forward(batch):
-    m = nnx.merge(graphdef, state)
+    # Window models: an NNX RNN (nnx.scan) refuses Variables that hold arrays from outside the
+    # trace; as values of this trace (a copy XLA and onnxruntime fold away) the weights pass.
+    m = nnx.merge(graphdef, jax.tree.map(jnp.copy, state) if T else state)
     out = predict_fn(m, batch, config)
     if 'va' not in out:
       raise ValueError(f'task {config.task!r} predicts no valence/arousal (outputs '
