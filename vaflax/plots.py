@@ -78,11 +78,12 @@ MAX_NAMED_POINTS = 40
 
 
 def circumplex_scatter(path, pred_va, target_va=None, *, mask=None, title=None, labels=None,
-                       size=(640, 640)):
+                       marks=None, legend_title='clips', size=(640, 640)):
   """Predictions (and labels, when given) on the valence/arousal plane with the unit circle.
 
-  `labels` (one name per row, e.g. the clips of a collection): each point is numbered on the
-  plane and the legend says which name each number is (up to MAX_NAMED_POINTS points)."""
+  `labels` (one name per row, e.g. the clips of a collection): each point is marked on the
+  plane with its number (1, 2, ...; or `marks`, one short text per row) and the legend says
+  which name each mark is (up to MAX_NAMED_POINTS points)."""
   pred_va = _va(pred_va, 'pred_va')
   keep = _valid_rows(mask, len(pred_va))
   if labels is not None and len(labels) != len(pred_va):
@@ -94,18 +95,18 @@ def circumplex_scatter(path, pred_va, target_va=None, *, mask=None, title=None, 
     target_va = _va(target_va, 'target_va')[keep]
     ax.scatter(target_va[:, 0], target_va[:, 1], s=6, alpha=0.5, c='tab:gray', label='label')
   if named:
-    colours = [f'C{k % 10}' for k in range(len(pred_va))]
     for k, i in enumerate(np.flatnonzero(keep)):
       x, y = pred_va[i]
-      ax.scatter([x], [y], s=30, color=colours[k], label=f'{k + 1}  {plain_text(labels[i])}', zorder=3)
-      ax.annotate(str(k + 1), (x, y), xytext=(4, 4), textcoords='offset points', fontsize=9,
-                  fontweight='bold', color=colours[k], zorder=4)
+      mark, colour = plain_text(k + 1 if marks is None else marks[i]), f'C{k % 10}'
+      ax.scatter([x], [y], s=30, color=colour, label=f'{mark}  {plain_text(labels[i])}', zorder=3)
+      ax.annotate(mark, (x, y), xytext=(4, 4), textcoords='offset points', fontsize=9,
+                  fontweight='bold', color=colour, zorder=4)
   else:
     ax.scatter(pred_va[keep, 0], pred_va[keep, 1], s=6, alpha=0.5, c='tab:blue',
                label='prediction')
   _circumplex_axes(ax, title)
   if named:
-    fig.legend(loc='outside right upper', fontsize=8, title='clips')
+    fig.legend(loc='outside right upper', fontsize=8, title=legend_title)
   else:
     ax.legend(loc='center left', fontsize=8)
   return _save(fig, path)

@@ -195,8 +195,8 @@ def write_plots(out_dir, stem, rows: list[Row], va_Nx2, is_video: bool, *,
   name = os.path.basename(stem)
   if not is_video:
     with atomic(files['trajectory_png']) as tmp:
-      plots.circumplex_scatter(tmp, va_Nx2, labels=[f'face {f}' for f in face_id],
-                               title=plots.plain_text(text(f'{name}: {len(rows)} face(s)')))
+      plots.circumplex_scatter(tmp, va_Nx2, labels=[f'face {f}' for f in face_id], marks=face_id,
+                               legend_title='faces', title=plots.plain_text(text(f'{name}: {len(rows)} face(s)')))
     return files
   main_id = int(np.bincount(face_id).argmax())
   sel = face_id == main_id
