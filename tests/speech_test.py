@@ -76,6 +76,7 @@ def test_layer_norm_models_pad_without_changing_the_short_clip(converted):
   assert rel_err(batch[:, 1, :t], alone) < 1e-5
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close():
   c = convert.convert('speech', os.path.join(FIXTURES, 'wavlm'))
   ref = np.load(os.path.join(FIXTURES, 'wavlm', 'outputs.npz'))
@@ -138,6 +139,7 @@ def test_converter_errors_name_the_problem(tmp_path):
     convert.convert('speech', str(folder))
 
 
+@pytest.mark.slow
 def test_converted_run_embeds_audio(tmp_path):
   import vaflax  # noqa: PLC0415
 
@@ -199,6 +201,7 @@ def test_frame_pooling_by_hand():
   np.testing.assert_array_equal(pool.sum(1), 1)
 
 
+@pytest.mark.slow
 def test_clip_features_chunk_the_clip_and_pool(encoder_run):
   from vaflax import speech_features  # noqa: PLC0415
 
@@ -214,6 +217,7 @@ def test_clip_features_chunk_the_clip_and_pool(encoder_run):
     np.testing.assert_allclose(feats[rows], want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_split_cache_is_keyed_by_encoder_and_dataset(encoder_run, tmp_path, monkeypatch):
   from vaflax import speech_features  # noqa: PLC0415
 
@@ -239,6 +243,7 @@ def test_split_cache_is_keyed_by_encoder_and_dataset(encoder_run, tmp_path, monk
   assert len(calls) == 4 and os.path.isdir(tmp_path / ('f' * 16))
 
 
+@pytest.mark.slow
 def test_uncached_fusion_path_reads_the_same_features(encoder_run):
   """The fusion's in-step encoder (audio (B, T, S)) gives the cache's features of a
   window-long chunk."""
