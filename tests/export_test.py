@@ -264,3 +264,34 @@ def test_runner_without_jax_reproduces_predict(emonet_exports, tmp_path):
     if w['valence']:
       assert abs(float(g['valence']) - float(w['valence'])) <= 1e-3
       assert abs(float(g['arousal']) - float(w['arousal'])) <= 1e-3
+
+
+def test_window_model_exports_per_frame_outputs(tmp_path):
+  """A CNN-RNN (window of T frames) exports as frames (N, T, S, S, 3) -> valence, arousal (N, T);
+  its StableHLO equals the JAX function (random weights, tiny model)."""
+  import jax  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+  from jax import export as jax_export  # noqa: PLC0415
+
+  from configs import resnet_gru_va  # noqa: PLC0415
+  from vaflax import runs  # noqa: PLC0415
+  from vaflax.export import face, formats  # noqa: PLC0415
+
+  c = resnet_gru_va.get_config('runlocal,window=4')
+  c.model.update(width=8, depth=18, dtype='float32')
+  c.image_size = 32
+  model = runs.make_model(c, nnx.Rngs(0))
+  model.eval()
+  g = face.build(model, c, crop_size=48, pp_spec=c.input.pp_eval.format(image_size=32),
+                 window=c.input.window)
+  T = c.input.window
+  assert g.inputs == [{'name': 'frames', 'shape': [None, T, 48, 48, 3], 'dtype': 'uint8'}]
+  assert [(o['name'], o['shape']) for o in g.outputs] == [('valence', [None, T]),
+                                                          ('arousal', [None, T])]
+  x = np.stack([_real_crops(48)[:T if T <= 4 else 4]] * 2)
+  x = np.concatenate([x] * (T // x.shape[1] + 1), 1)[:, :T]
+  want = [np.asarray(v) for v in jax.jit(g.fn)(x)]
+  formats.to_stablehlo(g.fn, g.inputs, str(tmp_path / 'w.stablehlo'))
+  got = jax_export.deserialize((tmp_path / 'w.stablehlo').read_bytes()).call(x)
+  for g_, w in zip(got, want, strict=True):
+    assert g_.shape == (2, T) and rel_diff(g_, w) < 1e-5
