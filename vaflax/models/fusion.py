@@ -6,6 +6,10 @@ They are concatenated, projected to `width`, given a learned temporal position e
 passed through a Transformer encoder over the window; a per-frame head gives VA.
 
 `{'frames': (B,T,H,W,3), 'audio': (B,T,S)} -> {'va': (B,T,2), 'features': (B,T,width)}`.
+With `audio_kind='speech'` the audio features are a learned layer-weighted sum of a frozen
+pretrained speech encoder's states per frame (models/audio.SpeechFeatures), read from
+batch['speech'] (B, T, I, D), which the data pipeline fills from the per-clip cache
+(vaflax/speech_features.py).
 `use_audio=False` is the video-only baseline on the same code path (the audio branch is not
 built and `batch['audio']` is not read).
 
