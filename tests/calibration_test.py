@@ -112,3 +112,19 @@ def test_round_trip_and_hostile_files(tmp_path):
   path.write_text('{"method": ')
   with pytest.raises(calibration.CalibrationError, match='not a vaflax calibration'):
     calibration.load(str(tmp_path))
+
+
+def test_difficulty_model_keeps_its_signs_and_does_not_extrapolate():
+  rng = np.random.default_rng(0)
+  harm = rng.uniform(0, 1, 5000)  # a feature that really makes faces harder
+  noise = rng.uniform(0, 1, 5000)  # one that says nothing, fitted with whatever sign
+  resid = np.exp(-3 + 2 * harm - 0.3 * noise + 0.1 * rng.standard_normal(5000))
+  feats = np.stack([harm, noise], -1)
+  w_free = calibration.fit_log_scale(feats, resid)
+  assert w_free[1] == pytest.approx(2, abs=0.1) and w_free[2] < -0.2
+  w = calibration.fit_log_scale(feats, resid, signs=(1, 1))  # noise may only widen: dropped
+  assert w[2] == 0 and w[1] == pytest.approx(2, abs=0.1)
+  # Clipped to the fitted range: a feature value 10x outside gives the edge's sigma.
+  rng_ = ((0.0, 0.0), (1.0, 1.0))
+  assert calibration.scale(w, [[10.0, 0.5]], rng_) == pytest.approx(
+      calibration.scale(w, [[1.0, 0.5]], rng_))

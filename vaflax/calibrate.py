@@ -6,8 +6,10 @@ r"""Calibrate a run's valence/arousal intervals on a held-out split, or check th
 
 The first form scores the split with the run's evaluation forward (vaflax/scoring.py, the
 predictions that predict and evaluate report) and writes W/calibration.json (vaflax/calibration.py:
-split-conformal quantiles at every coverage of calibration.COVERAGES; `scaled` also fits the
-difficulty model on the faces' sharpness and flip disagreement, vaflax/quality.py). The second
+split-conformal quantiles at every coverage of calibration.COVERAGES). `scaled` also fits the
+difficulty model on the faces' sharpness and flip disagreement (vaflax/quality.py), on the
+split's faces plus a copy of each degraded at random (blur, downscale or roll at a random
+strength), so that the model has seen hard faces and the quantiles hold for them too. The second
 form reads that file and prints the empirical coverage and mean width on another split, overall
 and per sharpness tercile, optionally on degraded copies of its faces. docs/uncertainty.md.
 """
@@ -24,23 +26,37 @@ from vaflax import calibration, cpu_malloc, quality
 DEGRADATIONS = ('blur', 'downscale', 'rotate')
 
 
-def _degrade(kind: str, images_BxHxWxC: np.ndarray) -> np.ndarray:
-  """Model inputs made harder the way real faces are: Gaussian blur (sigma 2 px at 64 px),
-  a 4x smaller face enlarged back, or a 30 degree in-plane rotation."""
+def _degrade_one(kind: str, x_HxWxC: np.ndarray, strength: float) -> np.ndarray:
+  """One model input made harder the way real faces are; strength 1 is --check's setting:
+  a Gaussian blur of sigma 2 px at 64 px, a 4x smaller face enlarged back, a 30 degree roll."""
   import cv2  # noqa: PLC0415
 
+  x = np.asarray(x_HxWxC, np.float32)
+  h, w = x.shape[:2]
+  if kind == 'blur':
+    y = cv2.GaussianBlur(x, (0, 0), 2.0 * strength * h / 64)
+  elif kind == 'downscale':
+    f = 1 + 3 * strength
+    small = cv2.resize(x, (max(1, round(w / f)), max(1, round(h / f))),
+                       interpolation=cv2.INTER_AREA)
+    y = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+  else:
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), 30.0 * strength, 1.0)
+    y = cv2.warpAffine(x, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+  return y.reshape(x.shape)
+
+
+def _degrade(kind: str, images_BxHxWxC: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """`kind` at strength 1 on every image, or with kind 'random' (scaled calibration's extra
+  copies) a random kind at a random strength in [0.25, 1.25] (and a random roll direction)."""
   out = np.empty_like(images_BxHxWxC)
-  for i, x in enumerate(np.asarray(images_BxHxWxC, np.float32)):
-    h, w = x.shape[:2]
-    if kind == 'blur':
-      y = cv2.GaussianBlur(x, (0, 0), 2.0 * h / 64)
-    elif kind == 'downscale':
-      small = cv2.resize(x, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
-      y = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+  for i, x in enumerate(images_BxHxWxC):
+    if kind == 'random':
+      k = DEGRADATIONS[rng.integers(len(DEGRADATIONS))]
+      out[i] = _degrade_one(k, x, rng.uniform(0.25, 1.25) * rng.choice([-1, 1] if k == 'rotate'
+                                                                     else [1]))
     else:
-      m = cv2.getRotationMatrix2D((w / 2, h / 2), 30.0, 1.0)
-      y = cv2.warpAffine(x, m, (w, h), borderMode=cv2.BORDER_REFLECT)
-    out[i] = y.reshape(x.shape)
+      out[i] = _degrade_one(kind, x, 1.0)
   return out
 
 
@@ -64,11 +80,12 @@ def interval_inputs(run, split: str, *, dataset: str | None = None, degrade: str
     runs.apply_overrides(raw_config, ['eval.flip_tta=False'])
     raw_step = scoring.make_eval_step(raw_config, run.graphdef, run.state_sharding, run.mesh)
   cols: dict[str, list] = {}
+  rng = np.random.default_rng(0)
   for batch in data:
     key = 'frames' if 'frames' in batch else 'image'
     if degrade:
-      batch = {**batch, key: _degrade(degrade, batch[key].reshape(-1, *batch[key].shape[-3:]))
-               .reshape(batch[key].shape)}
+      flat = batch[key].reshape(-1, *batch[key].shape[-3:])
+      batch = {**batch, key: _degrade(degrade, flat, rng).reshape(batch[key].shape)}
     out = jax.device_get(step(run.state, sharding.to_global(batch, run.mesh)))
     keep = np.asarray(out['mask']).reshape(-1, 2).max(-1) > 0
     for k in ('pred', 'va', 'mask'):
@@ -97,12 +114,18 @@ def calibrate_run(workdir: str, *, split: str = 'validation', coverage: float = 
   from vaflax import runs  # noqa: PLC0415
 
   run = runs.load_run(workdir, overrides=overrides)
-  arrays = interval_inputs(run, split, dataset=dataset, difficulty=method == 'scaled')
+  scaled = method == 'scaled'
+  arrays = interval_inputs(run, split, dataset=dataset, difficulty=scaled)
+  if scaled:  # the split's faces and a randomly degraded copy of each (same video: same half)
+    extra = interval_inputs(run, split, dataset=dataset, degrade='random')
+    arrays = {k: (np.concatenate([v, extra[k]]) if isinstance(v, np.ndarray) else v)
+              for k, v in arrays.items()}
   cal = calibration.calibrate(
       arrays['pred'], arrays['va'], arrays['mask'], split=split, group_N=arrays['video'],
-      features_NxF=arrays.get('features'), feature_names=quality.DIFFICULTY_FEATURES
-      if method == 'scaled' else (), coverage=coverage, dataset=arrays['dataset'],
-      checkpoint_step=run.step)
+      features_NxF=arrays.get('features'),
+      feature_names=quality.DIFFICULTY_FEATURES if scaled else (),
+      feature_signs=quality.DIFFICULTY_SIGNS if scaled else None, coverage=coverage,
+      dataset=arrays['dataset'], checkpoint_step=run.step)
   path = calibration.save(cal, run.workdir)
   lo, hi = cal.intervals(arrays['pred'], arrays.get('features'))
   return cal, path, calibration.coverage_report(arrays['va'], arrays['mask'], lo, hi)
@@ -152,7 +175,7 @@ def main(argv=None) -> int:
   ap.add_argument('--dataset', default=None)
   ap.add_argument('--data_dir', default=None)
   ap.add_argument('--check', default='', help='a split to measure the stored calibration on')
-  ap.add_argument('--degrade', choices=DEGRADATIONS, default=None,
+  ap.add_argument('--degrade', choices=DEGRADATIONS + ('random',), default=None,
                   help='with --check: degrade the faces first')
   args = ap.parse_args([a for a in argv if not a.startswith('--config.')])
   if not 0 < args.coverage < 1:

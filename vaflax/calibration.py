@@ -60,18 +60,36 @@ def _design(features_NxF: np.ndarray) -> np.ndarray:
   return np.concatenate([np.ones((len(f), 1)), f], axis=1)
 
 
-def fit_log_scale(features_NxF: np.ndarray, abs_residual_N: np.ndarray,
+def fit_log_scale(features_NxF: np.ndarray, abs_residual_N: np.ndarray, signs=None,
                   ridge: float = 1e-3) -> np.ndarray:
-  """Weights w (F + 1,) of log sigma = [1, phi] . w: ridge least squares of log|r| on phi."""
+  """Weights w (F + 1,) of log sigma = [1, phi] . w: ridge least squares of log|r| on phi.
+
+  `signs` (F,) of +1 / -1 / 0 fix the direction a feature may move sigma (harder faces must get
+  wider intervals, never narrower): a feature whose fitted weight has the wrong sign is dropped
+  and the rest refitted, so the model never extrapolates against the difficulty it measures.
+  """
   x = _design(features_NxF)
   y = np.log(np.maximum(np.asarray(abs_residual_N, np.float64), 1e-4))
-  a = x.T @ x + ridge * len(x) * np.eye(x.shape[1])
-  return np.linalg.solve(a, x.T @ y)
+  signs = np.zeros(x.shape[1] - 1) if signs is None else np.asarray(signs, np.float64)
+  use = np.ones(x.shape[1], bool)
+  while True:
+    xs = x[:, use]
+    w_use = np.linalg.solve(xs.T @ xs + ridge * len(x) * np.eye(use.sum()), xs.T @ y)
+    w = np.zeros(x.shape[1])
+    w[use] = w_use
+    wrong = np.flatnonzero((signs != 0) & (w[1:] * signs < 0)) + 1
+    if not len(wrong):
+      return w
+    use[wrong] = False
 
 
-def scale(weights: np.ndarray, features_NxF: np.ndarray) -> np.ndarray:
-  """sigma(x) of each frame (N,)."""
-  return np.exp(np.clip(_design(features_NxF) @ weights, *_LOG_SIGMA_RANGE))
+def scale(weights: np.ndarray, features_NxF: np.ndarray, feature_range=None) -> np.ndarray:
+  """sigma(x) of each frame (N,); features are clipped to `feature_range` ((F,), (F,)), the
+  range the model was fitted on, so that it never extrapolates."""
+  f = np.asarray(features_NxF, np.float64)
+  if feature_range is not None:
+    f = np.clip(f, *np.asarray(feature_range, np.float64))
+  return np.exp(np.clip(_design(f) @ weights, *_LOG_SIGMA_RANGE))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +103,7 @@ class Calibration:
   weights: tuple | None = None  # ((F + 1) weights of valence, (F + 1) of arousal)
   features: tuple = ()  # names of the difficulty features, in order
   n_fit: int = 0  # frames the difficulty model was fitted on (scaled)
+  feature_range: tuple | None = None  # ((F,) low, (F,) high) the difficulty model saw
   dataset: str = ''
   checkpoint_step: int | None = None
 
@@ -100,7 +119,8 @@ class Calibration:
       return np.broadcast_to(q_2, (n, 2)).copy()
     if features_NxF is None:
       raise CalibrationError('a scaled calibration needs the difficulty features of each face')
-    s_Nx2 = np.stack([scale(np.asarray(w), features_NxF) for w in self.weights], axis=-1)
+    s_Nx2 = np.stack([scale(np.asarray(w), features_NxF, self.feature_range)
+                      for w in self.weights], axis=-1)
     return s_Nx2 * q_2
 
   def intervals(self, pred_Nx2, features_NxF=None, coverage: float | None = None):
@@ -113,6 +133,8 @@ class Calibration:
     d = dataclasses.asdict(self)
     d['weights'] = None if self.weights is None else [list(map(float, w)) for w in self.weights]
     d['features'] = list(self.features)
+    d['feature_range'] = (None if self.feature_range is None
+                          else [list(map(float, r)) for r in self.feature_range])
     d['quantiles'] = {k: [_finite_or_none(x) for x in v] for k, v in self.quantiles.items()}
     return d
 
@@ -126,7 +148,7 @@ def _key(coverage: float) -> str:
 
 
 def calibrate(pred_Nx2, target_Nx2, mask_Nx2, *, split: str, group_N=None, features_NxF=None,
-              feature_names=(), coverage: float = 0.9, coverages=COVERAGES, seed: int = 0,
+              feature_names=(), feature_signs=None, coverage: float = 0.9, coverages=COVERAGES, seed: int = 0,
               dataset: str = '', checkpoint_step: int | None = None) -> Calibration:
   """A plain calibration, or a scaled one when difficulty features are given.
 
@@ -154,18 +176,19 @@ def calibrate(pred_Nx2, target_Nx2, mask_Nx2, *, split: str, group_N=None, featu
     raise CalibrationError(f'{split}: the scaled method needs frames of at least 2 videos')
   fit_groups = np.random.default_rng(seed).permutation(uniq)[:len(uniq) // 2]
   fit = np.isin(groups, fit_groups)
+  franges = (tuple(map(float, feats[fit].min(0))), tuple(map(float, feats[fit].max(0))))
   weights, q_scores = [], []
   for d in range(2):
     sel_fit, sel_cal = fit & mask[:, d], ~fit & mask[:, d]
-    w = fit_log_scale(feats[sel_fit], resid_Nx2[sel_fit, d])
+    w = fit_log_scale(feats[sel_fit], resid_Nx2[sel_fit, d], feature_signs)
     weights.append(tuple(map(float, w)))
-    q_scores.append(resid_Nx2[sel_cal, d] / scale(w, feats[sel_cal]))
+    q_scores.append(resid_Nx2[sel_cal, d] / scale(w, feats[sel_cal], franges))
   q = {_key(c): [conformal_quantile(q_scores[d], c) for d in range(2)] for c in coverages}
   n = min(len(s) for s in q_scores)
   _check_n(n, q, coverage, split)
   return Calibration('scaled', split, n, coverage, q, tuple(weights), tuple(feature_names),
-                     n_fit=int((fit & mask.any(-1)).sum()), dataset=dataset,
-                     checkpoint_step=checkpoint_step)
+                     n_fit=int((fit & mask.any(-1)).sum()), feature_range=franges,
+                     dataset=dataset, checkpoint_step=checkpoint_step)
 
 
 def _check_n(n: int, quantiles: dict, coverage: float, split: str) -> None:
@@ -209,13 +232,16 @@ def load(workdir: str) -> Calibration | None:
       weights = tuple(tuple(float(x) for x in w) for w in weights)
       if len(weights) != 2 or any(len(w) != len(features) + 1 for w in weights):
         raise ValueError('weights do not match the features')
+      franges = tuple(tuple(float(x) for x in r) for r in d['feature_range'])
+      if len(franges) != 2 or any(len(r) != len(features) for r in franges):
+        raise ValueError('feature_range does not match the features')
     else:
-      weights = None
+      weights, franges = None, None
     coverage = float(d['coverage'])
     if _key(coverage) not in quantiles:
       raise ValueError(f'no quantile for its own coverage {coverage}')
     return Calibration(method, str(d['split']), int(d['n']), coverage, quantiles, weights,
-                       features, int(d.get('n_fit', 0)), str(d.get('dataset', '')),
+                       features, int(d.get('n_fit', 0)), franges, str(d.get('dataset', '')),
                        d.get('checkpoint_step'))
   except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
     raise CalibrationError(f'{path}: not a vaflax calibration ({type(e).__name__}: {e})') from None

@@ -104,3 +104,5 @@ def difficulty_features(images_NxHxWxC: np.ndarray, va_Nx2: np.ndarray,
 
 
 DIFFICULTY_FEATURES = ('log_sharpness', 'flip_gap')
+DIFFICULTY_SIGNS = (-1, 1)  # a less sharp face, or one whose VA moves more when mirrored, is
+# harder: calibration's difficulty model may only widen intervals in these directions
