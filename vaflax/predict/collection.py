@@ -345,14 +345,14 @@ def run(predictor, input_path, out_dir: str, opts: pipeline.Options, *, shard=(1
     note = s.get('note') if s['status'] == 'ok' else None
     log(f"{s['path']}: {s['status']}{' (' + s['error'] + ')' if s['error'] else ''}, "
         f"{s.get('frames_with_face', 0)}/{s.get('frames_processed', 0)} frames with a face"
-        f"{f', {fps:.1f} frames/s' if fps else ''}{f' ({note})' if note else ''} "
+        f"{f', {rate_text(fps)} frames/s' if fps else ''}{f' ({note})' if note else ''} "
         f'[{ended[0]}/{len(todo)}]')
 
   fresh = {s['path']: s for s in predict_many(predictor, todo, out_dir, opts, workers, on_done)}
   if todo:
     took = time.time() - t0
     log(f'{_count(frames[0], "frame")} of {_count(len(todo), "input")} in {took:.1f} s: '
-        f'{frames[0] / max(took, 1e-9):.1f} frames/s')
+        f'{rate_text(frames[0] / max(took, 1e-9))} frames/s')
   rows = []
   for inp in mine:
     s = completed(inp, out_dir, log)
@@ -363,6 +363,11 @@ def run(predictor, input_path, out_dir: str, opts: pipeline.Options, *, shard=(1
     rows.append(summary.row(s))
   table = summary.write_table(os.path.join(out_dir, summary.table_name(shard)), rows)
   return Result(table, rows, len(mine) - len(todo), ignored)
+
+
+def rate_text(x: float) -> str:
+  """A rate for the console: one decimal, or two significant digits below 0.1 (not '0.0')."""
+  return f'{x:.1f}' if x >= 0.1 else f'{x:.2g}'
 
 
 def _count(n: int, what: str) -> str:
