@@ -190,8 +190,8 @@ def _expected(spec, storages) -> dict | None:
     dtype = np.dtype(tensors.STORAGE_DTYPES[cls])
     raw = storages.get(key)
     if (raw is None or len(raw) != numel * dtype.itemsize or min((*size, *stride, off), default=0)
-        < 0 or len(size) != len(stride) or math.prod(size) > 4096):
-      return None
+        < 0 or len(size) != len(stride) or max(size, default=0) > 4096 or math.prod(size) > 4096):
+      return None  # (np.ndindex(0, 2**48) would build a tuple of 2**48 indices: found so)
     flat = np.frombuffer(raw, dtype)
     want = np.zeros(size, dtype)
     for idx in np.ndindex(*size):
