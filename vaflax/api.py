@@ -57,8 +57,9 @@ class Run:
 
   def predict(self, faces) -> dict[str, np.ndarray]:
     """{'valence': (N,), 'arousal': (N,)} for N uint8 face crops ((N, H, W, 3) or a list); also
-    'quadrant' (N,) when the model has a quadrant head and 'expression' (N, E) logits when it
-    has an expression head."""
+    'quadrant' (N,) when the model has a quadrant head, 'expression' (N, E) logits when it
+    has an expression head, and 'valence_lo', 'valence_hi', 'arousal_lo', 'arousal_hi' (N,)
+    when the run has a calibration.json (docs/uncertainty.md)."""
     outs = [self._predictor.result(self._predictor.dispatch(c))
             for c in self._chunks(self._inputs(faces))]
     cat = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
@@ -68,6 +69,13 @@ class Run:
       res['quadrant'] = cat['quadrant']
     if 'expression_logits' in cat:
       res['expression'] = cat['expression_logits'].astype(np.float32)
+    cal = self._predictor.calibration
+    if cal is not None:  # the run's calibrated intervals (vaflax/calibration.py), around the VA
+      # clipped to [-1, 1] as predict's rows (pipeline.resolve)
+      lo, hi = cal.intervals(np.clip(cat['va'], -1, 1), cat.get('difficulty'))
+      for d, name in enumerate(('valence', 'arousal')):
+        res[f'{name}_lo'], res[f'{name}_hi'] = (lo[:, d].astype(np.float32),
+                                                hi[:, d].astype(np.float32))
     return res
 
   def predict_video(self, path, *, frame_stride: int = 1, smooth: str = 'none',
@@ -84,9 +92,9 @@ class Run:
                             faces=faces, min_face=min_face, detect_every=detect_every,
                             max_age=max_age, plots=False, progress=False)
     clip, info, va, head = pipeline.predict_clip(self._predictor, path, opts)
-    res = pipeline.resolve(clip, va, head, opts)
+    res = pipeline.resolve(clip, va, head, opts, self._predictor.calibration)
     summary = pipeline.summarize(self._predictor, clip, info, res, opts)
-    cols = outputs.records(clip.rows, res.va, res.quadrant, res.head)
+    cols = outputs.records(clip.rows, res.va, res.quadrant, res.head, res.lo, res.hi)
     try:
       import pandas  # noqa: PLC0415
     except ImportError:

@@ -143,6 +143,12 @@ def check_run(workdir: str, split: str = 'test', *, dataset: str | None = None,
     raise FileNotFoundError(f'{run.workdir}: no {calibration.FILENAME}; run python -m '
                             f'vaflax.calibrate --workdir={workdir} first')
   arrays = interval_inputs(run, split, dataset=dataset, degrade=degrade)
+  return coverage_table(cal, arrays, split, degrade)
+
+
+def coverage_table(cal: calibration.Calibration, arrays: dict, split: str,
+                   degrade: str = '') -> dict:
+  """check_run's report of `cal` on interval_inputs' `arrays` (vaflax.evaluate reports it too)."""
   terciles = np.quantile(arrays['sharpness'], [1 / 3, 2 / 3])
   bins = np.array(['blurry', 'middle', 'sharp'])[np.searchsorted(terciles, arrays['sharpness'])]
   report = {'split': split, 'degrade': degrade or 'none', 'method': cal.method, 'coverages': {}}

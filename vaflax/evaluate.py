@@ -169,6 +169,7 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
       files['quadrant_head_confusion_png'] = plots.confusion_heatmap(
           os.path.join(out_dir, f'quadrant_head_confusion_{tag}.png'), cm_head,
           title=f'Quadrant head\n{shows}')
+    files.update(_calibration_outputs(run, split, dataset, record, out_dir, tag, shows))
   else:
     record['note'] = 'this task predicts no VA (e.g. MAE pretraining): only its eval_* means'
   record['metrics'] = results
@@ -177,6 +178,29 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
   with open(files['metrics_json'], 'w') as f:
     json.dump(_clean(record), f, indent=2)
   return record
+
+
+def _calibration_outputs(run, split, dataset, record, out_dir, tag, shows) -> dict:
+  """With the run's calibration.json: record['calibration'] (empirical coverage and mean width
+  per dimension at each stored coverage, overall and per sharpness tercile: calibrate.check_run's
+  report, on the predictions of this evaluation's forward) and a reliability plot."""
+  from vaflax import calibrate, calibration, plots  # noqa: PLC0415
+
+  cal = calibration.load(run.workdir)
+  if cal is None:
+    record['calibration'] = 'none'
+    return {}
+  arrays = calibrate.interval_inputs(run, split, dataset=dataset)
+  rep = calibrate.coverage_table(cal, arrays, split)
+  rep.update({'calibrated_on': cal.split, 'n': cal.n, 'coverage': cal.coverage})
+  record['calibration'] = rep
+  nominal = [float(k) for k in rep['coverages']]
+  empirical = [[rep['coverages'][k][f'coverage_{d}'] for d in calibration.DIMS]
+               for k in rep['coverages']]
+  path = os.path.join(out_dir, f'reliability_{tag}.png')
+  return {'reliability_png': plots.reliability(
+      path, nominal, np.array(empirical).reshape(-1, 2),
+      title=f'Interval coverage ({cal.method}, calibrated on {cal.split})\n{shows}')}
 
 
 _SUMMARY_KEYS = ('ccc_valence', 'ccc_arousal', 'ccc_mean', 'per_video_ccc_mean', 'rmse_mean',

@@ -220,6 +220,29 @@ def circumplex_trajectory(path, va, time_s=None, *, title=None, size=(640, 640))
   return _save(fig, path)
 
 
+def reliability(path, nominal_C, empirical_Cx2, *, title=None, size=(560, 560)):
+  """Nominal against empirical coverage of the intervals, one line per dimension (valence,
+  arousal), and the diagonal they keep to when the calibration holds."""
+  nominal = np.asarray(nominal_C, np.float64)
+  emp = np.asarray(empirical_Cx2, np.float64).reshape(len(nominal), 2)
+  fig = _figure(size)
+  ax = fig.add_subplot(1, 1, 1)
+  ax.plot([0, 1], [0, 1], color='0.6', lw=1, ls='--', label='nominal = empirical')
+  for d, (name, mark) in enumerate((('valence', 'o'), ('arousal', 's'))):
+    ax.plot(nominal, emp[:, d], marker=mark, label=name)
+  lo = min(0.4, float(np.nanmin(np.concatenate([nominal, emp.reshape(-1)]))) - 0.05)
+  ax.set_xlim(lo, 1.0)
+  ax.set_ylim(lo, 1.0)
+  ax.set_xlabel('nominal coverage')
+  ax.set_ylabel('empirical coverage')
+  ax.set_aspect('equal')
+  ax.grid(alpha=0.3)
+  ax.legend(loc='lower right')
+  if title:
+    ax.set_title(plain_text(title))
+  return _save(fig, path)
+
+
 def read_metrics_jsonl(metrics_path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """{key: (steps, values)} from a metrics.jsonl (one JSON object with 'step' per line).
 

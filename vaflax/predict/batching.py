@@ -25,6 +25,7 @@ class Batcher:
     self._inflight = []
     self._va: dict[int, np.ndarray] = {}
     self._quadrant: dict[int, int] = {}
+    self._difficulty: dict[int, np.ndarray] = {}  # a scaled calibration's features per row
     self.has_quadrant = False  # the model has a quadrant head (known once a batch came back)
     self.rows = 0
 
@@ -70,8 +71,11 @@ class Batcher:
       va = out['va'][j].reshape(-1, 2)
       q = out['quadrant'][j].reshape(-1) if 'quadrant' in out else None
       self.has_quadrant = q is not None
+      d = out['difficulty'][j].reshape(len(va), -1) if 'difficulty' in out else None
       for k, r in enumerate(rows):
         self._va[r] = va[k]
+        if d is not None:
+          self._difficulty[r] = d[k]
         if q is not None:
           self._quadrant[r] = int(q[k])
 
@@ -93,6 +97,13 @@ class Batcher:
     quadrant = (np.array([self._quadrant.pop(r) for r in rows], np.int64).reshape(-1)
                 if self.has_quadrant else None)
     return va, quadrant
+
+  def take_difficulty(self, rows) -> np.ndarray | None:
+    """The difficulty features (len(rows), F) of resolved rows (a scaled calibration's, see
+    Predictor.result), forgotten here afterwards; None when the model gives none."""
+    if not self._difficulty:
+      return None
+    return np.array([self._difficulty.pop(r) for r in rows], np.float64).reshape(len(rows), -1)
 
   def finish(self) -> tuple[np.ndarray, np.ndarray | None]:
     """(va (rows, 2) float64, the quadrant head's class per row or None) of every row."""

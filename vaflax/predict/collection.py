@@ -257,6 +257,7 @@ def predict_many(predictor, inputs: list[Input], out_dir: str, opts: pipeline.Op
 
   def finish(i, c, info):
     va, head = batcher.take(c.targets)
+    c.difficulty = batcher.take_difficulty(c.targets)
     inp = inputs[i]
     try:
       if isinstance(info, str):

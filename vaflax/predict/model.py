@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from vaflax import faces
+from vaflax import calibration, faces, quality
 
 
 def run_crop_spec(config, dataset_md: dict | None = None) -> tuple[faces.CropSpec, str]:
@@ -84,6 +84,26 @@ class Predictor:
     self._fwd = jax.jit(fwd)
     self._features = jax.jit(features)
     self.model_name = config.model_name
+    # The run's interval calibration (vaflax/calibration.py), or None. A scaled one needs each
+    # face's difficulty features as vaflax/calibrate.py's interval_inputs takes them: the
+    # sharpness of the model input and the flip gap of the raw forward (no TTA) of the input
+    # and its mirror, so a second forward is built for it, and only for it.
+    self.calibration = calibration.load(self.workdir)
+    self._raw = None
+    if self.calibration is not None and self.calibration.method == 'scaled':
+      import ml_collections  # noqa: PLC0415
+
+      raw_config = ml_collections.ConfigDict(config.to_dict())
+      runs.apply_overrides(raw_config, ['eval.flip_tta=False'])
+      raw_fn = tasks.predict_fn(raw_config)
+
+      def raw(model_state, batch):
+        model = nnx.merge(model_def, model_state)
+        key = 'frames' if 'frames' in batch else 'image'
+        mirrored = {**batch, key: batch[key][..., ::-1, :]}
+        return raw_fn(model, batch, raw_config)['va'], raw_fn(model, mirrored, raw_config)['va']
+
+      self._raw = jax.jit(raw)
 
   def _data_spec(self):
     """(crop spec, audio sample rate, samples per frame) of the run and its (first) dataset."""
@@ -166,7 +186,10 @@ class Predictor:
   def dispatch(self, items: list[dict]):
     """Starts the model on a batch of inputs (padded to batch_size); returns a handle for `result`."""
     batch, n = self._batch(items)
-    return self._fwd(self._state, batch), n
+    if self._raw is None:
+      return self._fwd(self._state, batch), n
+    key = 'frames' if 'frames' in batch else 'image'
+    return self._fwd(self._state, batch), n, self._raw(self._state, batch), batch[key]
 
   def _batch(self, items: list[dict]) -> tuple[dict, int]:
     """Stacked inputs padded to batch_size (one compiled shape), and the real count."""
@@ -186,5 +209,15 @@ class Predictor:
 
   @staticmethod
   def result(handle) -> dict:
-    out, n = handle
-    return {k: np.asarray(v)[:n] for k, v in out.items()}
+    """{'va', ['quadrant'], ['expression_logits']} of the batch's real items; with a scaled
+    calibration also 'difficulty' (n, [T,] F): quality.difficulty_features of each frame."""
+    out, n = handle[:2]
+    res = {k: np.asarray(v)[:n] for k, v in out.items()}
+    if len(handle) > 2:
+      (a, b), images = handle[2], handle[3]
+      a, b = np.asarray(a)[:n], np.asarray(b)[:n]
+      images = np.asarray(images)[:n]
+      feats = quality.difficulty_features(images.reshape(-1, *images.shape[-3:]),
+                                          a.reshape(-1, 2), b.reshape(-1, 2))
+      res['difficulty'] = feats.reshape(*a.shape[:-1], feats.shape[-1])
+    return res

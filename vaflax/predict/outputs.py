@@ -18,8 +18,12 @@ from vaflax import circumplex, faces, fileio
 # The canonical keypoint order of predict's Face.landmarks (vaflax/faces.py).
 KEYPOINTS = faces.KEYPOINTS  # the detector's landmarks, in the one canonical order
 LANDMARK_COLUMNS = tuple(f'lm_{n}_{c}' for n in KEYPOINTS for c in 'xy')
+# Appended after the original columns (readers parse by name): the face's quality
+# (vaflax/quality.py) and, when the run has a calibration.json, its valence/arousal intervals.
+QUALITY_COLUMNS = ('face_px', 'sharpness', 'yaw', 'roll', 'flags')
+INTERVAL_COLUMNS = ('valence_lo', 'valence_hi', 'arousal_lo', 'arousal_hi')
 CSV_COLUMNS = ('frame', 'time_s', 'face_id', 'x', 'y', 'w', 'h', 'det_score', *LANDMARK_COLUMNS,
-               'valence', 'arousal', 'quadrant')
+               'valence', 'arousal', 'quadrant', *QUALITY_COLUMNS, *INTERVAL_COLUMNS)
 NO_FACE = -1  # face_id of the row of a processed frame in which no face was found
 
 
@@ -35,6 +39,7 @@ class Row(NamedTuple):
   h: float = math.nan
   score: float = math.nan  # the detector's score
   landmarks: np.ndarray | None = None  # (len(KEYPOINTS), 2) source pixels
+  quality: dict | None = None  # quality.measure of the face's crop
 
 
 # One atomic-write mechanism for every writer (vaflax/fileio.py); re-exported for predict's users.
@@ -81,9 +86,17 @@ def _num(x, fmt) -> str:
   return '' if x is None or not math.isfinite(x) else format(x, fmt)
 
 
-def write_csv(path, rows: list[Row], va_Nx2, quadrant_N, head_N=None) -> str:
+def _quality_cells(r: Row) -> list[str]:
+  q = r.quality or {}
+  return [_num(q.get('face_px'), 'g'), _num(q.get('sharpness'), '.5f'), _num(q.get('yaw'), '.1f'),
+          _num(q.get('roll'), '.1f'), q.get('flags', '')]
+
+
+def write_csv(path, rows: list[Row], va_Nx2, quadrant_N, head_N=None, lo_Nx2=None,
+              hi_Nx2=None) -> str:
   """One line per row (faceless frames: face_id -1 and empty fields); `head_N` (the model's
-  quadrant head) adds a quadrant_head column. Rows without a face have NaN VA and quadrant -1."""
+  quadrant head) adds a quadrant_head column. Rows without a face have NaN VA and quadrant -1.
+  `lo_Nx2`, `hi_Nx2`: the calibrated intervals (None, or NaN rows: empty cells)."""
   names = circumplex.QUADRANT_NAMES
   n_lm = len(KEYPOINTS)
   with atomic(path) as tmp, open(tmp, 'w', newline='') as f:
@@ -99,13 +112,18 @@ def write_csv(path, rows: list[Row], va_Nx2, quadrant_N, head_N=None) -> str:
         line += [''] * (2 * n_lm)
       q = int(quadrant_N[i])
       line += [_num(va_Nx2[i, 0], '.4f'), _num(va_Nx2[i, 1], '.4f'), names[q] if q >= 0 else '']
+      line += _quality_cells(r)
+      line += ([''] * 4 if lo_Nx2 is None else
+               [_num(lo_Nx2[i, 0], '.4f'), _num(hi_Nx2[i, 0], '.4f'), _num(lo_Nx2[i, 1], '.4f'),
+                _num(hi_Nx2[i, 1], '.4f')])
       if head_N is not None:
         line.append(names[head_N[i]] if head_N[i] >= 0 else '')
       w.writerow(line)
   return path
 
 
-def records(rows: list[Row], va_Nx2, quadrant_N, head_N=None) -> dict[str, np.ndarray]:
+def records(rows: list[Row], va_Nx2, quadrant_N, head_N=None, lo_Nx2=None,
+            hi_Nx2=None) -> dict[str, np.ndarray]:
   """The CSV's columns as arrays (NaN / '' where a frame has no face): vaflax.api's
   `predict_video`."""
   names = np.array(circumplex.QUADRANT_NAMES + ('',), object)  # index -1 -> ''
@@ -124,6 +142,14 @@ def records(rows: list[Row], va_Nx2, quadrant_N, head_N=None) -> dict[str, np.nd
   va = np.asarray(va_Nx2, np.float64).reshape(-1, 2)
   cols['valence'], cols['arousal'] = va[:, 0], va[:, 1]
   cols['quadrant'] = names[np.asarray(quadrant_N, np.int64)]
+  for c in QUALITY_COLUMNS[:-1]:
+    cols[c] = np.array([(r.quality or {}).get(c, math.nan) for r in rows], np.float64)
+  cols['flags'] = np.array([(r.quality or {}).get('flags', '') for r in rows], object)
+  nan = np.full((len(rows), 2), np.nan)
+  lo = nan if lo_Nx2 is None else np.asarray(lo_Nx2, np.float64)
+  hi = nan if hi_Nx2 is None else np.asarray(hi_Nx2, np.float64)
+  cols['valence_lo'], cols['valence_hi'] = lo[:, 0], hi[:, 0]
+  cols['arousal_lo'], cols['arousal_hi'] = lo[:, 1], hi[:, 1]
   if head_N is not None:
     cols['quadrant_head'] = names[np.asarray(head_N, np.int64)]
   return cols

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vaflax import circumplex, media
+from vaflax import calibration, circumplex, media, quality
 from vaflax.predict import decode, detection, outputs, overlay, tracking
 from vaflax.predict.batching import Batcher
 from vaflax.predict.model import Predictor
@@ -92,7 +92,8 @@ DETECT_BATCH = 16
 
 
 class Frame(NamedTuple):
-  """One processed frame: its faces (face_id, Face, model inputs) and the tracks it ended."""
+  """One processed frame: its faces (face_id, Face, model inputs, quality.measure of the crop)
+  and the tracks it ended."""
 
   index: int
   time_s: float
@@ -135,7 +136,7 @@ def _process(predictor, finder, tracker, k, t, rgb, audio, crops_dir, detected) 
     if crops_dir:
       outputs.write_crop(os.path.join(crops_dir, f'{k}_{fid}.png'), crop)
     inputs = predictor.preprocess(crop, predictor.audio_chunk(audio, t))
-    faces.append((fid, face, inputs))
+    faces.append((fid, face, inputs, quality.measure(crop, face.box, face.landmarks, face.score)))
   return Frame(k, t, faces, dropped)
 
 
@@ -147,6 +148,7 @@ class Clip:
     self.path, self.stem, self.out_dir, self.key = os.fspath(path), stem, out_dir, key
     self.rows: list[outputs.Row] = []
     self.targets: list[int] = []  # the Batcher row of each face row
+    self.difficulty = None  # (face rows, F) a scaled calibration's features (Batcher.take_difficulty)
     self._live: set[int] = set()
     self.processed = self.with_face = 0
     self.t_start = time.time()
@@ -159,11 +161,11 @@ class Clip:
       self._live.discard(fid)
     if not frame.faces:  # every processed frame has a row (issue 15)
       self.rows.append(outputs.Row(frame.index, frame.time_s, outputs.NO_FACE))
-    for fid, face, inputs in frame.faces:
+    for fid, face, inputs, qual in frame.faces:
       self.targets.append(batcher.add((self.key, fid), inputs))
       self._live.add(fid)
       self.rows.append(outputs.Row(frame.index, frame.time_s, fid, *face.box, float(face.score),
-                                   face.landmarks))
+                                   face.landmarks, qual))
 
   def end(self, batcher: Batcher):
     """The input is fully scanned: its tracks' partial windows go to the model."""
@@ -206,10 +208,14 @@ class Resolved(NamedTuple):
   head: np.ndarray | None  # (rows,) the model's quadrant head, when it has one
   face_id: np.ndarray  # (rows,)
   has_face: np.ndarray  # (rows,) bool
+  lo: np.ndarray | None = None  # (rows, 2) calibrated interval around va (NaN without a face);
+  hi: np.ndarray | None = None  # None when the run has no calibration
 
 
-def resolve(clip: Clip, va_face, head_face, opts: Options) -> Resolved:
-  """The clip's rows with the Batcher's predictions of its face rows (`Batcher.take`)."""
+def resolve(clip: Clip, va_face, head_face, opts: Options,
+            cal: calibration.Calibration | None = None) -> Resolved:
+  """The clip's rows with the Batcher's predictions of its face rows (`Batcher.take`), and with
+  `cal` each face row's interval at its coverage around the reported (smoothed) VA."""
   n = len(clip.rows)
   face_id = np.array([r.face_id for r in clip.rows], np.int64).reshape(-1)
   has_face = face_id != outputs.NO_FACE
@@ -223,7 +229,30 @@ def resolve(clip: Clip, va_face, head_face, opts: Options) -> Resolved:
   if head_face is not None:
     head = np.full((n,), -1, np.int64)
     head[has_face] = head_face
-  return Resolved(va, quad, head, face_id, has_face)
+  lo = hi = None
+  if cal is not None:
+    lo, hi = np.full((n, 2), np.nan), np.full((n, 2), np.nan)
+    if has_face.any():
+      lo[has_face], hi[has_face] = cal.intervals(va[has_face], clip.difficulty)
+  return Resolved(va, quad, head, face_id, has_face, lo, hi)
+
+
+def calibration_summary(cal: calibration.Calibration | None):
+  """What the summary JSON says of the intervals: 'none', or where they come from."""
+  if cal is None:
+    return 'none'
+  return {'method': cal.method, 'coverage': cal.coverage, 'split': cal.split, 'n': cal.n,
+          'dataset': cal.dataset, 'checkpoint_step': cal.checkpoint_step}
+
+
+def clip_confidence(res: Resolved, dominant: str | None) -> dict:
+  """calibration.clip_quadrant of the clip's face rows for its reported quadrant; NaN / None
+  without a calibration or a face."""
+  f = res.has_face
+  if res.lo is None or dominant is None or not f.any():
+    return {'quadrant_confidence': None, 'uncertain': None}
+  q = circumplex.QUADRANT_NAMES.index(dominant)
+  return calibration.clip_quadrant(res.lo[f], res.hi[f], q)
 
 
 def summarize(predictor: Predictor, clip: Clip, info: dict, res: Resolved, opts: Options,
@@ -253,6 +282,8 @@ def summarize(predictor: Predictor, clip: Clip, info: dict, res: Resolved, opts:
       'seconds': elapsed, 'frames_per_second': clip.processed / max(elapsed, 1e-9),
   }
   summary.update(outputs.va_summary(res.va[f], res.quadrant[f], res.face_id[f], clip.processed))
+  summary['calibration'] = calibration_summary(predictor.calibration)
+  summary.update(clip_confidence(res, summary['dominant_quadrant']))
   if info.get('note'):  # e.g. the last frames of a whole clip missing (decode.py)
     summary['note'] = '; '.join(filter(None, (summary.get('note'), info['note'])))
   if info.get('warning'):
@@ -267,10 +298,11 @@ def finish_clip(predictor: Predictor, clip: Clip, info: dict, va_face, head_face
   if not clip.processed:
     return error_summary(clip.path, clip.stem, clip.out_dir,
                          info.get('warning') or 'no frame could be decoded', rel)
-  res = resolve(clip, va_face, head_face, opts)
+  res = resolve(clip, va_face, head_face, opts, predictor.calibration)
   base = os.path.join(clip.out_dir, clip.stem)
   os.makedirs(os.path.dirname(base), exist_ok=True)
-  files = {'csv': outputs.write_csv(base + '.csv', clip.rows, res.va, res.quadrant, res.head)}
+  files = {'csv': outputs.write_csv(base + '.csv', clip.rows, res.va, res.quadrant, res.head,
+                                       res.lo, res.hi)}
   summary = summarize(predictor, clip, info, res, opts, rel)
   f = res.has_face
   face_rows = [r for r in clip.rows if r.face_id != outputs.NO_FACE]
@@ -313,6 +345,7 @@ def predict_clip(predictor: Predictor, path, opts: Options, stem: str = '',
   clip.end(batcher)
   batcher.flush()
   va, head = batcher.take(clip.targets)
+  clip.difficulty = batcher.take_difficulty(clip.targets)
   progress.update(clip.processed, final=info['kind'] == 'video')
   return clip, info, va, head
 

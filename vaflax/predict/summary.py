@@ -19,7 +19,9 @@ from vaflax.predict.outputs import atomic, cell, text, uncell
 _QUADRANTS = circumplex.QUADRANT_NAMES[:circumplex.NUM_QUADRANTS]
 SHARE_COLUMNS = tuple(f'share_{q}' for q in _QUADRANTS)
 COLUMNS = ('path', 'status', 'error', 'frames', 'face_frames', 'duration_s', 'valence_mean',
-           'arousal_mean', 'quadrant', *SHARE_COLUMNS)
+           'arousal_mean', 'quadrant', *SHARE_COLUMNS, 'quadrant_confidence', 'uncertain')
+# Columns added later: a table written before them reads back with them empty.
+_LATER_COLUMNS = ('quadrant_confidence', 'uncertain')
 _SHARD_TABLE = re.compile(r'^summary-(\d+)of(\d+)\.csv$')
 
 
@@ -43,6 +45,9 @@ def row(s: dict) -> dict:
          'arousal_mean': _f((s.get('arousal') or {}).get('mean')),
          'quadrant': s.get('dominant_quadrant') or ''}
   out.update({c: _f(share.get(q)) for c, q in zip(SHARE_COLUMNS, _QUADRANTS, strict=True)})
+  # Calibrated runs only (docs/uncertainty.md): empty without a calibration or a face.
+  out['quadrant_confidence'] = _f(s.get('quadrant_confidence'))
+  out['uncertain'] = '' if s.get('uncertain') is None else str(bool(s['uncertain'])).lower()
   return out
 
 
@@ -82,6 +87,8 @@ def _read(path) -> list[dict]:
   with open(path, newline='', encoding='utf-8', errors='replace') as f:
     rows = list(csv.DictReader(f))
   for k, r in enumerate(rows, start=2):  # a table edited by hand or by something else
+    for c in _LATER_COLUMNS:
+      r.setdefault(c, '')
     if any(not isinstance(r.get(c), str) for c in COLUMNS):
       raise ValueError(f'{path}:{k}: not a row of a summary table (columns {", ".join(COLUMNS)})')
   return [{**r, **{c: uncell(r[c]) for c in _TEXT_COLUMNS}} for r in rows]
