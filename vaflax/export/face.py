@@ -157,11 +157,15 @@ def build(model, config, *, crop_size: int, pp_spec: str, window: int = 0,
 
 
 def _plain_convs(model):
-  """The model with lax's own convolution: a ResNet on the CPU swaps in vaflax/models/cpu_conv.py
-  (the same forward, under a custom VJP that converters do not read)."""
+  """The eval-mode model as a converter can read it: lax's own convolution (a ResNet on the CPU
+  swaps in vaflax/models/cpu_conv.py: the same forward, under a custom VJP that converters do not
+  read), and no rng streams in its state (dropout in eval mode draws nothing; jax2onnx cannot
+  hold a PRNG key as a constant)."""
   for _, m in nnx.iter_graph(model):
     if isinstance(m, nnx.Conv):
       m.conv_general_dilated = jax.lax.conv_general_dilated
+    if isinstance(m, nnx.Dropout) and m.deterministic and m.rngs is not None:
+      m.rngs = None
   return model
 
 
