@@ -279,3 +279,25 @@ def test_mae_va_config_speech_audio(encoder_run):
   assert 'audio_kind' not in mae_va.get_config('runlocal').fusion.model  # log-mel by default
   with pytest.raises(ValueError, match='audio_init'):
     mae_va.get_config('runlocal,audio=speech')
+
+
+@pytest.mark.slow
+def test_fusion_stage_trains_on_cached_speech_states(encoder_run, synthetic_data_dir, tmp_path):
+  """mae_va's fusion stage with audio=speech end to end on synthetic_va: the split's states are
+  cached under the data dir, keyed by the encoder's checksum, and read into the training batches."""
+  from configs import mae_va  # noqa: PLC0415
+  from vaflax import speech_features, train  # noqa: PLC0415
+
+  c = mae_va.get_config(f'runlocal,audio=speech,audio_init={encoder_run}').fusion
+  c.input.dataset, c.input.data_dir = 'synthetic_va', synthetic_data_dir
+  c.image_size = c.model.visual.image_size = 48
+  c.total_steps, c.eval_every_steps, c.checkpoint_every_steps, c.log_every_steps = 2, 2, 2, 1
+  c.schedule.warmup_steps = 0
+  c.mesh.num_devices = 1
+  c.tensorboard = False
+  metrics = train.train_and_evaluate(c, str(tmp_path / 'fusion'))
+  assert np.isfinite(metrics['val/ccc_mean'])
+  checksum = speech_features.Encoder(encoder_run).checksum
+  folder = os.path.join(synthetic_data_dir, 'speech_features', checksum[:16], 'synthetic_va')
+  assert sorted(os.listdir(folder)) == ['train-c8-s640.json', 'train-c8-s640.npy',
+                                        'validation-c8-s640.json', 'validation-c8-s640.npy']
