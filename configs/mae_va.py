@@ -6,7 +6,7 @@ r"""MAE-pretrained ViT -> VA fine-tuning -> audio-visual temporal fusion (Zhang 
   python -m vaflax.main --config=configs/mae_va.py --workdir=W --config.init_from=MAE_WORKDIR
   python -m vaflax.main --config=configs/mae_va.py:pretrained=W/mae_b16 --workdir=W
 
-One command runs the whole recipe (vaflax/trainers/mae_va.py), one sub-workdir per stage; re-run
+One command runs the whole recipe (vaflax/recipes.py), one sub-workdir per stage; re-run
 the same command to continue where it stopped (a finished stage is never redone):
   workdir/pretrain           MAE on face images (config.pretrain; skipped when init_from is set)
   workdir/finetune           ViT + linear head on single frames, loss (1 - CCC_v) + (1 - CCC_a),
@@ -173,7 +173,7 @@ def get_config(arg=None):
                        pretrain_dataset=mae_pretrain.FACE_MIXTURE, pretrained='', runlocal=False,
                        audio='logmel', audio_init='')
   c = ml_collections.ConfigDict()
-  c.recipe = 'mae_va'  # the stages of vaflax/trainers/mae_va.py, run by vaflax/stages.py
+  c.recipe = 'mae_va'  # the stages of vaflax/recipes.py, run by vaflax/stages.py
   c.init_from = ''  # an MAE (or ViT) run to fine-tune from; '' = pretrain one in workdir/pretrain
   c.data_dir = common.DEFAULT_DATA_DIR  # TFDS data dir of every stage
   c.image_size = 224  # input side of every stage (the ViT's position grid follows it)
