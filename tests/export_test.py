@@ -218,8 +218,8 @@ def test_exported_detector_equals_jax(emonet_exports):
   from vaflax.export import detector as det_export  # noqa: PLC0415
 
   _, dirs = emonet_exports
-  x, _ = detector.letterbox(np.stack([_photo('multi_face.jpg')[:600, :800],
-                                      _photo('single_face.jpg')[:600, :800]]))
+  x = np.concatenate([detector.letterbox(_photo(n)[None])[0]
+                      for n in ('multi_face.jpg', 'single_face.jpg')])
   want = [np.asarray(v) for v in jax.jit(det_export.detector_graph()[0])(x)]
   got_onnx = _onnx(os.path.join(dirs['onnx'], 'detector.onnx')).run(None, {'frames': x})
   exp = jax_export.deserialize(open(os.path.join(dirs['stablehlo'], 'detector.stablehlo'),
