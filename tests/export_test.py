@@ -165,7 +165,8 @@ def test_exported_face_model_equals_jax_and_predict(emonet_exports):
   size = f['crop']['size']
   assert f['inputs'] == [{'name': 'faces', 'shape': [None, size, size, 3], 'dtype': 'uint8'}]
   assert [o['name'] for o in f['outputs']] == ['valence', 'arousal', 'expression']
-  assert f['flip_tta'] and len(f['expression_classes']) == 8
+  run_flip = json.load(open(os.path.join(workdir, 'config.json'))).get('eval', {}).get('flip_tta')
+  assert f['flip_tta'] == bool(run_flip) and len(f['expression_classes']) == 8
   assert 'CC BY-NC-ND' in meta['licence']['terms'] and 'do not distribute' in meta['licence']['note']
   assert [s['op'] for s in f['preprocessing']['in_graph']][-1] == 'value_range'
   crops = _real_crops(size)
