@@ -37,10 +37,11 @@ def _licence(workdir: str, config) -> dict:
       terms = str(prov.get('licence', ''))
       out = {'terms': terms, 'from': path, 'weights_source': prov.get('source'),
              'weights_sha256': prov.get('sha256'), 'weights_format': prov.get('format')}
-      if 'ND' in terms.split():
+      words = terms.replace('-', ' ').split()
+      if 'ND' in words:
         out['note'] = ('no-derivatives terms: the exported files are a derivative of these '
                        'weights; use them yourself under the same terms and do not distribute them')
-      elif 'NC' in terms.replace('-', ' ').split():
+      elif 'NC' in words:
         out['note'] = 'non-commercial terms: the exported files carry them'
       return out
   return {'terms': 'trained with vaflax (code: Apache-2.0); the terms of the training data '
