@@ -31,7 +31,7 @@ def main(argv=None) -> int:
                           flip_tta=flip)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
-    return 1
+    return 2
   face = m['face']
   outs = ', '.join(f"{o['name']} {o['shape']}" for o in face['outputs'])
   print(f"face: {face['file']} ({face['model_name']}, crop {face['crop']}, "
