@@ -38,7 +38,8 @@ def png(width: int, height: int, data: bool = True) -> bytes:
 # A stand-in for predict.Predictor where no face reaches the model: what the run records of it.
 STUB = types.SimpleNamespace(window=0, batch_size=8, uses_audio=False, sample_rate=16000,
                              workdir='stub', step=0, config=types.SimpleNamespace(model_name='stub'),
-                             flip=False, crop_margin=0.2, crop_size=112, pp_spec='')
+                             flip=False, crop_margin=0.2, crop_size=112, pp_spec='',
+                             calibration=None)
 QUIET = predict.Options(progress=False, plots=False)
 
 

@@ -1,4 +1,6 @@
-"""vaflax.main's last line: where a run's results are, and a finished run is not trained again."""
+"""vaflax.main's last line: where a run's results are, and a finished run is not trained again.
+(writers.results_line in process; vaflax.main itself only in a subprocess: its absl flags would
+clash with vaflax.benchmark's in a shared test worker.)"""
 
 import json
 import os
@@ -7,7 +9,7 @@ import sys
 
 import pytest
 
-from vaflax import main
+from vaflax import writers
 
 
 def _finished_run(workdir):
@@ -23,7 +25,7 @@ def _finished_run(workdir):
 
 def test_results_line_names_the_files_and_the_last_and_best_ccc(tmp_path):
   _finished_run(tmp_path)
-  line = main.results_line(str(tmp_path))
+  line = writers.results_line(str(tmp_path))
   assert line == (f'Run finished at step 800: val/ccc_mean 0.9400 (best 0.9500 at step 600). '
                   f'Results in {tmp_path}: final_metrics.json, metrics.jsonl (curves), checkpoints/.')
 

@@ -15,7 +15,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vaflax import cpu_malloc
+from vaflax import cpu_malloc, writers
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/<x>.py[:args]).',
                                           lock_config=True)
@@ -114,25 +114,6 @@ def maybe_initialize_distributed() -> None:
                     jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def results_line(workdir: str, earlier: bool = False) -> str:
-  """The last line of a run: where its results are, and its CCC (last and best evaluation)."""
-  from vaflax import writers  # noqa: PLC0415
-
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  rec = writers.read_final_metrics(workdir) or {}
-  history = writers.read_metrics(workdir)
-  parts = []
-  for key in sorted(k for k, v in rec.items() if k.endswith('ccc_mean') and v is not None):
-    seen = [(h[key], h['step']) for h in history if h.get(key) is not None]
-    best, at = max(seen) if seen else (rec[key], rec.get('step'))
-    parts.append(f'{key} {rec[key]:.4f}' + (f' (best {best:.4f} at step {at})'
-                                               if len(seen) > 1 else ''))
-  state = ('finished earlier (nothing to train; raise --config.total_steps to train on)'
-           if earlier else 'finished')
-  return (f'Run {state} at step {rec.get("step", "?")}: {", ".join(parts) or "no CCC recorded"}. '
-          f'Results in {workdir}: {writers.FINAL_METRICS}, metrics.jsonl (curves), checkpoints/.')
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -146,14 +127,14 @@ def main(argv):
   try:
     if config.recipe:  # several stages (distillation, MAE -> VA -> fusion): vaflax/recipes.py
       stages.run(recipes.get(config.recipe), config, _WORKDIR.value)
-      print(results_line(_WORKDIR.value), flush=True)
+      print(writers.results_line(_WORKDIR.value), flush=True)
     elif stages.finished(os.path.abspath(os.path.expanduser(_WORKDIR.value)), config) is not None:
       # Re-running a finished run resumes nothing: say so (train_and_evaluate would restore the
       # last checkpoint and rewrite final_metrics.json without an evaluation).
-      print(results_line(_WORKDIR.value, earlier=True), flush=True)
+      print(writers.results_line(_WORKDIR.value, earlier=True), flush=True)
     else:
       train.train_and_evaluate(config, _WORKDIR.value)
-      print(results_line(_WORKDIR.value), flush=True)
+      print(writers.results_line(_WORKDIR.value), flush=True)
   except train.Preempted:
     sys.exit(train.PREEMPTED_EXIT_CODE)
   except train.NonFiniteError as e:

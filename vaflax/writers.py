@@ -83,6 +83,23 @@ def read_final_metrics(workdir: str) -> dict | None:
     return json.load(f)
 
 
+def results_line(workdir: str, earlier: bool = False) -> str:
+  """The last line of a run: where its results are, and its CCC (last and best evaluation)."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  rec = read_final_metrics(workdir) or {}
+  history = read_metrics(workdir)
+  parts = []
+  for key in sorted(k for k, v in rec.items() if k.endswith('ccc_mean') and v is not None):
+    seen = [(h[key], h['step']) for h in history if h.get(key) is not None]
+    best, at = max(seen) if seen else (rec[key], rec.get('step'))
+    parts.append(f'{key} {rec[key]:.4f}' + (f' (best {best:.4f} at step {at})'
+                                               if len(seen) > 1 else ''))
+  state = ('finished earlier (nothing to train; raise --config.total_steps to train on)'
+           if earlier else 'finished')
+  return (f'Run {state} at step {rec.get("step", "?")}: {", ".join(parts) or "no CCC recorded"}. '
+          f'Results in {workdir}: {FINAL_METRICS}, metrics.jsonl (curves), checkpoints/.')
+
+
 class Progress:
   """A console line per report: step, steps/s over the last interval, ETA, and a few metrics."""
 
