@@ -3,7 +3,7 @@ without crops, an unreadable crop, -5 labels."""
 
 import numpy as np
 import pytest
-from convert_test import fixture
+from conftest import fixture
 from PIL import Image
 
 import vaflax
@@ -43,6 +43,7 @@ def layout(tmp_path_factory):
   return root, run_dir, frames
 
 
+@pytest.mark.slow
 def test_submission_rows_fill_rule_and_score(layout, tmp_path, capsys):
   root, run_dir, frames = layout
   out = tmp_path / 'sub.txt'

@@ -1,11 +1,13 @@
 """vaflax.load: a converted or trained run scores uint8 face crops through its own preprocessing."""
 
 import numpy as np
-from convert_test import fixture, rel_diff
+import pytest
+from conftest import fixture, rel_diff
 
 import vaflax
 
 
+@pytest.mark.slow
 def test_load_a_converted_resnet_embed_and_predict(tmp_path):
   from vaflax.convert import __main__ as cli  # noqa: PLC0415
 
@@ -34,6 +36,7 @@ def test_load_a_converted_resnet_embed_and_predict(tmp_path):
     raise AssertionError('float faces were accepted')
 
 
+@pytest.mark.slow
 def test_predict_cropped_one_row_per_image(tmp_path):
   import csv  # noqa: PLC0415
 

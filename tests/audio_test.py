@@ -89,6 +89,7 @@ def test_sine_peaks_in_its_mel_band():
   assert np.all(np.argmax(out[0, 1], axis=-1) == expected)
 
 
+@pytest.mark.slow
 def test_encoder_shapes_and_errors():
   enc = audio.AudioEncoder(n_mels=16, n_fft=256, frames_per_video_frame=2, width=24,
                            num_layers=2, rngs=nnx.Rngs(0))

@@ -54,6 +54,7 @@ def _main(*args):
     (['--config=configs/no_such_config.py'],
      ['--config=configs/no_such_config.py: no such file; configs has', 'resnet_va.py']),
 ])
+@pytest.mark.slow
 def test_config_errors_are_one_line_naming_the_key(args, wants):
   r = _main(*args)
   assert r.returncode == 2, r.stderr[-2000:]
@@ -117,6 +118,7 @@ def disk_full_run(tmp_path_factory, synthetic_data_dir):
   return c, wd, e.value, final
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_is_clear_and_resumable(disk_full_run, capsys):
   c, wd, err, _ = disk_full_run
   assert isinstance(err, OSError) and err.errno == errno.ENOSPC  # main.py: one line, exit 2
@@ -330,6 +332,7 @@ AUDITED = {'vaflax/convert/reader.py': ['import zipfile'],
            'tests/wheel_media.py': ['import zipfile']}
 
 
+@pytest.mark.slow
 def test_no_project_code_unpickles_evaluates_or_extracts_archives():
   files = list(_project_files())
   assert len(files) > 50 and any(f.endswith('checkpoint.py') for f in files)

@@ -44,6 +44,7 @@ def test_peak_table():
   assert benchmark.peak_flops('TPU v5 lite') == 197e12
 
 
+@pytest.mark.slow
 def test_cli_json_fields(synthetic_data_dir):
   width, size, batch = 8, 32, 8
   env = dict(os.environ, JAX_PLATFORMS='cpu')

@@ -43,6 +43,7 @@ def test_fixture_was_made_from_the_converted_file(parity):
   assert str(parity['tflite_sha256']) == prov['member_sha256']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', make_parity.IMAGES)
 def test_raw_outputs_match_litert(net, parity, name):
   # Same 192x192 tensor through LiteRT (XNNPACK, float32) and through the Flax model.
@@ -69,6 +70,7 @@ def test_detections_match_mediapipe_tasks(net, parity, name):
   assert eye_l[0] < nose[0] < eye_r[0] and max(eye_l[1], eye_r[1]) < nose[1] < mouth[1]
 
 
+@pytest.mark.slow
 def test_batch_and_mirror(net):
   img = make_parity.image('astronaut')
   both = net.detect(np.stack([img, img[:, ::-1]]))
@@ -158,6 +160,7 @@ def test_converter_reproduces_the_shipped_weights():
     np.testing.assert_array_equal(fresh[k], shipped[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_smaller_input_and_downscale_geometry(net):
   # The network is fully convolutional: a 96 px letterbox gives a 24x24 anchor grid, stride 4.
   a = detector.anchors_Ax2(96)

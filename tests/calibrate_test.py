@@ -17,6 +17,7 @@ def workdir(tmp_path_factory, synthetic_data_dir):
   return tiny_run(tmp_path_factory, synthetic_data_dir)
 
 
+@pytest.mark.slow
 def test_calibrate_matches_evaluates_residuals_and_checks_coverage(workdir, tmp_path, capsys):
   # Calibrate on the test split (plain), so evaluate's CSV of the same split is the reference.
   rc = calibrate.main([f'--workdir={workdir}', '--split=test', '--method=plain',
@@ -44,6 +45,7 @@ def test_calibrate_matches_evaluates_residuals_and_checks_coverage(workdir, tmp_
   assert saved['coverage'] == 0.9 and saved['weights'] is None
 
 
+@pytest.mark.slow
 def test_scaled_calibration_widens_intervals_on_blurred_faces(workdir, capsys):
   rc = calibrate.main([f'--workdir={workdir}', '--split=validation', '--method=scaled',
                        '--config.batch_size=96'])

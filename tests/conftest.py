@@ -13,6 +13,7 @@ import jax  # noqa: E402
 
 jax.config.update('jax_num_cpu_devices', 8)
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
@@ -48,18 +49,27 @@ def synthetic_data_dir(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-  """Tests that need the synthetic set straddle the middle of the order. pytest-xdist's worksteal
-  hands each of the 2 workers a contiguous half to begin with: the second worker starts on them
-  and builds the set while the first runs tests that need nothing built, and reaches its own
-  share after the build. In collection order both workers soon reached a test that needed the
-  set, and one sat idle for the whole build (~40 s in a fresh-clone run). With all of them in
-  the second half instead, the long kill/resume tests queued last on one worker and the other
-  idled for 90 s at the end. Stable: each group keeps its files' order."""
+  """The tiers: a test that needs the built synthetic set (a ~25 s build, then training or
+  evaluation on it) is slow by that alone; others carry @pytest.mark.slow where they take
+  more than a few seconds. `pytest -m "not slow"` is the fast tier of the edit-test loop."""
   del config
-  needs = [i for i in items if 'synthetic_data_dir' in i.fixturenames]
-  rest = [i for i in items if 'synthetic_data_dir' not in i.fixturenames]
-  cut = max(0, len(items) // 2 - len(needs) // 2)
-  items[:] = rest[:cut] + needs + rest[cut:]
+  for item in items:
+    if 'synthetic_data_dir' in item.fixturenames:
+      item.add_marker(pytest.mark.slow)
+
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'torch')
+
+
+def fixture(name):
+  return os.path.join(FIXTURES, name)
+
+
+def rel_diff(got, want) -> float:
+  """max |got - want| / max |want|: the fixtures' tolerance is 1e-4."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape
+  return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
 
 
 def set_fields(c, **overrides):

@@ -8,15 +8,9 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import fixture, rel_diff
 
 from vaflax.convert import reader
-
-FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'torch')
-
-
-def fixture(name):
-  return os.path.join(FIXTURES, name)
-
 
 # --- Reader --------------------------------------------------------------------------------------
 
@@ -84,13 +78,6 @@ def test_reader_names_what_it_cannot_read(tmp_path):
 # --- Mappers: parity with the PyTorch outputs ----------------------------------------------------
 
 
-def rel_diff(got, want) -> float:
-  """max |got - want| / max |want|: the fixtures' tolerance is 1e-4."""
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  assert got.shape == want.shape
-  return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
-
-
 def imagenet_input(faces_u8, config):
   from vaflax import presets  # noqa: PLC0415
   from vaflax.data import ops  # noqa: PLC0415
@@ -100,6 +87,7 @@ def imagenet_input(faces_u8, config):
   return ops.build(pp)({'image': faces_u8}, None)['image']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,depth', [('resnet18_w4', 18), ('resnet50_w4', 50)])
 def test_torchvision_resnet_matches_torch(name, depth):
   from vaflax import convert  # noqa: PLC0415
@@ -114,6 +102,7 @@ def test_torchvision_resnet_matches_torch(name, depth):
   assert rel_diff(feats, ref['features']) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['mae_vit_d32_p8.pth', 'timm_vit_d32_p8.safetensors'])
 def test_mae_vit_matches_torch(name):
   from vaflax import convert  # noqa: PLC0415
@@ -142,6 +131,7 @@ def unit_input(faces_u8, config):
   return ops.build(pp)({'image': faces_u8}, None)['image']
 
 
+@pytest.mark.slow
 def test_emonet_matches_torch():
   """EmoNet-8 (reduced width, 2 head blocks at 64 px): VA, expression logits and heatmaps."""
   from vaflax import convert  # noqa: PLC0415
@@ -161,6 +151,7 @@ def test_emonet_matches_torch():
 
 @pytest.mark.parametrize('name,kind,pool,stacks', [('fan3_max_w16.pth.tar', 'legacy', 'max', 3),
                                                    ('fan2_avg_w16.zip', 'torchscript', 'avg', 2)])
+@pytest.mark.slow
 def test_face_alignment_fan_matches_torch(name, kind, pool, stacks):
   """face-alignment's FAN, pickled (< 1.3, max pooling) or TorchScript (1.3+, average pooling):
   the heatmaps of every stack; the emotion head on top is new."""
@@ -201,6 +192,7 @@ def test_a_missing_or_misshaped_tensor_is_named(tmp_path):
 @pytest.mark.parametrize('fmt,name', [('torchvision_resnet', 'resnet50_w4.pth'),
                                       ('mae', 'mae_vit_d32_p8.pth'),
                                       ('emonet', 'emonet8_w16.pth')])
+@pytest.mark.slow
 def test_cli_writes_a_run_that_load_run_reads(tmp_path, capsys, fmt, name):
   import json  # noqa: PLC0415
 
@@ -265,6 +257,7 @@ def test_a_converted_run_reproduces_its_source_without_overrides(tmp_path, capsy
     assert rel_diff(run.embed(ref['faces']), want) < 1e-4
 
 
+@pytest.mark.slow
 def test_resnet_recipe_starts_from_converted_weights(tmp_path):
   """configs/resnet_va.py:pretrained=OUT: the backbone comes from the converted file (the head is
   new) and the inputs get the ImageNet normalisation the weights need."""
@@ -292,6 +285,7 @@ def test_resnet_recipe_starts_from_converted_weights(tmp_path):
   assert rel_diff(feats, ref['features']) < 1e-4
 
 
+@pytest.mark.slow
 def test_predict_cropped_gives_emonet_expression_probabilities(tmp_path):
   """`vaflax.predict --cropped` on a converted EmoNet: VA and `expr_<class>` columns (softmax of
   EmoNet's expression logits, its class order) equal PyTorch's on the same face crops."""
@@ -325,6 +319,7 @@ def test_predict_cropped_gives_emonet_expression_probabilities(tmp_path):
     np.testing.assert_allclose(got, probs[i], atol=2e-6)
 
 
+@pytest.mark.slow
 def test_emofan_recipe_starts_from_a_converted_fan(tmp_path):
   """configs/emofan_va.py:pretrained=OUT (EmoNet's recipe): the model takes OUT's FAN (stacks,
   pooling, weights), frozen, and a new emotion head; the heatmaps are face-alignment's."""

@@ -41,6 +41,7 @@ def test_uncovered_forms_go_to_lax():
                                                             feature_group_count=2))
 
 
+@pytest.mark.slow
 def test_resnet_gradients_equal_xla_path_and_repeat_bit_for_bit():
   models = [resnet.Model(depth=18, width=8, head_hidden=16, conv_impl=impl, rngs=nnx.Rngs(0))
             for impl in ('xla', 'cpu')]

@@ -44,6 +44,7 @@ def _run(mode='jax', **env):
   return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc settings')
 def test_settings_stop_the_per_call_page_faults():
   kept = _run()

@@ -62,6 +62,7 @@ def _spec(batch):
   return {k: (v.shape, v.dtype) for k, v in batch.items()}
 
 
+@pytest.mark.slow
 def test_resnet_trains_on_afew_va(data_dir, tmp_path):
   c = _resnet('variant=18,dataset=afew_va', data_dir)
   train.train_and_evaluate(c, str(tmp_path))
@@ -112,6 +113,7 @@ def test_mixture_has_one_structure_and_the_configured_proportions(data_dir):
     assert set(idx[src == 1].tolist()) == {0, 1, 2, 3}  # the 4 AFEW-VA train frames
 
 
+@pytest.mark.slow
 def test_balanced_mixture_trains(data_dir, tmp_path):
   c = _resnet('variant=18', data_dir, **{'input.balance': 'va_grid', 'input.eval_split': ''})
   train.train_and_evaluate(c, str(tmp_path))
@@ -121,6 +123,7 @@ def test_balanced_mixture_trains(data_dir, tmp_path):
     assert os.path.exists(os.path.join(data_dir, name, '1.0.0', 'va_labels-train.npz'))
 
 
+@pytest.mark.slow
 def test_mae_pretraining_on_two_face_corpora(data_dir, tmp_path):
   c = mae_pretrain.get_config('runlocal')
   c = _tiny(c, data_dir, **{'input.dataset': 'celeba_faces:1,casia_webface:1',

@@ -40,6 +40,7 @@ def _track_clip(name, stride=1):
   return np.array(ids)
 
 
+@pytest.mark.slow
 def test_batched_detection_matches_frame_by_frame():
   """detect_frames (one network call for a batch, padded to 16) finds what one call per frame
   finds; frames it cannot detect whole (too large for one pass, Haar) say so with None."""
@@ -72,6 +73,7 @@ def test_one_person_clip_is_one_track(name, stride):
   assert set(ids[ids >= 0].tolist()) == {0}  # one id through the whole clip
 
 
+@pytest.mark.slow
 def test_no_face_clip_has_no_face():
   # Skin-coloured cloud letters score up to 0.71 (MediaPipe: 0.69); new faces need 0.75.
   ids = _track_clip('no_face.mp4', stride=4)

@@ -84,6 +84,7 @@ def _tiny_students(n=3):
   return distill.TeacherStudents(make, n, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_students_stacked_ensemble_and_isolated_gradients():
   m = _tiny_students(3)
   m.eval()

@@ -31,6 +31,7 @@ def _tiny(data_dir, **overrides):
   return set_fields(c, **overrides)
 
 
+@pytest.mark.slow
 def test_runlocal_trains_learns_and_reports_va_and_landmark_metrics(tmp_path, synthetic_data_dir):
   """100 steps of the tiny EmoFAN: metrics logged every 10 steps, one evaluation at the end, and
   the training loss (shake-shake VA + heatmap MSE) falls below 0.75 of its first logged value

@@ -117,6 +117,7 @@ def setup():
   return model, opt, step
 
 
+@pytest.mark.slow
 def test_loss_finite_with_masked_nan_targets_and_ignores_them(setup):
   model, opt, step = setup
   batch = _batch()
@@ -183,6 +184,7 @@ class _SidedModel(nnx.Module):
     return {'va': jnp.stack([v, a], -1), 'heatmaps': hm}
 
 
+@pytest.mark.slow
 def test_flip_tta_sees_the_mirror():
   rs = np.random.RandomState(4)
   img = rs.uniform(-1, 0, (2, 16, 16, 3)).astype(np.float32)

@@ -21,6 +21,7 @@ def _read_csv(path):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_evaluate_outputs_and_pooled_ccc_from_saved_frames(workdir, tmp_path, capsys):
   out = tmp_path / 'eval'
   rc = evaluate.main([f'--workdir={workdir}', '--split=test', f'--output={out}',

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import wheel_media  # tests/wheel_media.py
-from convert_test import fixture, rel_diff
+from conftest import fixture, rel_diff
 
 from vaflax import faces
 from vaflax.export import run as runner
@@ -97,6 +97,7 @@ def test_preprocessing_refuses_augmentation():
     preprocess.describe('standardize|resize(64)|flip_lr|value_range(-1, 1)', 112)
 
 
+@pytest.mark.slow
 def test_runner_nms_is_blazeface():
   """The detector graph's per-anchor outputs through the runner's NumPy NMS give BlazeFace's
   detections (boxes, scores, keypoints) on real photos: one face, five faces."""

@@ -21,6 +21,7 @@ def _np(v):
   return np.asarray(v[...], np.float64)
 
 
+@pytest.mark.slow
 def test_output_shapes():
   m = _model(num_emotions=7)
   x = jax.random.uniform(jax.random.key(0), (3, 32, 24, 3), minval=-1, maxval=1)

@@ -39,6 +39,7 @@ def _batch(seed=0):
   })
 
 
+@pytest.mark.slow
 def test_audio_changes_output_only_with_audio():
   batch = _batch()
   louder = dict(batch, audio=batch['audio'].at[:, 2].multiply(5.0))  # change frame 2's audio

@@ -11,6 +11,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_smoke_reports_every_workload(synthetic_data_dir, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
   r = subprocess.run(

@@ -110,6 +110,7 @@ def test_encoder_sees_only_visible_patches():
   np.testing.assert_allclose(out2['pred_patches'], out['pred_patches'], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_adam_reduces_loss_and_trainer():
   model = mae.Model(**TINY, rngs=nnx.Rngs(0))
   batch = {'image': _images(9, 8)}

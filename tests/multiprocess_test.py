@@ -16,6 +16,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 from conftest import set_fields
 
 from vaflax import checkpoint as ckpt_lib
@@ -51,6 +52,7 @@ def _leaves(tree):
                      else x) for x in jax.tree.leaves(tree)]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, synthetic_data_dir):
   wd = tmp_path / 'w'
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHON=sys.executable, VAFLAX_LOCAL_CPU_DEVICES='4',

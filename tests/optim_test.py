@@ -16,6 +16,7 @@ def _leaves(state, prefix):
           if optim.path_str(p).startswith(prefix)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('frozen,prefix', [('backbone(/|$)', 'backbone'), ('', None)])
 def test_frozen_subtree_has_no_optimizer_state_and_stays_bit_identical(
     synthetic_data_dir, frozen, prefix):
@@ -51,6 +52,7 @@ def test_frozen_regex_that_matches_nothing_is_an_error(synthetic_data_dir):
     train.make_setup(c, 1000)
 
 
+@pytest.mark.slow
 def test_frozen_module_runs_in_eval_mode():
   """A frozen module's BatchNorm reads its running averages in training too."""
   import ml_collections  # noqa: PLC0415

@@ -179,6 +179,7 @@ def test_tracker_keeps_ids_and_drops_old_tracks():
   assert predict.iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
 
 
+@pytest.mark.slow
 def test_no_face_video_unreadable_file_and_folder(predictor, media, tmp_path, capsys):
   s = predict.predict_file(predictor, media / 'noface.mp4', str(tmp_path), predict.Options(
       progress=False))
@@ -305,6 +306,7 @@ def _faststart_truncated(src, dst):
   dst.write_bytes(data[: len(data) // 2])
 
 
+@pytest.mark.slow
 def test_collection_bad_inputs_resume_after_a_kill_and_shards(predictor, media, tmp_path,
                                                               monkeypatch):
   from vaflax.predict import collection, summary  # noqa: PLC0415
@@ -424,6 +426,7 @@ def test_clip_quadrant_rule():
   assert outputs.clip_quadrant([0, 2, 2, 0], [0.3, 0.3]) == 1  # mean outside the tie: lowest id
 
 
+@pytest.mark.slow
 def test_predict_video_api_matches_the_csv(predictor, media, tmp_path):
   import vaflax  # noqa: PLC0415
 
@@ -468,6 +471,7 @@ def test_the_run_records_its_crop_and_predict_cuts_it(predictor, synthetic_data_
   assert predictor.crop_spec == faces.CropSpec.from_dict(recorded)
 
 
+@pytest.mark.slow
 def test_flip_tta_is_the_runs_switch(predictor, synthetic_data_dir):
   """One rule for flip TTA (vaflax/tasks.py predict_fn): predict's --flip_tta sets the run's
   config.eval.flip_tta, and the output is the mean over each crop and its mirror."""

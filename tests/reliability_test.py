@@ -56,6 +56,7 @@ def _wait_for_checkpoint(workdir, proc, min_step, timeout=240):
   raise AssertionError('no checkpoint appeared')
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identical(tmp_path, synthetic_data_dir):
   """A real SIGKILL at a random checkpoint, then a real SIGTERM at a later checkpoint of the
   resumed run: the third run ends bit-identical to one straight run (a resume of a resume)."""
@@ -120,6 +121,7 @@ def _record_first_drawn_at(config, step):
   return next(r for r in next(it)['index'].tolist() if r not in seen)
 
 
+@pytest.mark.slow
 def test_nonfinite_stops_with_step_ids_and_last_good_checkpoint(tmp_path, synthetic_data_dir, monkeypatch):
   c = tiny_config(synthetic_data_dir, total_steps=12, checkpoint_every_steps=100, eval_every_steps=100)
   bad = 5
@@ -135,6 +137,7 @@ def test_nonfinite_stops_with_step_ids_and_last_good_checkpoint(tmp_path, synthe
   assert all(np.all(np.isfinite(x)) for x in got if x.dtype.kind == 'f')
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_counts_and_finishes(tmp_path, synthetic_data_dir, monkeypatch):
   c = tiny_config(synthetic_data_dir, total_steps=12, checkpoint_every_steps=100, eval_every_steps=100,
                   log_every_steps=12, skip_nonfinite=True)

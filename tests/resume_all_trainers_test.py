@@ -316,6 +316,7 @@ def reference(tmp_path_factory, synthetic_data_dir):
   return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', [c[0] for c in CASES])
 def test_preempted_at_random_steps_resumes_bit_identical(name, tmp_path, reference, monkeypatch):
   _, _, _, stages, kills = _case(name)
@@ -402,6 +403,7 @@ def _as_killed_at(src, dst, k):
   return kept[-1] if kept else None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['supervised_resnet'])
 def test_sigkill_resumes_from_last_periodic_checkpoint(name, tmp_path, reference):
   config, _, ref, _ = reference(name)

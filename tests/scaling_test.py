@@ -79,6 +79,7 @@ def _cosine(a_list, b_list):
 # gradient is therefore checked for direction (cosine), a ViT's for closeness.
 
 
+@pytest.mark.slow
 def test_bf16_train_step_close_to_fp32_vit():
   batch = _image_batch()
   l32, d32, _, _ = _one_sgd_step(_sgd(_vit_config(dtype='float32')), batch)
@@ -124,6 +125,7 @@ FUSION = dict(visual=dict(variant='mu/8', image_size=16), width=16, num_layers=1
 
 @pytest.mark.parametrize('name,kwargs', [('resnet', RESNET), ('fusion', FUSION)],
                          ids=['resnet', 'fusion'])
+@pytest.mark.slow
 def test_bf16_gradients_close_to_fp32(name, kwargs):
   rng = np.random.default_rng(1)
   if name == 'resnet':
@@ -174,6 +176,7 @@ def test_bf16_fan_computes_in_bf16_with_float32_outputs():
     ('resnet', RESNET),
     ('vit', dict(variant='mu/8', image_size=32, head_zero_init=False)),
     ('fan', FAN)], ids=['resnet', 'vit', 'fan'])
+@pytest.mark.slow
 def test_remat_gives_the_same_gradients(name, kwargs):
   batch = jax.tree.map(jnp.asarray, _image_batch(2))
   l0, _, g0 = _loss_and_grads(name, dict(kwargs, remat=False), batch)
@@ -185,6 +188,7 @@ def test_remat_gives_the_same_gradients(name, kwargs):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_vit_fsdp_params_sharded_and_step_matches_one_device():
   if jax.device_count() < 8:
     pytest.skip('needs 8 (fake) devices')
@@ -209,6 +213,7 @@ def test_vit_fsdp_params_sharded_and_step_matches_one_device():
   assert _rel_err(d8, d1) < 1e-4
 
 
+@pytest.mark.slow
 def test_stem_max_pool_matches_jax_rule_with_ties():
   ref = lambda x: nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
   for shape in [(2, 9, 9, 3), (2, 8, 10, 4), (1, 16, 16, 2)]:

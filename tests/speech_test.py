@@ -46,6 +46,7 @@ def padded(ref):
   return wave, mask
 
 
+@pytest.mark.slow
 def test_hidden_states_match_transformers(converted):
   name, c, ref = converted
   for clip in ('speech', 'tone'):

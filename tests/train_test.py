@@ -31,6 +31,7 @@ def _run_main(args, env_extra=None, timeout=300):
                         capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_main_one_step_end_to_end(tmp_path, synthetic_data_dir):
   wd = tmp_path / 'wd'
   r = _run_main(['--config=configs/resnet_va.py:runlocal', f'--workdir={wd}',
@@ -48,6 +49,7 @@ def test_main_one_step_end_to_end(tmp_path, synthetic_data_dir):
   assert _final_params(str(wd))[0] == 1
 
 
+@pytest.mark.slow
 def test_the_loop_learns_va_on_the_synthetic_set(tmp_path, synthetic_data_dir):
   """400 steps of the tiny ResNet (8 wide, 32 px, batch 32): validation CCC well above chance
   (an untrained or constant predictor scores about 0). Measured 0.356 valence / 0.858 arousal
@@ -74,6 +76,7 @@ def _run_steps(config, batches, num_devices, fsdp=1):
   return losses, init, [_np(x) for x in jax.tree.leaves(state)], s
 
 
+@pytest.mark.slow
 def test_train_step_on_8_devices_equals_1_device(synthetic_data_dir):
   if jax.device_count() < 8:
     pytest.skip('needs 8 (fake) devices')
@@ -114,6 +117,7 @@ def test_train_step_on_8_devices_equals_1_device(synthetic_data_dir):
     assert np.linalg.norm(d - a) <= 0.1 * update + 1e-6, (a.shape, np.linalg.norm(d - a), update)
 
 
+@pytest.mark.slow
 def test_unknown_config_key_and_unwritable_workdir(tmp_path, synthetic_data_dir):
   r = _run_main(['--config=configs/resnet_va.py:runlocal', f'--workdir={tmp_path}/w',
                  '--config.optimizer.learning_rate=1'])
@@ -150,6 +154,7 @@ def test_init_from_text_and_typed_sources_round_trip():
     runs.WeightSource('/odd;dir')
 
 
+@pytest.mark.slow
 def test_restore_is_the_saved_state_and_data_position(tmp_path, synthetic_data_dir):
   """train.restore (the loop's resume) returns the model and optimizer state that was saved and
   sets the Grain iterator to the saved position; runs.load_run reads the model alone."""

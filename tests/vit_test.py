@@ -135,6 +135,7 @@ def test_logical_sharding_names():
   assert names(enc['patch_embed']['kernel']) == (None, 'embed')
 
 
+@pytest.mark.slow
 def test_remat_and_bfloat16():
   x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1, maxval=1)
   loss = lambda m: jnp.sum(m({'image': x})['features'] ** 2)
