@@ -446,6 +446,25 @@ def test_predict_video_api_matches_the_csv(predictor, media, tmp_path):
   assert s['dominant_quadrant'] == json.load(open(tmp_path / 'astro.json'))['dominant_quadrant']
 
 
+def test_predict_image_is_predict_on_the_same_pixels(predictor, media, tmp_path):
+  import vaflax  # noqa: PLC0415
+
+  run = vaflax.load(predictor.workdir, batch_size=8,
+                    overrides=[f'input.data_dir={predictor.config.input.data_dir}'])
+  records, s = run.predict_image(skimage.data.astronaut(), faces='all')
+  predict.predict_file(predictor, media / 'astro_still.png', str(tmp_path),
+                       predict.Options(faces='all', plots=False, progress=False))
+  rows = _rows(tmp_path / 'astro_still.csv')
+  assert len(rows) == len(records['frame']) == s['num_rows'] == 1
+  for col in ('x', 'y', 'w', 'h', 'lm_nose_x', 'det_score', 'valence', 'arousal'):
+    tol = 1e-4 if col in ('det_score', 'valence', 'arousal') else 0.051  # the CSV's rounding
+    np.testing.assert_allclose(float(records[col][0]), float(rows[0][col]), atol=tol)
+  with pytest.raises(ValueError, match=r'shape \(512, 512, 3\) \(one photo\? run.predict_image'):
+    run.predict(skimage.data.astronaut())
+  with pytest.raises(ValueError, match=r'uint8 RGB array \(H, W, 3\); got a float64'):
+    run.predict_image(skimage.data.astronaut() / 255.0)
+
+
 def test_save_crops_writes_the_model_input_crop(predictor, media, tmp_path):
   s = predict.predict_file(predictor, media / 'astro_still.png', str(tmp_path),
                            predict.Options(save_crops=True, plots=False, progress=False))

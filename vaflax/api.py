@@ -2,7 +2,8 @@
 
   import vaflax
   run = vaflax.load('workdirs/resnet_va')          # any training workdir or converted weights
-  out = run.predict(faces_NxHxWx3)                 # uint8 face crops
+  faces, summary = run.predict_image(photo_HxWx3)  # every face found, as python -m vaflax.predict
+  out = run.predict(faces_NxHxWx3)                 # uint8 face crops cut with the run's spec
   out['valence'], out['arousal']                   # (N,) float32 NumPy arrays
   feats_NxD = run.embed(faces_NxHxWx3)              # the features the VA head reads
   frames, summary = run.predict_video('clip.mp4')    # per-frame records (faces found by predict)
@@ -43,6 +44,15 @@ class Run:
   def _inputs(self, faces) -> list[dict]:
     """Model inputs of a uint8 (N, H, W, 3) array, or of a list of (H, W, 3) crops of any
     sizes (each is resized by the run's preprocessing)."""
+    if not isinstance(faces, list | tuple):
+      arr = np.asarray(faces)
+      if arr.ndim != 4 or arr.dtype != np.uint8 or arr.shape[-1] not in (1, 3):
+        hint = (' (one photo? run.predict_image(photo) finds, aligns and scores its faces as '
+                'predict does; a single crop needs a batch axis: crop[None])'
+                if arr.ndim == 3 else '')
+        raise ValueError(f'faces must be a uint8 array (N, H, W, 3) of face crops cut with the '
+                         f"run's crop spec (or a list of (H, W, 3) crops); got a {arr.dtype} "
+                         f'array of shape {arr.shape}{hint}')
     crops = list(faces) if isinstance(faces, list | tuple) else list(np.asarray(faces))
     for f in crops:
       f = np.asarray(f)
@@ -77,6 +87,25 @@ class Run:
         res[f'{name}_lo'], res[f'{name}_hi'] = (lo[:, d].astype(np.float32),
                                                 hi[:, d].astype(np.float32))
     return res
+
+  def predict_image(self, image, **options):
+    """(records, summary) of a uint8 RGB photo (H, W, 3): its faces detected, aligned with the
+    run's crop spec and scored exactly as `python -m vaflax.predict` scores the same pixels
+    in a file (it goes through that path as a lossless PNG). `options` as predict_video's
+    (faces='all' scores every face, not only the largest)."""
+    import os  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415
+
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+      raise ValueError(f'image must be a uint8 RGB array (H, W, 3); got a {arr.dtype} array of '
+                       f'shape {arr.shape}')
+    with tempfile.TemporaryDirectory() as d:
+      path = os.path.join(d, 'image.png')
+      Image.fromarray(arr).save(path, compress_level=1)
+      return self.predict_video(path, **options)
 
   def predict_video(self, path, *, frame_stride: int = 1, smooth: str = 'none',
                     smooth_window: int = 5, faces: str = 'largest', min_face: int = 40,
