@@ -4,6 +4,7 @@ quantiles of evaluate's own per-frame residuals, and --check reads them back."""
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +15,11 @@ from vaflax import calibrate, calibration, evaluate
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory, synthetic_data_dir):
-  return tiny_run(tmp_path_factory, synthetic_data_dir)
+  """A copy of the session's tiny run: the calibration.json written here must not reach the
+  other tests sharing that run (predict would then report intervals)."""
+  wd = tmp_path_factory.mktemp('calibrated') / 'run'
+  shutil.copytree(tiny_run(tmp_path_factory, synthetic_data_dir), wd)
+  return str(wd)
 
 
 @pytest.mark.slow
