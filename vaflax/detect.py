@@ -91,6 +91,12 @@ FIVE_POINT_SIDE = 2.2  # box side / max(inter-ocular, eye-to-mouth distance)
 FIVE_POINT_CENTRE = 0.3  # box centre: eye centre + this * (mouth centre - eye centre)
 
 
+def largest_face(rgb_HxWx3: np.ndarray) -> tuple[float, float, float, float] | None:
+  """(x, y, w, h) of the largest face the cascade finds, or None: the video builders' box_fn."""
+  found = detect_faces(rgb_HxWx3)
+  return tuple(found[0][:4]) if found else None
+
+
 def box_from_five_points(points_5x2) -> tuple[float, float, float, float]:
   """(x, y, w, h) face box from 5 points: left eye, right eye, nose, left and right mouth corner.
 

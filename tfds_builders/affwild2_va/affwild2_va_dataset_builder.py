@@ -265,14 +265,12 @@ def _read_video_audio(path, skips, item):
   """(Audio or None, fps or None, time of the first video frame) of a raw video."""
   fps, t_first = None, 0.0
   try:
-    with av.open(os.fspath(path)) as container:
-      if container.streams.video:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else None
-        origin = float(container.start_time) / 1e6 if container.start_time is not None else 0.0
-        if stream.start_time is not None and stream.time_base is not None:
-          t_first = float(stream.start_time * stream.time_base) - origin
+    try:
+      with video_io.Video(path) as video:
+        fps, t_first = video.fps, video.first_frame_time
+    except ValueError as e:  # an audio-only file: no frame times, the audio is still read
+      if str(e) != video_io.NO_VIDEO_STREAM:
+        raise
     audio = video_io.read_audio(path, sample_rate=SAMPLE_RATE)
   except (av.error.FFmpegError, OSError, ValueError) as e:
     skips.skip(f'raw video unreadable ({type(e).__name__}): zero audio, audio_mask 0', item)

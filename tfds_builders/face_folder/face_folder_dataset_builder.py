@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from vaflax import detect, faces
 from vaflax.data import builder_utils as bu
+from vaflax.data import video_io
 from vaflax.media import decode_rgb
 
 CROP = faces.CropSpec(size=256)  # the default box crop: margin 0.2 around the Haar box, chin in
@@ -134,16 +135,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         face_box=np.asarray(det[:4], np.float32), face_score=float(det[4]))
 
   def _video_examples(self, path, rel, skips) -> Iterator[dict]:
-    """Faces of every video_stride-th frame, streamed (one frame in memory at a time)."""
+    """Faces of every video_stride-th frame, streamed (one frame in memory at a time). `frame`
+    is the index in decoding order (vaflax/data/video_io.py `Video.frames`), as in predict."""
     stride, n = self.builder_config.video_stride, 0
     try:
-      with av.open(path) as container:
-        if not container.streams.video:
-          skips.skip('video file without a video stream', rel)
-          return
-        stream = container.streams.video[0]
-        stream.thread_type = 'AUTO'
-        for k, frame in enumerate(container.decode(stream)):
+      with video_io.Video(path) as video:
+        for k, (_, frame) in enumerate(video.frames()):
           n += 1
           if k % stride:
             continue
@@ -154,6 +151,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             continue
           yield self._example(rgb, dets[0], rel, k, 0)
     except (av.error.FFmpegError, OSError, ValueError) as e:
+      if n == 0 and str(e) == video_io.NO_VIDEO_STREAM:
+        skips.skip('video file without a video stream', rel)
+        return
       reason = ('unreadable video file' if n == 0
                 else 'video breaks while decoding (earlier frames kept)')
       skips.skip(reason, f'{rel} ({type(e).__name__}: {e})')

@@ -124,7 +124,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                         va_mask=np.ones((2,), np.float32), va_derived=True)
         frames = video_io.face_frames(
             os.path.join(actor_dir, 'video', rel), fps=FPS, sample_rate=SAMPLE_RATE,
-            spec=CROP, box_fn=video_io.largest_face, skips=writer.skips,
+            spec=CROP, box_fn=detect.largest_face, skips=writer.skips,
             stride=cfg.frame_stride, item=item,
             audio_path=audio if os.path.isfile(audio) else None)
         vid = f'{actor}/{m["view"]}/{emotion}/level_{level}/{m["clip"]}'

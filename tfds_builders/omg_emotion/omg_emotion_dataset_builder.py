@@ -110,7 +110,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           continue
       rel = os.path.relpath(path, root)
       frames = video_io.face_frames(
-          path, fps=FPS, sample_rate=SAMPLE_RATE, spec=CROP, box_fn=video_io.largest_face,
+          path, fps=FPS, sample_rate=SAMPLE_RATE, spec=CROP, box_fn=detect.largest_face,
           skips=writer.skips, item=rel, **span)
       vid_id = f'{vid}/{os.path.splitext(utt)[0]}'
       yield from writer.emit(vid_id, (bu.default_example(file=rel, **f, **labels) for f in frames))

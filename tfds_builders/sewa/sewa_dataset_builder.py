@@ -17,7 +17,7 @@ import av
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vaflax import faces
+from vaflax import detect, faces
 from vaflax.data import builder_utils as bu
 from vaflax.data import video_io
 
@@ -186,7 +186,7 @@ def _recording_examples(name, rows, video, audio_path, root, skips):
       if k < first_k:  # before the first label: not part of the annotated recording
         continue
       seen.add(k)
-      found = video_io.largest_face(rgb)
+      found = detect.largest_face(rgb)
       if found is not None:
         box, held = found, 0
       else:

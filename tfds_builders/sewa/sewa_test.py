@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tfds_builders.sewa import sewa_dataset_builder as sewa
-from vaflax import faces
+from vaflax import detect, faces
 from vaflax.data import build, video_io
 
 DUMMY = os.path.join(os.path.dirname(__file__), 'dummy_data', 'avec2019')
@@ -70,13 +70,13 @@ def test_crop_is_the_haar_crop_of_the_nearest_frame(builder):
   ds = builder.as_data_source('train')
   path = os.path.join(DUMMY, 'video', 'Train_DE_01.avi')
   ref = {k: rgb for k, _, rgb in video_io.iter_frames(path, fps=10, start=0.0) if k in (1, 3, 6)}
-  box1 = video_io.largest_face(ref[1])
-  for k, box in ((1, box1), (6, video_io.largest_face(ref[6]))):
+  box1 = detect.largest_face(ref[1])
+  for k, box in ((1, box1), (6, detect.largest_face(ref[6]))):
     want, _ = faces.crop_face(ref[k], box=box, spec=sewa.CROP)
     got = np.asarray(ds[k]['image']).astype(np.float32)
     assert np.abs(got - want).mean() < 3.0, k
   # Frame 3 has no face: the box of frame 2 is held (same window as frame 2's detection).
-  box2 = video_io.largest_face(
+  box2 = detect.largest_face(
       next(rgb for k, _, rgb in video_io.iter_frames(path, fps=10, start=0.0) if k == 2))
   want, _ = faces.crop_face(ref[3], box=box2, spec=sewa.CROP)
   assert np.abs(np.asarray(ds[3]['image']).astype(np.float32) - want).mean() < 3.0

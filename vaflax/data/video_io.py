@@ -21,7 +21,7 @@ import av
 import cv2
 import numpy as np
 
-from vaflax import detect, faces
+from vaflax import faces
 from vaflax.data import builder_utils as bu
 
 
@@ -85,6 +85,9 @@ def read_audio(path, *, sample_rate: int, start: float = 0.0, end: float | None 
   return Audio(samples, sample_rate, t0)
 
 
+NO_VIDEO_STREAM = 'no video stream'  # the ValueError of a file without one
+
+
 class Video:
   """A video file opened for streamed decoding: the one PyAV decoding path of the builders
   (`iter_frames`) and predict (vaflax/predict/decode.py).
@@ -100,7 +103,7 @@ class Video:
     self.container = av.open(self.path)
     if not self.container.streams.video:
       self.container.close()
-      raise ValueError('no video stream')
+      raise ValueError(NO_VIDEO_STREAM)
     self.stream = self.container.streams.video[0]
     # Frame and slice threads: FFmpeg's H.264 decoder is bit-exact whatever the thread timing
     # (30 decodes of the predict test video under CPU contention gave identical frames).
@@ -117,8 +120,21 @@ class Video:
   def seek(self, start: float) -> None:
     _seek(self.container, self.stream, start)
 
+  @property
+  def first_frame_time(self) -> float:
+    """When the video stream starts on the container timeline, from the container's start (0
+    when the stream does not say): the time of annotation frame 1 (Aff-Wild2's builder)."""
+    s = self.stream
+    if s.start_time is None or s.time_base is None:
+      return 0.0
+    return float(s.start_time * s.time_base) - self.origin
+
   def frames(self) -> Iterator[tuple[float | None, av.VideoFrame]]:
-    """(time, frame) in decoding order; time on the container timeline, None if unknown."""
+    """(time, frame) in decoding order; time on the container timeline, None if unknown.
+
+    The two meanings of "frame k" in vaflax both come from here: predict, face_folder and
+    Aff-Wild2 count frames in decoding order (`enumerate(frames())`); the builders of
+    datasets labelled per time sample them on a fixed-rate time grid (`iter_frames`)."""
     for frame in self.container.decode(self.stream):
       self.decoded += 1
       yield (frame.time - self.origin if frame.time is not None else None), frame
@@ -200,12 +216,6 @@ def _ran_out(video: Video, start, stop, prev, half) -> dict:
   short = bool(video.duration) and last + 1.5 / fps < dur
   return {'truncated': short, 'decoded': int(round((last - start) * fps)) + (prev is not None),
           'declared': int(round((dur - start) * fps))}
-
-
-def largest_face(rgb_HxWx3: np.ndarray) -> tuple[float, float, float, float] | None:
-  """(x, y, w, h) of the largest face OpenCV's Haar cascade finds (vaflax.detect), or None."""
-  found = detect.detect_faces(rgb_HxWx3)
-  return tuple(found[0][:4]) if found else None
 
 
 def add_video_stream(container, fps: float, width: int, height: int, *, codec: str = 'libx264',
