@@ -83,8 +83,9 @@ def get_config(arg=None):
     c.schedule.name = 'cosine'
     c.schedule.warmup_steps = 30
     c.distill.teacher_total_steps = 600
-    c.total_steps = 800  # per student; all students train together in each step (400: ensemble
-    # valence CCC 0.800, student0 0.57: measured, docs/deng2020.md)
+    # per student; all students train together in each step (400 left student 0 far behind
+    # the ensemble: docs/deng2020.md)
+    c.total_steps = 800
     c.total_epochs = 0.0
     c.log_every_steps = 50
     c.eval_every_steps = 0  # only at the end of each stage

@@ -155,8 +155,8 @@ def get_config(arg=None):
     c.model.head_width = 32
     c.model.head_blocks = 2
     c.loss.emotion_weight = 0.0
-    # 16x16 heatmaps: sigma 1 leaves the all-zero map as the fit for hundreds of steps (NME
-    # 0.76 after 600 landmark-only steps, measured); sigma 2 reaches 0.17 (docs/emofan.md).
+    # 16x16 heatmaps: sigma 1 leaves the all-zero map as the fit for hundreds of steps; sigma
+    # 2 does not (docs/emofan.md has both curves).
     c.loss.heatmap_sigma = 2.0
     c.image_size = 64
     c.input.pp_train = ('standardize|random_crop(0.85)|resize({image_size})|flip_lr|'

@@ -26,8 +26,7 @@ Aff-Wild2 (`affwild2_va`, built with audio) with windows of 100 frames in the fu
 runlocal: the same code path on synthetic_va_large (faces + voice; synthetic_va's validation
 and test clips, 4x its training identities) at 48 px with a 4-block ViT of patch 6 (CLS
 pooling; the MAE on pixel targets) and windows of 8 frames (clips have 24): MAE 300 steps,
-fine-tuning 3000, each fusion stage 300 (21.6 min on one CPU core including the 112 s data
-build; video-only val CCC 0.94 / 0.96, fused 0.96 / 0.97; measured 2026-11-30, docs/mae_va.md).
+fine-tuning 3000, each fusion stage 300 (docs/mae_va.md has its measured time and CCC).
 
 Arguments: variant (ViT name/patch), dataset (VA data of finetune and fusion), pretrain_dataset
 (faces for the MAE; mixture parts joined by '+'), pretrained (a workdir written by
@@ -193,21 +192,20 @@ def get_config(arg=None):
   if a.runlocal:
     c.image_size = 48
     # CLS pooling: the 4-block ViT fine-tuned 1000 steps from the MAE reads arousal far better
-    # from the class token than from the average of its 64 patch tokens (val CCC 0.82 against
-    # 0.67; valence 0.09 against 0.05, measured, docs/mae_va.md).
+    # from the class token than from the average of its 64 patch tokens (docs/mae_va.md, "GAP
+    # vs CLS").
     c.vit = ml_collections.ConfigDict(dict(mae_pretrain.RUNLOCAL_VIT, pool_type='cls'))
     c.test_split = 'test'
     # synthetic_va_large: synthetic_va's validation and test clips with 4x its training
-    # identities (160). On synthetic_va's 40 the fine-tuned ViT memorises who is in the frame
-    # (train CCC 0.94; val valence 0.50-0.76 in 4 runs); on 160 it generalises (val valence
-    # 0.93 / 0.94 from the MAE, 2 seeds, measured 2026-11-30, docs/mae_va.md). Every stage
-    # reads it: the MAE its frames (labels unused), fine-tuning and fusion its labels.
+    # identities (160). On synthetic_va's 40 the fine-tuned ViT memorises who is in the frame;
+    # on 160 it generalises (docs/mae_va.md has both runs). Every stage reads it: the MAE its
+    # frames (labels unused), fine-tuning and fusion its labels.
     c.pretrain.input.dataset = RUNLOCAL_DATASET
     c.finetune.input.dataset = c.fusion.input.dataset = RUNLOCAL_DATASET
     c.finetune.batch_size = 32
     c.finetune.total_epochs = 0.0
-    # 3000 x 32 frames = 6 passes over the 15360 training frames: val CCC 0.69 / 0.90 at step
-    # 1000, 0.90 / 0.95 at 2000, 0.93 / 0.96 at 3000 (measured 2026-11-30, docs/mae_va.md).
+    # 3000 x 32 frames = 6 passes over the 15360 training frames: validation CCC still rises
+    # in the last third (docs/mae_va.md has the curve).
     c.finetune.total_steps = 3000
     c.finetune.optimizer.lr = 1e-3
     c.finetune.optimizer.layer_decay = 0.9  # 4 blocks: embeddings get 0.9 ** 5 = 0.59 x lr
@@ -224,9 +222,9 @@ def get_config(arg=None):
     c.fusion.model.max_len = 8
     c.fusion.model.drop_path = 0.0
     # Added when the ViT's features fitted synthetic_va's 40 training identities better than
-    # they generalised, and the fused model leant on them (val valence CCC 0.71 instead of the
-    # audio's 0.9). Kept on synthetic_va_large, where fused 0.96 / 0.97 >= video-only 0.94 /
-    # 0.96; not re-measured without it there (docs/mae_va.md).
+    # they generalised, and the fused model leant on them instead of the audio. Kept on
+    # synthetic_va_large, where the fused model beats the video-only one; not re-measured
+    # without it there (docs/mae_va.md).
     c.fusion.model.visual_dropout = 0.5
     c.fusion.input.window = 8  # synthetic clips have 24 frames
     c.fusion.input.window_stride = 4
