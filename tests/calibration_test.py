@@ -128,3 +128,38 @@ def test_difficulty_model_keeps_its_signs_and_does_not_extrapolate():
   rng_ = ((0.0, 0.0), (1.0, 1.0))
   assert calibration.scale(w, [[10.0, 0.5]], rng_) == pytest.approx(
       calibration.scale(w, [[1.0, 0.5]], rng_))
+
+
+def test_effective_size_counts_videos_when_their_frames_agree():
+  # 10 videos of 5 frames, each video all hit or all missed: worth 10 frames, not 50.
+  hit = np.repeat([1, 1, 0, 1, 0, 1, 1, 0, 1, 0], 5).astype(bool)
+  assert calibration.effective_size(hit, np.repeat(np.arange(10), 5)) == pytest.approx(10)
+  assert calibration.effective_size(hit, np.arange(50)) == pytest.approx(50)  # independent
+  assert calibration.effective_size(hit) == 50
+  assert calibration.effective_size(np.ones(7, bool), np.zeros(7)) == 7  # no spread to measure
+
+
+def test_coverage_standard_error_over_videos_matches_the_scatter_of_coverage():
+  # Errors shared within a video (a person the model reads badly): the realised coverage of a
+  # 100-video split scatters as the reported s.e. says, about 2.5x the frame-count binomial.
+  rng = np.random.default_rng(0)
+
+  def draw(n_videos=100, frames=20):
+    shared = np.repeat(rng.standard_normal((n_videos, 2)), frames, axis=0)
+    target = 0.1 * (shared + 0.5 * rng.standard_normal(shared.shape))
+    group = np.repeat(np.arange(n_videos), frames)
+    return np.zeros_like(target), target, group
+
+  pred, target, group = draw(2000)
+  cal = calibration.calibrate(pred, target, np.ones_like(target), split='v', group_N=group)
+  assert cal.n_groups == 2000 and 1000 < cal.n_eff[0] < 8000
+  covs, ses = [], []
+  for _ in range(200):
+    pred, target, group = draw()
+    lo, hi = cal.intervals(pred, coverage=0.9)
+    rep = calibration.coverage_report(target, np.ones_like(target), lo, hi, group_N=group)
+    covs.append(rep['coverage_valence'])
+    ses.append(rep['coverage_se_valence'])
+  assert abs(np.mean(covs) - 0.9) < 0.01
+  assert np.std(covs) == pytest.approx(np.mean(ses), rel=0.2)
+  assert np.std(covs) > 2 * math.sqrt(0.9 * 0.1 / 2000)

@@ -25,3 +25,18 @@ def test_large_has_4x_train_clips_and_the_default_validation_and_test(tmp_path):
       assert x['image'] == y['image'] and x['file'] == y['file']
       np.testing.assert_array_equal(x['audio'], y['audio'])
       assert (x['valence'], x['arousal']) == (y['valence'], y['arousal'])
+
+
+def test_heldout_keeps_frames_of_the_whole_clip_and_new_identities(tmp_path):
+  from vaflax.data import synthetic_faces as sf  # noqa: PLC0415
+
+  full = sf.make_clip(5, 12, 32)
+  kept = sf.make_clip(5, 12, 32, keep=[0, 4, 8])
+  for a, b in zip(full, kept, strict=True):
+    np.testing.assert_array_equal(a[[0, 4, 8]], b)
+  held = build.make_builder('synthetic_va_heldout', str(tmp_path))
+  base = build.make_builder('synthetic_va', str(tmp_path))
+  seeds = lambda b, s: set(range(b.SPLITS[s][1], b.SPLITS[s][1] + b.SPLITS[s][0]))  # noqa: E731
+  assert not seeds(held, 'test') & seeds(held, 'validation')
+  assert not (seeds(held, 'test') | seeds(held, 'validation')) & set().union(
+      *(seeds(base, s) for s in base.SPLITS))

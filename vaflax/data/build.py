@@ -25,7 +25,7 @@ from absl import app, flags, logging
 import tfds_builders
 from vaflax.presets import DEFAULT_DATA_DIR
 
-NO_DOWNLOAD = {'synthetic_va', 'synthetic_va_large'}  # builders that need no manual_dir
+NO_DOWNLOAD = {'synthetic_va', 'synthetic_va_large', 'synthetic_va_heldout'}  # no manual_dir
 
 # TFDS's console lines that describe a download; vaflax's builders download nothing (the
 # synthetic sets are drawn, the others read --manual_dir), so `build` prints its own line instead.

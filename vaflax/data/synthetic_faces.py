@@ -199,20 +199,25 @@ def voice(ident: Identity, va_Tx2: np.ndarray, rng: np.random.Generator) -> np.n
   return wave.reshape(T, SAMPLES_PER_FRAME).astype(np.float32)
 
 
-def make_clip(seed: int, num_frames: int, size: int, identity_seed: int | None = None):
+def make_clip(seed: int, num_frames: int, size: int, identity_seed: int | None = None,
+              keep=None):
   """Returns (frames uint8 (T,S,S,3), landmarks (T,68,2) px, va (T,2), audio (T,640)).
 
   `identity_seed` (default: `seed`) picks who is in the clip; `seed` picks the VA trajectory,
   pose path and noise, so one identity can appear in several clips with unrelated VA.
+  `keep` (frame indices, default all) draws only those frames of the same num_frames clip: the
+  trajectory, pose and voice are those of the whole clip, so kept frames are identical to the
+  whole clip's (synthetic_va_heldout keeps every 4th frame to draw more clips for the cost).
   """
   ident = sample_identity(np.random.default_rng([7, seed if identity_seed is None else identity_seed]))
   rng = np.random.default_rng(seed)
   va = va_trajectory(rng, num_frames)
   poses = pose_path(rng, va)
   audio = voice(ident, va, rng)
+  keep = np.arange(num_frames) if keep is None else np.asarray(keep)
   frames, lms = [], []
-  for t in range(num_frames):
+  for t in keep:
     f, lm = render_frame(ident, float(va[t, 0]), float(va[t, 1]), poses[t], size)
     frames.append(f)
     lms.append(lm)
-  return np.stack(frames), np.stack(lms).astype(np.float32), va, audio
+  return np.stack(frames), np.stack(lms).astype(np.float32), va[keep], audio[keep]
