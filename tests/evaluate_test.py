@@ -70,7 +70,7 @@ def test_config_overrides_and_bad_input(tmp_path, capsys):
   runs.apply_overrides(c, ['a=3', 'b.c=2', 'b.d=hello', 'b.e=true', 'b.f=(3, 4)'])
   assert (c.a, c.b.c, c.b.d, c.b.e, tuple(c.b.f)) == (3, 2.0, 'hello', True, (3, 4))
   assert isinstance(c.a, int) and isinstance(c.b.c, float)
-  with pytest.raises(ValueError, match="no field 'b.zz'"):
+  with pytest.raises(ValueError, match="config.b has no field 'zz'"):
     runs.apply_overrides(c, ['b.zz=1'])
   with pytest.raises(ValueError, match='b.e=maybe'):
     runs.apply_overrides(c, ['b.e=maybe'])

@@ -277,7 +277,7 @@ def test_convert_cli_gives_one_line_and_exit_2_for_every_attack(attacks, tmp_pat
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
     assert rc == 2 and len(lines) == 1 and captured.out == '', (name, captured)
-    assert lines[0].startswith('python -m vaflax.convert: ') and path in lines[0], name
+    assert lines[0].startswith('error: ') and path in lines[0], name
     assert lines[0].isprintable(), name
     assert not (tmp_path / name).exists(), name  # nothing written for a refused file
 
@@ -305,5 +305,5 @@ def test_convert_cli_process_on_a_hostile_file_exits_2_without_a_signal(attacks,
                                                                        'JAX_PLATFORMS': 'cpu'})
   assert r.returncode == 2 and r.stdout == ''
   assert r.stderr.splitlines() == [
-      f'python -m vaflax.convert: CheckpointError: {attacks["negative_stride"]}: storage 0: a '
+      f'error: {attacks["negative_stride"]}: storage 0: a '
       'tensor stride is -1048576; expected a count in [0, 2^48]']

@@ -18,14 +18,13 @@ must be a relative `<video>/<frame>` path that stays inside DIR.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys
 
 import numpy as np
 
-from vaflax import cpu_malloc, media
+from vaflax import cli, media
 
 HEADER = 'image_location,valence,arousal'
 INVALID = -5.0  # Aff-Wild2's "not annotated" marker
@@ -129,7 +128,6 @@ def predict(run, locs: list[str], frames_dir: str, chunk: int = 512,
   """(N, 2) VA of each location's crop, NaN where there is no crop or it cannot be read (empty,
   corrupt, over `max_pixels`, a decompression bomb); and counts of those."""
   from vaflax.predict import cropped  # noqa: PLC0415
-  from vaflax.predict.outputs import printable  # noqa: PLC0415
 
   va = np.full((len(locs), 2), np.nan)
   paths = [os.path.join(frames_dir, *check_location(loc, 'location').split('/')) for loc in locs]
@@ -142,7 +140,7 @@ def predict(run, locs: list[str], frames_dir: str, chunk: int = 512,
     else:
       va[present[j], 0], va[present[j], 1] = out['valence'], out['arousal']
   for e in unreadable[:5]:
-    print(f'note: unreadable crop, filled: {printable(e)}', file=sys.stderr)
+    print(f'note: unreadable crop, filled: {cli.printable(e)}', file=sys.stderr)
   return va, {'no_crop': len(locs) - len(present), 'unreadable': len(unreadable)}
 
 
@@ -204,8 +202,9 @@ def score(pred: dict[str, tuple[float, float]], labels: dict[str, np.ndarray]) -
   return out
 
 
-def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog='python -m vaflax.abaw', description=__doc__.split('\n')[0])
+@cli.entry_point
+def main(argv) -> int:
+  ap = cli.parser('vaflax.abaw', __doc__)
   ap.add_argument('--workdir', help='the trained run')
   ap.add_argument('--sample', help="the organisers' sample file (the rows to write)")
   ap.add_argument('--frames', help='the cropped_aligned folder: FRAMES/<video>/<frame>.jpg')
@@ -216,43 +215,35 @@ def main(argv=None) -> int:
   ap.add_argument('--checkpoint_step', type=int, default=None)
   ap.add_argument('--max_pixels', type=int, default=media.MAX_PIXELS,
                   help='larger crops are unreadable (filled)')
-  a = ap.parse_args(argv)
-  cpu_malloc.keep_freed_memory()  # before JAX starts its backends
-  from vaflax.predict.outputs import printable  # noqa: PLC0415
-
+  a = cli.parse(ap, argv)
   for name, low in (('batch_size', 1), ('checkpoint_step', 0), ('max_pixels', 1)):
     if getattr(a, name) is not None and getattr(a, name) < low:
-      print(f'error: --{name} must be >= {low}, got {getattr(a, name)}', file=sys.stderr)
-      return 2
-  try:
-    labels = read_labels(a.labels) if a.labels else None
-    if a.predictions:
-      if labels is None:
-        ap.error('--predictions needs --labels')
-      path = a.predictions
-    else:
-      if not (a.workdir and a.frames and a.output and (a.sample or labels is not None)):
-        ap.error('need --workdir, --frames, --output and --sample (or --labels)')
-      if not os.path.isdir(a.frames):
-        raise FileNotFoundError(f'--frames={a.frames}: no such folder')
-      header, locs = read_sample(a.sample) if a.sample else (HEADER, label_locations(labels))
-      from vaflax import api  # noqa: PLC0415
+      raise cli.ConfigError(f'--{name} must be >= {low}, got {getattr(a, name)}')
+  labels = read_labels(a.labels) if a.labels else None
+  if a.predictions:
+    if labels is None:
+      ap.error('--predictions needs --labels')
+    path = a.predictions
+  else:
+    if not (a.workdir and a.frames and a.output and (a.sample or labels is not None)):
+      ap.error('need --workdir, --frames, --output and --sample (or --labels)')
+    if not os.path.isdir(a.frames):
+      raise FileNotFoundError(f'--frames={a.frames}: no such folder')
+    header, locs = read_sample(a.sample) if a.sample else (HEADER, label_locations(labels))
+    from vaflax import api  # noqa: PLC0415
 
-      run = api.load(a.workdir, step=a.checkpoint_step, batch_size=a.batch_size)
-      va, missing = predict(run, locs, a.frames, max_pixels=a.max_pixels)
-      va, counts = fill(va, locs)
-      path = write(a.output, header, locs, va)
-      print(f"{len(locs)} rows in {len(_videos(locs))} videos: {counts['predicted']} predicted; "
-            f"filled {counts['interpolated']} by interpolation, {counts['video_mean']} by the "
-            f"video's mean, {counts['zero']} with 0 ({missing['no_crop']} without a crop, "
-            f"{missing['unreadable']} unreadable) -> {printable(path)}")
-    if labels is not None:
-      s = score(read_predictions(path), labels)
-      print(f"{printable(path)}: {s['frames']} annotated frames: CCC valence {s['ccc_valence']:.4f}, "
-            f"arousal {s['ccc_arousal']:.4f}; ABAW score (mean) {s['abaw_score']:.4f}")
-  except (OSError, ValueError, KeyError) as e:
-    print(f'error: {printable(e)}', file=sys.stderr)
-    return 2
+    run = api.load(a.workdir, step=a.checkpoint_step, batch_size=a.batch_size)
+    va, missing = predict(run, locs, a.frames, max_pixels=a.max_pixels)
+    va, counts = fill(va, locs)
+    path = write(a.output, header, locs, va)
+    print(f"{len(locs)} rows in {len(_videos(locs))} videos: {counts['predicted']} predicted; "
+          f"filled {counts['interpolated']} by interpolation, {counts['video_mean']} by the "
+          f"video's mean, {counts['zero']} with 0 ({missing['no_crop']} without a crop, "
+          f"{missing['unreadable']} unreadable) -> {cli.printable(path)}")
+  if labels is not None:
+    s = score(read_predictions(path), labels)
+    print(f"{cli.printable(path)}: {s['frames']} annotated frames: CCC valence "
+          f"{s['ccc_valence']:.4f}, arousal {s['ccc_arousal']:.4f}; ABAW score (mean) {s['abaw_score']:.4f}")
   return 0
 
 

@@ -23,20 +23,10 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import logging
 
-from vaflax import cpu_malloc
+from vaflax import cli
 from vaflax.aot import compile_step, memory_report, step_flops  # noqa: F401 (re-exported)
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/<x>.py[:args]).',
-                                          lock_config=True)
-_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per phase (fed and cached).')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps before each phase.')
-_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
-_PEAK = flags.DEFINE_float('peak_tflops', 0.0,
-                           'Peak TFLOP/s per device for MFU (0: from the device kind).')
-flags.mark_flags_as_required(['config'])
 
 # Dense (no sparsity) bf16 peak FLOP/s per device, from the vendors' data sheets. Matched as a
 # substring of jax.Device.device_kind, first match wins (so the specific names come first).
@@ -219,29 +209,32 @@ def format_report(r: dict) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  cpu_malloc.keep_freed_memory()  # before JAX starts its backends
+@cli.entry_point
+def main(argv) -> int:
+  ap = cli.parser('vaflax.benchmark', __doc__)
+  ap.add_argument('--config', required=True, help='config file: configs/<x>.py[:args]')
+  ap.add_argument('--steps', type=int, default=20, help='timed steps per phase (fed and cached)')
+  ap.add_argument('--warmup', type=int, default=2, help='untimed steps before each phase')
+  ap.add_argument('--json', action='store_true', help='print one JSON object instead of a table')
+  ap.add_argument('--peak_tflops', type=float, default=0.0,
+                  help='peak TFLOP/s per device for MFU (0: from the device kind)')
+  ap.add_argument('-v', '--verbosity', type=int, default=-1,
+                  help='absl logging: -1 warnings (default), 0 info, 1 debug')
+  args, overrides = cli.parse(ap, argv, overrides=True)
+  logging.set_verbosity(args.verbosity)
+  config = cli.load_config(args.config, overrides)
+  import jax  # noqa: PLC0415 -- after flag parsing: --help is fast
+
   env = os.environ
   if env.get('JAX_COORDINATOR_ADDRESS') and int(env.get('JAX_NUM_PROCESSES', '1')) > 1:
-    import jax  # noqa: PLC0415
-
     jax.distributed.initialize(coordinator_address=env['JAX_COORDINATOR_ADDRESS'],
                                num_processes=int(env['JAX_NUM_PROCESSES']),
                                process_id=int(env['JAX_PROCESS_ID']))
-  try:
-    report = run(_CONFIG.value, _STEPS.value, _WARMUP.value, _PEAK.value)
-  except (FileNotFoundError, ValueError, KeyError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  import jax  # noqa: PLC0415
-
+  report = run(config, args.steps, args.warmup, args.peak_tflops)
   if jax.process_index() == 0:
-    print(json.dumps(report) if _JSON.value else format_report(report), flush=True)
+    print(json.dumps(report) if args.json else format_report(report), flush=True)
+  return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(main())

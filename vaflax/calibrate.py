@@ -16,12 +16,11 @@ and per sharpness tercile, optionally on degraded copies of its faces. docs/unce
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
-from vaflax import calibration, cpu_malloc, quality
+from vaflax import calibration, cli, quality
 
 DEGRADATIONS = ('blur', 'downscale', 'rotate')
 
@@ -170,10 +169,9 @@ def _print_report(rep: dict) -> None:
           f"A {r['width_arousal']:.3f} (n={r['n_valence']}); per sharpness tercile V/A: {bins}")
 
 
-def main(argv=None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
-  ap = argparse.ArgumentParser(prog='python -m vaflax.calibrate', description=__doc__.split('\n')[0])
+@cli.entry_point
+def main(argv) -> int:
+  ap = cli.parser('vaflax.calibrate', __doc__)
   ap.add_argument('--workdir', required=True)
   ap.add_argument('--split', default='validation', help='held-out split to calibrate on')
   ap.add_argument('--coverage', type=float, default=0.9, help='the intervals predict reports')
@@ -183,29 +181,21 @@ def main(argv=None) -> int:
   ap.add_argument('--check', default='', help='a split to measure the stored calibration on')
   ap.add_argument('--degrade', choices=DEGRADATIONS + ('random',), default=None,
                   help='with --check: degrade the faces first')
-  args = ap.parse_args([a for a in argv if not a.startswith('--config.')])
+  args, overrides = cli.parse(ap, argv, overrides=True)
   if not 0 < args.coverage < 1:
     ap.error(f'--coverage must be in (0, 1), got {args.coverage}')
   if args.degrade and not args.check:
     ap.error('--degrade goes with --check')
   if args.data_dir:
     overrides.append(f'input.data_dir={args.data_dir}')
-  cpu_malloc.keep_freed_memory()
-  from absl import flags  # noqa: PLC0415
-
-  flags.FLAGS.mark_as_parsed()  # Grain reads absl flags
-  try:
-    if args.check:
-      rep = check_run(args.workdir, args.check, dataset=args.dataset, degrade=args.degrade or '',
-                      overrides=overrides)
-      print(f"{args.workdir} on {rep['split']} (degrade: {rep['degrade']}, {rep['method']}):")
-      _print_report(rep)
-      return 0
-    cal, path, rep = calibrate_run(args.workdir, split=args.split, coverage=args.coverage,
-                                   method=args.method, dataset=args.dataset, overrides=overrides)
-  except (FileNotFoundError, ValueError, calibration.CalibrationError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  if args.check:
+    rep = check_run(args.workdir, args.check, dataset=args.dataset, degrade=args.degrade or '',
+                    overrides=overrides)
+    print(f"{args.workdir} on {rep['split']} (degrade: {rep['degrade']}, {rep['method']}):")
+    _print_report(rep)
+    return 0
+  cal, path, rep = calibrate_run(args.workdir, split=args.split, coverage=args.coverage,
+                                 method=args.method, dataset=args.dataset, overrides=overrides)
   q = cal.quantiles[f'{cal.coverage:g}']
   print(f'{cal.method} calibration on {cal.dataset}/{cal.split}: n={cal.n}, coverage '
         f'{cal.coverage:g}: quantile V {q[0]:.4f} A {q[1]:.4f}; on the split itself coverage '

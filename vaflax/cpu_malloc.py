@@ -18,8 +18,8 @@ anyway, and Python no longer queues the next step while one runs; on a CPU, wher
 every core, the training loop and predict measured no loss from that (same file).
 
 The settings must be made before JAX starts its CPU client: it reads the dispatch mode when it
-starts. So the entry points (`vaflax.main`, predict, evaluate, `vaflax.abaw`, `vaflax.benchmark`)
-call `keep_freed_memory()` first. It does nothing
+starts. So every entry point calls `keep_freed_memory()` first, through `vaflax.cli.parse` (once
+its flags are parsed). It does nothing
 
 - when the backend may be an accelerator (JAX_PLATFORMS names another platform first, or a JAX
   plugin such as the CUDA one, or libtpu, is installed): host memory is not where those steps

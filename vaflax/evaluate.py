@@ -12,7 +12,6 @@ finished last; pass --workdir=W/<stage> to choose another. See docs/evaluate.md.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -21,7 +20,7 @@ import sys
 
 import numpy as np
 
-from vaflax import cpu_malloc
+from vaflax import cli
 
 # --- Outputs ------------------------------------------------------------------------------------
 
@@ -208,11 +207,9 @@ _SUMMARY_KEYS = ('ccc_valence', 'ccc_arousal', 'ccc_mean', 'per_video_ccc_mean',
                  'quadrant_head_accuracy', 'quadrant_head_macro_f1')
 
 
-def main(argv=None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
-  rest = [a for a in argv if not a.startswith('--config.')]
-  ap = argparse.ArgumentParser(prog='python -m vaflax.evaluate', description=__doc__.split('\n')[0])
+@cli.entry_point
+def main(argv) -> int:
+  ap = cli.parser('vaflax.evaluate', __doc__)
   ap.add_argument('--workdir', required=True, help='the run (its config.json and checkpoints/)')
   ap.add_argument('--split', default='test', help='dataset split to score')
   ap.add_argument('--dataset', default=None,
@@ -223,18 +220,10 @@ def main(argv=None) -> int:
   ap.add_argument('--checkpoint_step', type=int, default=None, help='default: the latest')
   ap.add_argument('--output', default=None, help='output folder (default: WORKDIR/eval)')
   ap.add_argument('--data_dir', default=None, help='TFDS data dir (default: the run config\'s)')
-  args = ap.parse_args(rest)
-  cpu_malloc.keep_freed_memory()  # before JAX starts its backends
-  from absl import flags  # noqa: PLC0415
-
-  flags.FLAGS.mark_as_parsed()  # Grain reads absl flags; this CLI parses its own
-  try:
-    rec = evaluate_run(args.workdir, split=args.split, dataset=args.dataset, flip=args.flip_tta,
-                       checkpoint_step=args.checkpoint_step, output=args.output,
-                       overrides=overrides, data_dir=args.data_dir)
-  except (FileNotFoundError, PermissionError, ValueError, KeyError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  args, overrides = cli.parse(ap, argv, overrides=True)
+  rec = evaluate_run(args.workdir, split=args.split, dataset=args.dataset, flip=args.flip_tta,
+                     checkpoint_step=args.checkpoint_step, output=args.output,
+                     overrides=overrides, data_dir=args.data_dir)
   m = rec['metrics']
   flip = ' (flip TTA)' if rec['flip_tta'] else ''
   print(f"{rec['dataset']}/{rec['split']} step {rec['checkpoint_step']}{flip}: " + ', '.join(

@@ -13,7 +13,6 @@ mapping of parameter path prefixes, one typed value that recipes compose and the
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import importlib
 import json
@@ -25,7 +24,7 @@ import ml_collections
 from flax import nnx
 
 from vaflax import checkpoint as ckpt_lib
-from vaflax import sharding, tasks
+from vaflax import cli, sharding, tasks
 
 CHECKPOINTS = 'checkpoints'
 CONFIG = 'config.json'
@@ -104,43 +103,8 @@ def resolve_workdir(workdir: str) -> str:
   return chosen
 
 
-def _parse_value(text: str, current):
-  if isinstance(current, bool):
-    if text.lower() in ('1', 'true', 'yes'):
-      return True
-    if text.lower() in ('0', 'false', 'no'):
-      return False
-    raise ValueError(f'expected a boolean, got {text!r}')
-  if isinstance(current, int):
-    return int(text)
-  if isinstance(current, float):
-    return float(text)
-  if isinstance(current, str):
-    return text
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
-  """Applies 'a.b=value' strings in place; the value takes the type of the current field."""
-  for item in overrides:
-    key, eq, text = item.partition('=')
-    if not eq:
-      raise ValueError(f'--config.{item}: expected --config.<field>=<value>')
-    node = config
-    *path, last = key.split('.')
-    try:
-      for p in path:
-        node = node[p]
-      current = node[last]
-    except (KeyError, AttributeError, TypeError):
-      raise ValueError(f'--config.{key}: the run config has no field {key!r}') from None
-    try:
-      node[last] = _parse_value(text, current)
-    except (ValueError, TypeError) as e:
-      raise ValueError(f'--config.{key}={text}: {e}') from None
+# The one --config.x=y parser (ml_collections' semantics), re-exported for the run's config.json.
+apply_overrides = cli.apply_overrides
 
 
 def load_config(workdir: str, overrides=()) -> ml_collections.ConfigDict:

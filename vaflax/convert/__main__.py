@@ -6,33 +6,26 @@ preprocessing). Prints what was loaded, what was left new and what was ignored.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from vaflax import checkpoint, convert
-from vaflax.convert.errors import CheckpointError, printable
+from vaflax import cli, convert
+
 
 # A file that cannot be converted (unreadable, hostile, not this format, missing, a workdir in
-# use): one line and exit 2. Anything else is a bug and keeps its traceback.
-BAD_INPUT = (CheckpointError, checkpoint.CheckpointMismatchError, OSError)
-
-
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m vaflax.convert', description=__doc__.split('\n')[2])
+# use) is one line and exit 2 (cli.entry_point); a bug keeps its traceback.
+@cli.entry_point
+def main(argv) -> int:
+  p = cli.parser('vaflax.convert', __doc__, line=2)
   p.add_argument('--format', required=True, choices=convert.FORMATS)
   p.add_argument('--input', required=True, help='.pth / .pt / .bin / .safetensors file')
   p.add_argument('--workdir', required=True, help='the run directory to write')
   p.add_argument('--variant', default='', help="ResNet depth (50) or ViT 'B/16'; default: "
                  'from the tensors')
-  args = p.parse_args(argv)
+  args = cli.parse(p, argv)
   t0 = time.perf_counter()
-  try:
-    c = convert.convert(args.format, args.input, args.variant)
-    out = convert.write_run(c, args.workdir)
-  except BAD_INPUT as e:
-    print(f'{p.prog}: {type(e).__name__}: {printable(e, 2000)}', file=sys.stderr)
-    return 2
+  c = convert.convert(args.format, args.input, args.variant)
+  out = convert.write_run(c, args.workdir)
   print(c.report.summary())  # its "kept their initial value" are the format's new weights
   print(f'  ignored on purpose ({len(c.ignored)}): {", ".join(c.ignored[:12]) or "nothing"}'
         f'{" ..." if len(c.ignored) > 12 else ""}')

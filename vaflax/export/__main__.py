@@ -7,31 +7,25 @@ Writes DIR/face.<ext> (the run's face model with its preprocessing), DIR/detecto
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from vaflax import cli
 
-def main(argv=None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
-  rest = [a for a in argv if not a.startswith('--config.')]
-  p = argparse.ArgumentParser(prog='python -m vaflax.export', description=__doc__.split('\n')[3])
+
+@cli.entry_point
+def main(argv) -> int:
+  p = cli.parser('vaflax.export', __doc__, line=3)
   p.add_argument('--workdir', required=True, help='a training workdir or vaflax.convert output')
   p.add_argument('--format', required=True, choices=('onnx', 'stablehlo'))
   p.add_argument('--output', required=True, help='the folder to write')
   p.add_argument('--flip_tta', choices=('true', 'false'), default=None,
                  help="mean over each crop and its mirror inside the graph (default: the run's "
                  'config.eval.flip_tta)')
-  args = p.parse_args(rest)
+  args, overrides = cli.parse(p, argv, overrides=True)
   from vaflax import export  # noqa: PLC0415
 
   flip = None if args.flip_tta is None else args.flip_tta == 'true'
-  try:
-    m = export.export_run(args.workdir, args.format, args.output, overrides=overrides,
-                          flip_tta=flip)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  m = export.export_run(args.workdir, args.format, args.output, overrides=overrides, flip_tta=flip)
   face = m['face']
   outs = ', '.join(f"{o['name']} {o['shape']}" for o in face['outputs'])
   print(f"face: {face['file']} ({face['model_name']}, crop {face['crop']}, "

@@ -13,13 +13,11 @@ path per line). docs/predict.md has the outputs and formats.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from vaflax import cpu_malloc
+from vaflax import cli
 from vaflax.predict import collection, summary
-from vaflax.predict.decode import InputError
 from vaflax.predict.model import Predictor
 from vaflax.predict.outputs import printable
 from vaflax.predict.pipeline import Options
@@ -31,12 +29,10 @@ def list_inputs(path) -> tuple[list[str], list[str]]:
   return [i.path for i in inputs], ignored
 
 
-def main(argv=None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
-  rest = [a for a in argv if not a.startswith('--config.')]
+@cli.entry_point
+def main(argv) -> int:
   d = Options()
-  ap = argparse.ArgumentParser(prog='python -m vaflax.predict', description=__doc__.split('\n')[0])
+  ap = cli.parser('vaflax.predict', __doc__)
   ap.add_argument('--workdir', help='the trained run')
   ap.add_argument('--input', help='an image, a video, a folder of them or a list file')
   ap.add_argument('--output', required=True, help='output folder')
@@ -74,16 +70,14 @@ def main(argv=None) -> int:
                   'OUTPUT/cropped.csv')
   ap.add_argument('--max_pixels', type=int, default=d.max_pixels,
                   help='larger images and video frames (width x height) are error rows')
-  a = ap.parse_args(rest)
-  cpu_malloc.keep_freed_memory()  # before JAX starts its backends
+  a, overrides = cli.parse(ap, argv, overrides=True)
   if a.merge:
     return _main_merge(a.output)
   if not a.workdir or not a.input:
     ap.error('--workdir and --input are required (except with --merge)')
   bad = check_numbers(a)
   if bad:
-    print(f'error: {bad}', file=sys.stderr)
-    return 2
+    raise cli.ConfigError(bad)
   if a.flip_tta:  # the run's own switch: every path (videos, --cropped) follows it
     overrides = [*overrides, 'eval.flip_tta=True']
   if a.cropped:
@@ -93,18 +87,14 @@ def main(argv=None) -> int:
                  detector=a.detector, max_age=a.max_age, overlay=a.overlay, plots=not a.no_plots,
                  save_crops=a.save_crops, progress=False, max_pixels=a.max_pixels)
   log = (lambda msg: None) if a.quiet else collection.log_stderr
-  try:
-    opts.check()
-    shard = collection.parse_shard(a.shard)
-    collection.list_inputs(a.input)  # fail on a missing input before loading the model
-    predictor = Predictor(a.workdir, checkpoint_step=a.checkpoint_step, batch_size=a.batch_size,
-                          crop_size=a.crop_size or None, crop_margin=a.crop_margin,
-                          data_dir=a.data_dir, overrides=overrides)
-    res = collection.run(predictor, a.input, a.output, opts, shard=shard,
-                         overwrite=a.overwrite, workers=a.workers, log=log)
-  except (InputError, FileNotFoundError, PermissionError, ValueError, KeyError) as e:
-    print(f'error: {printable(e)}', file=sys.stderr)
-    return 2
+  opts.check()
+  shard = collection.parse_shard(a.shard)
+  collection.list_inputs(a.input)  # fail on a missing input before loading the model
+  predictor = Predictor(a.workdir, checkpoint_step=a.checkpoint_step, batch_size=a.batch_size,
+                        crop_size=a.crop_size or None, crop_margin=a.crop_margin,
+                        data_dir=a.data_dir, overrides=overrides)
+  res = collection.run(predictor, a.input, a.output, opts, shard=shard,
+                       overwrite=a.overwrite, workers=a.workers, log=log)
   for p in res.ignored:
     print(f'skipped {printable(p)}: not an image or video extension', file=sys.stderr)
   print(f'table: {printable(res.table)}')
@@ -132,11 +122,7 @@ def check_numbers(a) -> str | None:
 
 
 def _main_merge(out_dir) -> int:
-  try:
-    path, rows = summary.merge(out_dir)
-  except ValueError as e:
-    print(f'error: {printable(e)}', file=sys.stderr)
-    return 2
+  path, rows = summary.merge(out_dir)
   print(f'table: {printable(path)}')
   print(collection.main_line(rows, 0))
   return 0
@@ -146,16 +132,11 @@ def _main_cropped(a, overrides) -> int:
   from vaflax import api  # noqa: PLC0415
   from vaflax.predict import cropped  # noqa: PLC0415
 
-  try:
-    files, ignored = list_inputs(a.input)
-    if a.data_dir:
-      overrides = [*overrides, f'input.data_dir={a.data_dir}']
-    run = api.load(a.workdir, step=a.checkpoint_step, batch_size=a.batch_size,
-                   overrides=overrides)
-    root = a.input if os.path.isdir(a.input) else os.path.dirname(os.path.abspath(a.input))
-    path, ok, bad = cropped.predict_crops(run, files + ignored, a.output, root, a.max_pixels)
-  except (InputError, FileNotFoundError, PermissionError, ValueError, KeyError) as e:
-    print(f'error: {printable(e)}', file=sys.stderr)
-    return 2
+  files, ignored = list_inputs(a.input)
+  if a.data_dir:
+    overrides = [*overrides, f'input.data_dir={a.data_dir}']
+  run = api.load(a.workdir, step=a.checkpoint_step, batch_size=a.batch_size, overrides=overrides)
+  root = a.input if os.path.isdir(a.input) else os.path.dirname(os.path.abspath(a.input))
+  path, ok, bad = cropped.predict_crops(run, files + ignored, a.output, root, a.max_pixels)
   print(f'{ok} crops scored, {bad} errors -> {printable(path)}')
   return 0

@@ -8,12 +8,11 @@ import csv
 import json
 import math
 import os
-import re
 from typing import NamedTuple
 
 import numpy as np
 
-from vaflax import circumplex, faces, fileio
+from vaflax import circumplex, cli, faces, fileio
 
 # The canonical keypoint order of predict's Face.landmarks (vaflax/faces.py).
 KEYPOINTS = faces.KEYPOINTS  # the detector's landmarks, in the one canonical order
@@ -49,7 +48,6 @@ atomic, remove_stale_parts = fileio.atomic, fileio.remove_stale_parts
 # --- Text written into tables and logs ------------------------------------------------------------
 
 _FORMULA_START = ('=', '+', '-', '@', '\t', '\r')
-_CONTROL = re.compile(r'[\x00-\x1f\x7f-\x9f]')
 
 
 def text(s) -> str:
@@ -63,10 +61,7 @@ def text(s) -> str:
     return s.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
 
 
-def printable(s) -> str:
-  """`text(s)` with control characters escaped (\\n, \\x1b, ...): a file name cannot forge or
-  colour a log line."""
-  return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text(s))
+printable = cli.printable  # control characters escaped: the one escaper of every CLI line
 
 
 def cell(s) -> str:
