@@ -98,16 +98,17 @@ class Video:
   just stops).
   """
 
-  def __init__(self, path):
+  def __init__(self, path, live: bool = False):
     self.path = os.fspath(path)
-    self.container = av.open(self.path)
+    self.container = _open_live(self.path) if live else av.open(self.path)
     if not self.container.streams.video:
       self.container.close()
       raise ValueError(NO_VIDEO_STREAM)
     self.stream = self.container.streams.video[0]
     # Frame and slice threads: FFmpeg's H.264 decoder is bit-exact whatever the thread timing
-    # (30 decodes of the predict test video under CPU contention gave identical frames).
-    self.stream.thread_type = 'AUTO'
+    # (30 decodes of the predict test video under CPU contention gave identical frames). Frame
+    # threads hold back one frame per thread: a live stream gets slice threads only.
+    self.stream.thread_type = 'SLICE' if live else 'AUTO'
     self.origin = _origin(self.container)
     self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 0.0) or None
     self.num_frames = int(self.stream.frames or 0) or None
@@ -151,6 +152,24 @@ class Video:
 
   def __exit__(self, *exc):
     self.close()
+
+
+# Live sources (vaflax/predict/live.py): FFmpeg probes 5 MB or 5 s of a stream before its first
+# frame (a whole short clip on a pipe); 128 kB and 0.5 s find an H.264 stream's parameters in
+# MPEG-TS and Matroska at once. Network reads time out instead of blocking for ever.
+LIVE_OPTIONS = {'probesize': '131072', 'analyzeduration': '500000'}
+LIVE_TIMEOUT_S = (20.0, 10.0)  # (open, each read) of a URL
+
+
+def _open_live(path: str):
+  """The container of a live source (vaflax/predict/decode.py `is_live`): '-' is stdin, through
+  FFmpeg's pipe protocol; a path under /dev a capture device, through v4l2 (Linux cameras);
+  anything else a URL."""
+  if path == '-':
+    return av.open('pipe:0', options=LIVE_OPTIONS)
+  if path.startswith('/dev/'):
+    return av.open(path, format='v4l2', options=LIVE_OPTIONS)
+  return av.open(path, options=LIVE_OPTIONS, timeout=LIVE_TIMEOUT_S)
 
 
 def iter_frames(path, *, fps: float, start: float | None = None, end: float | None = None,

@@ -8,7 +8,8 @@ r"""Valence/arousal of the faces in images and videos, with a trained run.
   python -m vaflax.predict --merge --output=DIR
 
 PATH is an image, a video, a folder of them (searched recursively) or a list file (.txt: one
-path per line). docs/predict.md has the outputs and formats.
+path per line); live: '-' (a stream on stdin), a URL (rtsp://, udp://, http(s)://) or a camera
+(/dev/video0), with [--latency]. docs/predict.md has the outputs and formats.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 
 from vaflax import cli
 from vaflax.predict import collection, summary
+from vaflax.predict.decode import is_live
 from vaflax.predict.model import Predictor
 from vaflax.predict.outputs import printable
 from vaflax.predict.pipeline import Options
@@ -70,6 +72,9 @@ def main(argv) -> int:
                   'OUTPUT/cropped.csv')
   ap.add_argument('--max_pixels', type=int, default=d.max_pixels,
                   help='larger images and video frames (width x height) are error rows')
+  ap.add_argument('--latency', action='store_true',
+                  help='live input: end with the frames received, processed, dropped and the '
+                  'p50/p95 latency from capture to row')
   a, overrides = cli.parse(ap, argv, overrides=True)
   if a.merge:
     return _main_merge(a.output)
@@ -87,6 +92,10 @@ def main(argv) -> int:
                  detector=a.detector, max_age=a.max_age, overlay=a.overlay, plots=not a.no_plots,
                  save_crops=a.save_crops, progress=False, max_pixels=a.max_pixels)
   log = (lambda msg: None) if a.quiet else collection.log_stderr
+  if is_live(a.input):  # '-' (stdin), a URL or a camera: vaflax/predict/live.py
+    from vaflax.predict import live  # noqa: PLC0415
+
+    return live.main(a, opts, overrides)
   opts.check()
   shard = collection.parse_shard(a.shard)
   collection.list_inputs(a.input)  # fail on a missing input before loading the model

