@@ -1,8 +1,9 @@
 r"""Live predict on a real clip streamed through stdin, at 1x and 3x real time (issue 30).
 
-  python benchmarks/live_stream.py --workdir=W [--clip=PATH] [--speeds=1,3] [--data_dir=D]
+  python benchmarks/live_stream.py --workdir=W [--clip=PATH] [--speeds=1,3] [--repeat=1]
+      [--data_dir=D]
 
-PyAV re-encodes the clip (H.264, zero-latency tune) as MPEG-TS into the stdin of
+PyAV re-encodes the clip (`--repeat` times in a row, one stream; H.264, zero-latency tune) as MPEG-TS into the stdin of
 `python -m vaflax.predict --input=- --latency`, one frame every 1 / (fps x speed) s, starting
 when predict says it is ready (its model and detector compiled). Prints, per speed: CSV rows,
 frames received / processed / dropped, p50 / p95 latency (capture to row, as predict measures
@@ -103,7 +104,7 @@ LINE = re.compile(r'live: (\d+) frames received, (\d+) processed, (\d+) dropped;
                   r'latency p50 (\S+) ms, p95 (\S+) ms')
 
 
-def run_speed(workdir, clip, speed, extra=()) -> dict:
+def run_speed(workdir, clip, speed, extra=(), repeat: int = 1) -> dict:
   with tempfile.TemporaryDirectory() as out_dir:
     live = Live(workdir, out_dir, *extra)
     if not live.ready.wait(600) or live.proc.poll() is not None:
@@ -120,7 +121,7 @@ def run_speed(workdir, clip, speed, extra=()) -> dict:
 
     threading.Thread(target=sample, daemon=True).start()
     t0 = time.monotonic()
-    sent = send(live.proc.stdin, (clip, speed))
+    sent = send(live.proc.stdin, *[(clip, speed)] * repeat)
     live.proc.stdin.close()
     took = time.monotonic() - t0
     rc, out = live.finish()
@@ -146,6 +147,7 @@ def main():
   ap.add_argument('--clip', default=None)
   ap.add_argument('--speeds', default='1,3')
   ap.add_argument('--data_dir', default=None)
+  ap.add_argument('--repeat', type=int, default=1, help='the clip this many times in a row')
   a = ap.parse_args()
   clip = a.clip
   if clip is None:
@@ -160,7 +162,7 @@ def main():
     print(f'clip: {os.path.basename(clip)}, {s.frames} frames, {s.width}x{s.height}, '
           f'{float(s.average_rate):.2f} fps; cpus: {os.cpu_count()}')
   for speed in (float(x) for x in a.speeds.split(',')):
-    r = run_speed(a.workdir, clip, speed, extra)
+    r = run_speed(a.workdir, clip, speed, extra, a.repeat)
     print(f"{r['speed']:g}x: sent {r['sent']} frames in {r['seconds']:.1f} s; rows {r['rows']}; "
           f"received {r['received']}, processed {r['processed']}, dropped {r['dropped']}; "
           f"latency p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms; RSS peak {r['rss_peak_mb']:.0f} MB, "

@@ -7,6 +7,8 @@ import importlib.util
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -87,6 +89,17 @@ def test_refusals_before_any_model(tmp_path, capsys):
   assert 'no such capture device' in capsys.readouterr().err
   assert predict.main(base + ['--input=-', '--smooth=mean']) == 2
   assert '--smooth=mean is centred' in capsys.readouterr().err
+
+
+def test_stdin_without_a_video_is_an_input_error():
+  """Bytes on stdin that hold no video are an InputError naming stdin, not a hang
+  (decode.VideoFrames opened live, the reader live predict uses)."""
+  code = ('from vaflax.predict import decode\n'
+          'try:\n  decode.VideoFrames("-", live=True)\n'
+          'except decode.InputError as e:\n  print(e)\n')
+  r = subprocess.run([sys.executable, '-c', code], input=b'not a video stream\n' * 100,
+                     capture_output=True, timeout=120, cwd=ROOT)
+  assert r.stdout.decode().startswith('stdin: cannot open as a video'), r.stderr[-2000:]
 
 
 @pytest.mark.slow

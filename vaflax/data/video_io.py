@@ -163,11 +163,11 @@ LIVE_TIMEOUT_S = (20.0, 10.0)  # (open, each read) of a URL
 
 def _open_live(path: str):
   """The container of a live source (vaflax/predict/decode.py `is_live`): '-' is stdin, through
-  FFmpeg's pipe protocol; a path under /dev a capture device, through v4l2 (Linux cameras);
-  anything else a URL."""
+  FFmpeg's pipe protocol; /dev/video* a camera, through v4l2 (Linux); anything else (a URL,
+  /dev/stdin, a named pipe) as FFmpeg opens it."""
   if path == '-':
     return av.open('pipe:0', options=LIVE_OPTIONS)
-  if path.startswith('/dev/'):
+  if path.startswith('/dev/video'):
     return av.open(path, format='v4l2', options=LIVE_OPTIONS)
   return av.open(path, options=LIVE_OPTIONS, timeout=LIVE_TIMEOUT_S)
 

@@ -332,7 +332,7 @@ def main(a, opts: pipeline.Options, overrides) -> int:
                           crop_size=a.crop_size or None, crop_margin=a.crop_margin,
                           data_dir=a.data_dir, overrides=overrides)
     res = run(predictor, a.input, a.output, opts, overwrite=a.overwrite,
-              log=pipeline_log(a.quiet))
+              log=_logger(a.quiet))
   except (decode.InputError, FileNotFoundError, PermissionError, ValueError, KeyError) as e:
     print(f'error: {outputs.printable(e)}', file=sys.stderr)
     return 2
@@ -343,7 +343,7 @@ def main(a, opts: pipeline.Options, overrides) -> int:
   return 0
 
 
-def pipeline_log(quiet: bool):
+def _logger(quiet: bool):
   from vaflax.predict import collection  # noqa: PLC0415
 
   return (lambda msg: None) if quiet else collection.log_stderr
