@@ -24,13 +24,13 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import tiny_config
 from PIL import Image
-from resume_all_trainers_test import _compile_cache  # noqa: F401 -- module fixture: shared compiles
 
 from vaflax import checkpoint as ckpt_lib
 from vaflax import predict, train
 from vaflax.data import build, video_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.usefixtures('compile_cache')  # conftest.py: shared compiles
 
 
 # --- Config -------------------------------------------------------------------------------------
@@ -201,13 +201,13 @@ def bad_media(tmp_path_factory):
 
 def test_predict_names_every_unreadable_image_and_video(bad_media, tmp_path, capsys):
   d, names = bad_media
+  stub = types.SimpleNamespace(window=0, batch_size=8)  # no model is reached: nothing decodes
   for name in names:
     p = str(d / name)
     with pytest.raises(predict.InputError,
                        match=f'^{re.escape(p)}: cannot (read as an image|open as a video)'):
-      predict.predict_file(None, p, str(tmp_path), predict.Options(progress=False))
+      predict.predict_file(stub, p, str(tmp_path), predict.Options(progress=False))
   # A folder of them: every file gets an error row with its reason (none silently dropped).
-  stub = types.SimpleNamespace(window=0, batch_size=8)  # no model is reached: nothing decodes
   res = predict.run(stub, str(d), str(tmp_path / 'out'), predict.Options(progress=False))
   assert [r['path'] for r in res.rows] == names and {r['status'] for r in res.rows} == {'error'}
   for r in res.rows:

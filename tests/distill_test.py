@@ -4,7 +4,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import raw_checkpoint
 from flax import nnx
 
 from configs import common
@@ -126,14 +125,6 @@ def test_students_stacked_ensemble_and_isolated_gradients():
   for k in (0, 2):
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(g1['students'][k]))
   assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(g1['students'][1]))
-
-
-def _weights(stage_dir, sub=None):
-  """{path: array} of the float leaves (parameters, BatchNorm statistics) of a stage's model."""
-  _, st = raw_checkpoint(stage_dir)
-  model = st['model'][sub] if sub else st['model']
-  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree.leaves_with_path(model)
-          if jnp.issubdtype(x.dtype, jnp.floating)}
 
 
 def test_recipe_passes_the_users_init_from_with_its_mapping():

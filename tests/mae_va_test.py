@@ -1,52 +1,19 @@
 """Tests for configs/mae_pretrain.py, configs/mae_va.py and the mae_va recipe (vaflax/recipes.py).
 
-The recipe end to end is checked by `check_recipe_run` on the straight run that
-tests/resume_all_trainers_test.py trains (and preempts) anyway; its pretrain stage is
-configs/mae_pretrain.py:runlocal shrunk to a few steps, so it also covers that config's
-reconstruction PNGs and val/loss."""
+The recipe end to end (records, reconstruction PNG, weights flowing between stages, nothing
+redone) is checked by `_check_mae_va_run` in tests/resume_all_trainers_test.py, on the straight
+run it trains (and preempts) anyway; its pretrain stage is configs/mae_pretrain.py:runlocal
+shrunk to a few steps, so it also covers that config's reconstruction PNGs and val/loss."""
 
-import json
-import os
 import re
-import shutil
 
-import numpy as np
 import pytest
-from flax import nnx
-from PIL import Image
 
 from configs import mae_pretrain, mae_va
-from vaflax import recipes, runs, train, writers
+from vaflax import recipes, runs
 from vaflax import stages as stages_lib
-from vaflax.data import sources
-from vaflax.models import vit
 
 RECIPE = recipes.get('mae_va')
-
-
-def _check_reconstruction_png(path, config):
-  """Rows of original | masked | reconstruction; originals = validation images spread over the
-  first eval batch (every batch/8-th, vaflax/trainers/mae.py), 2 px apart."""
-  png = np.asarray(Image.open(path))
-  batch = next(iter(sources.EvalData(config, 'validation')))
-  images = batch['image']
-  side, stride = images.shape[1], max(1, images.shape[0] // 8)
-  shown = images[::stride][:8][batch['eval_mask'][::stride][:8] > 0]  # padding rows left out
-  expect = np.clip(np.round((shown + 1) * 127.5), 0, 255).astype(np.uint8)
-  rows, cell = len(expect), side + 2
-  assert png.shape == (rows * cell - 2, 3 * cell - 2, 3)
-  for r in range(rows):
-    np.testing.assert_array_equal(png[r * cell:r * cell + side, :side], expect[r])
-  masked = png[:side, cell:cell + side].astype(int)
-  assert np.sum(np.all(masked == 128, axis=-1)) >= 0.5 * side * side  # most patches masked grey
-
-
-def _model_params(stage_workdir):
-  return runs.load_run(stage_workdir).model()
-
-
-def _flat(module):
-  return {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(module, nnx.Param))}
 
 
 def test_configs_link_the_stages():
@@ -121,73 +88,3 @@ def test_missing_data_error_mentions_runlocal(tmp_path):
   c.data_dir = str(tmp_path)
   with pytest.raises(FileNotFoundError, match='runlocal'):
     stages_lib.run(RECIPE, c, str(tmp_path / 'w'))
-
-
-def check_recipe_run(wd, c, scratch):
-  """The recipe end to end, on a workdir that `stages.run(c, wd)` finished (called by
-  resume_all_trainers_test on its straight mae_va run, which was also preempted in its pretrain
-  and fusion stages and resumed without redoing finished stages): the top-level record, the
-  reconstruction curve and PNG, the weights flowing MAE encoder -> fine-tuning init -> both
-  fusion stages (frozen), nothing redone on a finished run, and a stop between two stages (in a
-  copy under `scratch`)."""
-  top = writers.read_metrics(wd)
-  assert len(top) == 1
-  rec = top[0]
-  assert rec == json.load(open(f'{wd}/final_metrics.json'))
-  for key in ('val/ccc_valence', 'val/ccc_arousal', 'video_only/val/ccc_valence',
-              'video_only/val/ccc_arousal', 'finetune/val/ccc_valence', 'test/ccc_arousal',
-              'video_only/test/ccc_arousal', 'pretrain/val/loss'):
-    assert np.isfinite(rec[key]), key  # a few steps per stage: learning is checked elsewhere
-  fus = json.load(open(f'{wd}/fusion/final_metrics.json'))
-  assert rec['val/ccc_arousal'] == fus['val/ccc_arousal']
-  assert rec['audio_gain/val/ccc_arousal'] == pytest.approx(
-      rec['val/ccc_arousal'] - rec['video_only/val/ccc_arousal'])
-  pre = writers.read_metrics(f'{wd}/pretrain')
-  steps = int(c.pretrain.total_steps)
-  assert [r['step'] for r in pre if 'train/loss' in r] == list(
-      range(int(c.pretrain.log_every_steps), steps + 1, int(c.pretrain.log_every_steps)))
-  assert [r['val/loss'] for r in pre if 'val/loss' in r] == [rec['pretrain/val/loss']]
-  assert rec['pretrain/train/loss_first'] == pre[0]['train/loss'] and rec['pretrain/val/loss'] > 0
-  _check_reconstruction_png(f'{wd}/pretrain/reconstructions/step_{steps}.png', c.pretrain)
-
-  stages = {s.name: s.config for s in stages_lib.plan(RECIPE, c, wd)}
-  assert stages['finetune'].init_from == f'{wd}/pretrain:encoder=encoder'
-  mae_enc = _flat(_model_params(f'{wd}/pretrain').encoder)
-  init = vit.Model(**stages['finetune'].model.to_dict(), rngs=nnx.Rngs(123))
-  head0 = np.asarray(init.head.out.kernel[...])
-  train.init_from(stages['finetune'], init)  # what the finetune stage started from
-  for k, v in _flat(init.encoder).items():
-    np.testing.assert_array_equal(v, mae_enc[k])
-  np.testing.assert_array_equal(init.head.out.kernel[...], head0)  # the new head: its own init
-  ft_enc = _flat(_model_params(f'{wd}/finetune').encoder)
-  assert any(not np.array_equal(v, mae_enc[k]) for k, v in ft_enc.items())  # it trained
-  for name in ('fusion', 'fusion_video_only'):
-    visual = _flat(_model_params(f'{wd}/{name}').visual)
-    assert visual.keys() == ft_enc.keys()
-    for k, v in visual.items():  # frozen: still exactly the fine-tuned encoder
-      np.testing.assert_array_equal(v, ft_enc[k])
-
-  got, calls = _run_recording(c, wd)
-  assert got == rec and calls == [] and len(writers.read_metrics(wd)) == 1  # nothing redone
-
-  # Stopped between two stages (fusion_video_only finished, fusion not begun): the re-run trains
-  # the fusion stage alone, to the same numbers.
-  cut = os.path.join(scratch, 'between_stages')
-  shutil.copytree(wd, cut, ignore=lambda d, names: ['fusion'] if d == wd else [])
-  for fn in ('metrics.jsonl', 'final_metrics.json'):
-    os.remove(os.path.join(cut, fn))
-  got, calls = _run_recording(c, cut)
-  assert calls == ['fusion']
-  untimed = lambda r: {k: v for k, v in r.items() if 'seconds' not in k and 'per_sec' not in k}  # noqa: E731
-  assert untimed(got) == untimed(rec)
-
-
-def _run_recording(c, wd):
-  """stages.run(c, wd) -> (its final record, the stage workdirs it trained)."""
-  calls = []
-  real = train.train_and_evaluate
-  train.train_and_evaluate = lambda sc, swd: (calls.append(os.path.basename(swd)), real(sc, swd))[1]
-  try:
-    return stages_lib.run(RECIPE, c, wd), calls
-  finally:
-    train.train_and_evaluate = real

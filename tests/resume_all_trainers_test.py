@@ -23,33 +23,24 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import raw_checkpoint, tiny_config
-from jax.experimental.compilation_cache import compilation_cache
+from flax import nnx
+from PIL import Image
 
-from vaflax import recipes, train
+from vaflax import recipes, runs, train, writers
 from vaflax import stages as stages_lib
+from vaflax.data import sources
+from vaflax.models import vit
 
 SEED = int(os.environ.get('VAFLAX_KILL_SEED', '0'))
 TIMING_KEYS = ('train/steps_per_sec', 'train_seconds')  # wall-clock, not results
+MAE_VA = recipes.get('mae_va')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _compile_cache(tmp_path_factory):
-  """The straight, cut and resumed runs compile the same steps: a persistent compilation cache
-  for this module turns the later compiles into disk reads (about half of each run's CPU)."""
-  names = {'jax_compilation_cache_dir': str(tmp_path_factory.mktemp('xla_cache')),
-           'jax_persistent_cache_min_compile_time_secs': 0.0,
-           'jax_persistent_cache_min_entry_size_bytes': 0}
-  old = {n: getattr(jax.config, n) for n in names}
-  for n, v in names.items():
-    jax.config.update(n, v)
-  compilation_cache.reset_cache()
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
-  compilation_cache.reset_cache()
+pytestmark = pytest.mark.usefixtures('compile_cache')  # conftest.py: shared compiles
 
 
 # --- Tiny configs -------------------------------------------------------------------------------
@@ -135,7 +126,7 @@ def mae_va_case(data_dir):
   patch = c.vit.get('patch_size') or int(c.vit.variant.split('/')[-1])
   c.image_size = 3 * patch  # 3x3 patches
   c.tensorboard = False
-  c.test_split = 'test'  # the recipe's test-split records, checked by check_recipe_run
+  c.test_split = 'test'  # the recipe's test-split records, checked by _check_mae_va_run
   _loop(c.pretrain, 4, 16)
   c.pretrain.model.update(decoder_width=16, decoder_depth=1, decoder_num_heads=2)
   _loop(c.finetune, 4, 8)
@@ -346,16 +337,13 @@ def test_preempted_at_random_steps_resumes_bit_identical(name, tmp_path, referen
   if name == 'distill':
     _check_distill_run(ref)
   if name == 'mae_va':
-    from mae_va_test import check_recipe_run  # noqa: PLC0415
-    check_recipe_run(ref, config, str(tmp_path))
+    _check_mae_va_run(ref, config, str(tmp_path))
 
 
 def _check_distill_run(wd):
   """Distillation end to end (vaflax/trainers/distill.py): the students stage scores the teacher,
   each student and the ensemble; the teacher inside it is the teacher stage's final weights,
   frozen (unchanged, no optimizer state)."""
-  from distill_test import _weights  # noqa: PLC0415
-
   final = json.load(open(os.path.join(wd, 'final_metrics.json')))
   for member in ('teacher', 'student0', 'student1', 'student_mean'):
     for dim in ('valence', 'arousal'):
@@ -373,6 +361,109 @@ def _check_distill_run(wd):
   opt_paths = [jax.tree_util.keystr(p) for p, _ in
                jax.tree_util.tree_leaves_with_path(raw['optimizer'])]
   assert opt_paths and not [p for p in opt_paths if 'teacher' in p]
+
+
+def _weights(stage_dir, sub=None):
+  """{path: array} of the float leaves (parameters, BatchNorm statistics) of a stage's model."""
+  _, st = raw_checkpoint(stage_dir)
+  model = st['model'][sub] if sub else st['model']
+  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree.leaves_with_path(model)
+          if jnp.issubdtype(x.dtype, jnp.floating)}
+
+
+def _check_reconstruction_png(path, config):
+  """Rows of original | masked | reconstruction; originals = validation images spread over the
+  first eval batch (every batch/8-th, vaflax/trainers/mae.py), 2 px apart."""
+  png = np.asarray(Image.open(path))
+  batch = next(iter(sources.EvalData(config, 'validation')))
+  images = batch['image']
+  side, stride = images.shape[1], max(1, images.shape[0] // 8)
+  shown = images[::stride][:8][batch['eval_mask'][::stride][:8] > 0]  # padding rows left out
+  expect = np.clip(np.round((shown + 1) * 127.5), 0, 255).astype(np.uint8)
+  rows, cell = len(expect), side + 2
+  assert png.shape == (rows * cell - 2, 3 * cell - 2, 3)
+  for r in range(rows):
+    np.testing.assert_array_equal(png[r * cell:r * cell + side, :side], expect[r])
+  masked = png[:side, cell:cell + side].astype(int)
+  assert np.sum(np.all(masked == 128, axis=-1)) >= 0.5 * side * side  # most patches masked grey
+
+
+def _model_params(stage_workdir):
+  return runs.load_run(stage_workdir).model()
+
+
+def _flat(module):
+  return {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+
+
+def _check_mae_va_run(wd, c, scratch):
+  """The mae_va recipe end to end, on the straight run (`stages.run(c, wd)` finished; the cut
+  copy was preempted in its pretrain and fusion stages and resumed without redoing finished
+  stages): the top-level record, the
+  reconstruction curve and PNG, the weights flowing MAE encoder -> fine-tuning init -> both
+  fusion stages (frozen), nothing redone on a finished run, and a stop between two stages (in a
+  copy under `scratch`)."""
+  top = writers.read_metrics(wd)
+  assert len(top) == 1
+  rec = top[0]
+  assert rec == json.load(open(f'{wd}/final_metrics.json'))
+  for key in ('val/ccc_valence', 'val/ccc_arousal', 'video_only/val/ccc_valence',
+              'video_only/val/ccc_arousal', 'finetune/val/ccc_valence', 'test/ccc_arousal',
+              'video_only/test/ccc_arousal', 'pretrain/val/loss'):
+    assert np.isfinite(rec[key]), key  # a few steps per stage: learning is checked elsewhere
+  fus = json.load(open(f'{wd}/fusion/final_metrics.json'))
+  assert rec['val/ccc_arousal'] == fus['val/ccc_arousal']
+  assert rec['audio_gain/val/ccc_arousal'] == pytest.approx(
+      rec['val/ccc_arousal'] - rec['video_only/val/ccc_arousal'])
+  pre = writers.read_metrics(f'{wd}/pretrain')
+  steps = int(c.pretrain.total_steps)
+  assert [r['step'] for r in pre if 'train/loss' in r] == list(
+      range(int(c.pretrain.log_every_steps), steps + 1, int(c.pretrain.log_every_steps)))
+  assert [r['val/loss'] for r in pre if 'val/loss' in r] == [rec['pretrain/val/loss']]
+  assert rec['pretrain/train/loss_first'] == pre[0]['train/loss'] and rec['pretrain/val/loss'] > 0
+  _check_reconstruction_png(f'{wd}/pretrain/reconstructions/step_{steps}.png', c.pretrain)
+
+  stages = {s.name: s.config for s in stages_lib.plan(MAE_VA, c, wd)}
+  assert stages['finetune'].init_from == f'{wd}/pretrain:encoder=encoder'
+  mae_enc = _flat(_model_params(f'{wd}/pretrain').encoder)
+  init = vit.Model(**stages['finetune'].model.to_dict(), rngs=nnx.Rngs(123))
+  head0 = np.asarray(init.head.out.kernel[...])
+  train.init_from(stages['finetune'], init)  # what the finetune stage started from
+  for k, v in _flat(init.encoder).items():
+    np.testing.assert_array_equal(v, mae_enc[k])
+  np.testing.assert_array_equal(init.head.out.kernel[...], head0)  # the new head: its own init
+  ft_enc = _flat(_model_params(f'{wd}/finetune').encoder)
+  assert any(not np.array_equal(v, mae_enc[k]) for k, v in ft_enc.items())  # it trained
+  for name in ('fusion', 'fusion_video_only'):
+    visual = _flat(_model_params(f'{wd}/{name}').visual)
+    assert visual.keys() == ft_enc.keys()
+    for k, v in visual.items():  # frozen: still exactly the fine-tuned encoder
+      np.testing.assert_array_equal(v, ft_enc[k])
+
+  got, calls = _run_recording(c, wd)
+  assert got == rec and calls == [] and len(writers.read_metrics(wd)) == 1  # nothing redone
+
+  # Stopped between two stages (fusion_video_only finished, fusion not begun): the re-run trains
+  # the fusion stage alone, to the same numbers.
+  cut = os.path.join(scratch, 'between_stages')
+  shutil.copytree(wd, cut, ignore=lambda d, names: ['fusion'] if d == wd else [])
+  for fn in ('metrics.jsonl', 'final_metrics.json'):
+    os.remove(os.path.join(cut, fn))
+  got, calls = _run_recording(c, cut)
+  assert calls == ['fusion']
+  untimed = lambda r: {k: v for k, v in r.items() if 'seconds' not in k and 'per_sec' not in k}  # noqa: E731
+  assert untimed(got) == untimed(rec)
+
+
+def _run_recording(c, wd):
+  """stages.run(c, wd) -> (its final record, the stage workdirs it trained)."""
+  calls = []
+  real = train.train_and_evaluate
+  train.train_and_evaluate = lambda sc, swd: (calls.append(os.path.basename(swd)), real(sc, swd))[1]
+  try:
+    return stages_lib.run(MAE_VA, c, wd), calls
+  finally:
+    train.train_and_evaluate = real
 
 
 def _as_killed_at(src, dst, k):
