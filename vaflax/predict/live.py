@@ -325,17 +325,13 @@ def main(a, opts: pipeline.Options, overrides) -> int:
 
   # One frame at a time: with --faces=largest a batch holds one crop (more would be padding).
   batch = 1 if opts.faces == 'largest' else min(a.batch_size, 8)
-  try:
-    CausalEma(opts.smooth, opts.smooth_window)  # refuses --smooth=mean before the model loads
-    decode.check_live(a.input)
-    predictor = Predictor(a.workdir, checkpoint_step=a.checkpoint_step, batch_size=batch,
-                          crop_size=a.crop_size or None, crop_margin=a.crop_margin,
-                          data_dir=a.data_dir, overrides=overrides)
-    res = run(predictor, a.input, a.output, opts, overwrite=a.overwrite,
-              log=_logger(a.quiet))
-  except (decode.InputError, FileNotFoundError, PermissionError, ValueError, KeyError) as e:
-    print(f'error: {outputs.printable(e)}', file=sys.stderr)
-    return 2
+  # A bad source or option: one error line and exit 2 from predict's cli.entry_point.
+  CausalEma(opts.smooth, opts.smooth_window)  # refuses --smooth=mean before the model loads
+  decode.check_live(a.input)
+  predictor = Predictor(a.workdir, checkpoint_step=a.checkpoint_step, batch_size=batch,
+                        crop_size=a.crop_size or None, crop_margin=a.crop_margin,
+                        data_dir=a.data_dir, overrides=overrides)
+  res = run(predictor, a.input, a.output, opts, overwrite=a.overwrite, log=_logger(a.quiet))
   if res.warning:
     print(f'warning: {outputs.printable(res.warning)}', file=sys.stderr)
   print(f'table: {outputs.printable(res.csv)} ({res.rows} rows)')
