@@ -40,24 +40,18 @@ def make_video(path, seconds: float):
 
 
 def make_workdir(workdir):
-  """config.json + a step-0 checkpoint of an untrained ResNet-18, as the training loop writes."""
+  """A run directory of an untrained ResNet-18 (runs.write_run, as vaflax.convert writes one)."""
   from flax import nnx  # noqa: PLC0415
 
   from configs import resnet_va  # noqa: PLC0415
-  from vaflax import checkpoint as ckpt_lib  # noqa: PLC0415
   from vaflax import runs  # noqa: PLC0415
 
   c = resnet_va.get_config('variant=18')
   c.input.dataset = 'synthetic_va'  # crop framing of the synthetic set (112 px, margin 0.2)
   c.total_steps = 1
   c.mesh.num_devices = 1
-  runs.prepare_workdir(workdir, c)
   model = runs.make_model(c, nnx.Rngs(0))  # eager: no compile
-  mngr = ckpt_lib.manager(os.path.join(workdir, 'checkpoints'), async_save=False)
-  ckpt_lib.save(mngr, 0, nnx.state(model), None, None, {'model_name': c.model_name, 'task': c.task},
-                force=True)
-  mngr.wait_until_finished()
-  mngr.close()
+  runs.write_run(workdir, c, nnx.state(model))
 
 
 def _cpu_seconds() -> float:

@@ -158,7 +158,6 @@ def test_init_from_text_and_typed_sources_round_trip():
 def test_restore_is_the_saved_state_and_data_position(tmp_path, synthetic_data_dir):
   """train.restore (the loop's resume) returns the model and optimizer state that was saved and
   sets the Grain iterator to the saved position; runs.load_run reads the model alone."""
-  from vaflax import checkpoint as ckpt_lib  # noqa: PLC0415
   from vaflax import runs  # noqa: PLC0415
 
   c = tiny_config(synthetic_data_dir, total_steps=2, checkpoint_every_steps=2)
@@ -168,7 +167,7 @@ def test_restore_is_the_saved_state_and_data_position(tmp_path, synthetic_data_d
   ds, n = pipeline.make_train_dataset(c)
   setup = train.make_setup(c, n, init=False)
   it = iter(ds)
-  with ckpt_lib.manager(os.path.join(wd, 'checkpoints'), async_save=False) as mngr:
+  with runs.checkpoint_manager(wd, async_save=False) as mngr:
     state, meta = train.restore(setup, mngr, it)
   assert meta['step'] == 2
   leaves = [_np(x) for x in jax.tree.leaves(state)]

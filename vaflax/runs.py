@@ -164,7 +164,7 @@ def load_run(workdir: str, step: int | None = None, *, overrides=(), mesh=None) 
   ckpt_dir = os.path.join(workdir, CHECKPOINTS)
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f'{ckpt_dir}: no checkpoints (has the run trained a step?)')
-  mngr = ckpt_lib.manager(ckpt_dir, async_save=False)
+  mngr = checkpoint_manager(workdir, async_save=False)
   try:
     steps = mngr.all_steps()
     if not steps:
@@ -173,20 +173,52 @@ def load_run(workdir: str, step: int | None = None, *, overrides=(), mesh=None) 
       step = max(steps)
     elif step not in steps:
       raise ValueError(f'checkpoint step {step}: {ckpt_dir} has steps {sorted(steps)}')
-    model_state, _, meta = ckpt_lib.restore(
-        mngr, state, step=step,
-        expected_meta={'model_name': config.model_name, 'task': config.task})
+    model_state, _, meta = ckpt_lib.restore(mngr, state, step=step,
+                                            expected_meta=checkpoint_meta(config))
   finally:
     mngr.close()
   return Run(workdir, config, int(step), mesh, graphdef, model_state, state_sh, meta)
 
 
 # --- Writing a run directory ---------------------------------------------------------------------
+# The one writer of the layout load_run reads: config.json and checkpoints/<step>/{model, meta,
+# optimizer, data_iter} (vaflax/checkpoint.py writes the items). The loop writes its folder with
+# prepare_workdir and checkpoint_manager; vaflax.convert and the benchmarks write a finished
+# model with write_run.
+
+
+def checkpoint_meta(config) -> dict:
+  """What every checkpoint records of the model it holds; load_run and a resuming loop check it
+  against the config that reads it."""
+  return {'model_name': config.model_name, 'task': config.task}
+
+
+def checkpoint_manager(workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
+  """The CheckpointManager of workdir/checkpoints. One per workdir: the loop saves and resumes
+  through the one it opens (vaflax/train.py)."""
+  return ckpt_lib.manager(os.path.join(workdir, CHECKPOINTS), max_to_keep=max_to_keep,
+                          async_save=async_save)
+
+
+def write_run(workdir: str, config, model_state, meta: dict | None = None) -> str:
+  """A run directory of `model_state` (an nnx.State of the model of `config`): config.json and
+  the step-0 checkpoint of the model, with `meta` added to its record. Refuses a workdir that
+  holds checkpoints already. Returns its absolute path."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  ckpt_dir = os.path.join(workdir, CHECKPOINTS)
+  if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    raise FileExistsError(f'{workdir} holds checkpoints already: choose an empty --workdir')
+  prepare_workdir(workdir, config)
+  with checkpoint_manager(workdir, async_save=False) as mngr:
+    ckpt_lib.save(mngr, 0, model_state, meta=dict(meta or {}, **checkpoint_meta(config)),
+                  force=True)
+    mngr.wait_until_finished()
+  return workdir
 
 
 def prepare_workdir(workdir: str, config) -> str:
   """Creates `workdir` (checked writable) and writes its config.json; returns its absolute path.
-  The loop, the stage runner and vaflax.convert start their run directories here."""
+  The loop, the stage runner and write_run start their run directories here."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
     os.makedirs(workdir, exist_ok=True)

@@ -12,7 +12,6 @@ preemption, the non-finite guard and logging.
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import time
 
@@ -185,8 +184,17 @@ def _compiled_step(setup, state, gbatch, step_arg):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains config.task/config.model_name on config.input; returns the final eval metrics."""
+  """Trains config.task/config.model_name on config.input; returns the final eval metrics.
+
+  The workdir's one CheckpointManager is opened here and closed on every way out (finished,
+  preempted, stopped on a non-finite step): resume, periodic saves and the last one go
+  through it."""
   workdir = runs.prepare_workdir(workdir, config)
+  with runs.checkpoint_manager(workdir, max_to_keep=config.max_to_keep) as mngr:
+    return _train(config, workdir, mngr)
+
+
+def _train(config, workdir: str, mngr) -> dict:
   pidx, pcount = jax.process_index(), jax.process_count()
 
   # Input pipeline
@@ -202,15 +210,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Model, optimizer, jitted steps. A run that resumes restores into an abstract state: no
   # throwaway initialisation (its compile, its device memory) before the restore.
-  mngr = ckpt_lib.manager(os.path.join(workdir, runs.CHECKPOINTS), max_to_keep=config.max_to_keep)
   resuming = mngr.latest_step() is not None
   setup = make_setup(config, num_train, init=not resuming)
   on_eval = setup.task.make_on_eval(setup) if setup.task.make_on_eval else None
   train_iter = iter(train_ds)
 
   # Resume: workdir > init_from > scratch
-  meta = {'model_name': config.model_name, 'task': config.task,
-          'num_workers': config.input.num_workers, 'process_count': pcount}
+  meta = dict(runs.checkpoint_meta(config), num_workers=config.input.num_workers,
+              process_count=pcount)
   start_step = 0
   saved: dict = {}
   if resuming:
@@ -317,7 +324,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
               f'run the same command again to resume. Exit code {PREEMPTED_EXIT_CODE}.', flush=True)
         raise Preempted(step)
   mngr.wait_until_finished()
-  mngr.close()
   writer.close()
   writers.write_final_metrics(workdir, total, dict(final_metrics,
                                                     train_seconds=time.time() - t_start))

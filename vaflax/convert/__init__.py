@@ -126,20 +126,10 @@ def _sha256(path) -> str:
 
 
 def write_run(c: Converted, workdir: str) -> str:
-  """Writes `c` as a run directory that runs.load_run, init_from, predict and evaluate read."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  ckpt_dir = os.path.join(workdir, runs.CHECKPOINTS)
-  if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-    raise FileExistsError(f'{workdir} holds checkpoints already: choose an empty --workdir')
-  runs.prepare_workdir(workdir, c.config)
-  mngr = ckpt_lib.manager(ckpt_dir, async_save=False)
-  try:
-    ckpt_lib.save(mngr, 0, nnx.split(c.model)[1],
-                  meta={'model_name': c.config.model_name, 'task': c.config.task,
-                        'converted_from': c.source, 'format': c.format})
-    mngr.wait_until_finished()
-  finally:
-    mngr.close()
+  """Writes `c` as a run directory that runs.load_run, init_from, predict and evaluate read
+  (runs.write_run, the one writer of a model's run directory), with its provenance.json."""
+  workdir = runs.write_run(workdir, c.config, nnx.split(c.model)[1],
+                           meta={'converted_from': c.source, 'format': c.format})
   mod = format_module(c.format)
   provenance = dict(source=c.source, sha256=_sha256(c.source), format=c.format,
                     licence=mod.LICENCE, loaded=len(c.report.loaded), new=c.new,
