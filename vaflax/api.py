@@ -114,16 +114,28 @@ class Run:
     writing files. records: one row per face per processed frame and one (face_id -1, NaN VA)
     per frame without a face, with the CSV's columns (docs/predict.md); a pandas DataFrame when
     pandas is installed, else a dict of NumPy arrays. summary: the per-clip JSON summary.
-    Raises vaflax.predict.InputError when the file cannot be read."""
-    from vaflax.predict import outputs, pipeline  # noqa: PLC0415
+    Raises vaflax.predict.InputError when the file cannot be read.
+
+    The input goes through predict's one scheduler (collection.predict_many, as the CLI's
+    inputs do); only its last step differs: the rows are kept instead of written."""
+    import os  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from vaflax.predict import collection, decode, pipeline  # noqa: PLC0415
 
     opts = pipeline.Options(frame_stride=frame_stride, smooth=smooth, smooth_window=smooth_window,
                             faces=faces, min_face=min_face, detect_every=detect_every,
                             max_age=max_age, plots=False, progress=False)
-    clip, info, va, head = pipeline.predict_clip(self._predictor, path, opts)
-    res = pipeline.resolve(clip, va, head, opts, self._predictor.calibration)
-    summary = pipeline.summarize(self._predictor, clip, info, res, opts)
-    cols = outputs.records(clip.rows, res.va, res.quadrant, res.head, res.lo, res.hi)
+    opts.check()
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    inp = collection.Input(path, name, os.path.splitext(name)[0])
+    with tempfile.TemporaryDirectory() as out:  # an unreadable input's error JSON goes here
+      summary, = collection.predict_many(self._predictor, [inp], out, opts, workers=1,
+                                         finish_clip=_keep_rows)
+    if summary['status'] == 'error':
+      raise decode.InputError(summary['error'])
+    cols = summary.pop('records')
     try:
       import pandas  # noqa: PLC0415
     except ImportError:
@@ -152,6 +164,19 @@ class Run:
       raise ValueError(f'{self.workdir}: a {self.config.model_name!r} run; embed_audio needs a '
                        'speech encoder (python -m vaflax.convert --format=speech)')
     return self._speech.hidden_states(wave, normalize=normalize)
+
+
+def _keep_rows(predictor, clip, info, va_face, head_face, opts, rel=None) -> dict:
+  """The last step of predict_many for predict_video: pipeline.finish_clip's summary, with the
+  CSV's columns as arrays under 'records', and no file written."""
+  from vaflax.predict import outputs, pipeline  # noqa: PLC0415
+
+  if not clip.processed:  # finish_clip's error summary (nothing decoded)
+    return pipeline.finish_clip(predictor, clip, info, va_face, head_face, opts, rel)
+  res = pipeline.resolve(clip, va_face, head_face, opts, predictor.calibration)
+  summary = pipeline.summarize(predictor, clip, info, res, opts, rel)
+  summary['records'] = outputs.records(clip.rows, res.va, res.quadrant, res.head, res.lo, res.hi)
+  return summary
 
 
 def load(workdir: str, *, step: int | None = None, batch_size: int = 32, overrides=()) -> Run:

@@ -7,8 +7,9 @@ vaflax.predict`, docs/predict.md). One job per module:
   model.py       the run restored once; crops prepared as eval prepared them; batched forward
   batching.py    crops -> batches (frames, or windows of one track) kept in flight
   outputs.py     per-frame CSV, per-clip JSON, plots, overlay video, crops; atomic writes
-  pipeline.py    one input: scan (decode..preprocess), Clip (rows), finish_clip (outputs)
-  collection.py  many inputs: listing, shards, resume, decoding threads, shared batches
+  pipeline.py    one input's steps: scan (decode..preprocess), Clip (rows), finish_clip (outputs)
+  collection.py  the one scheduler of inputs (many, or one: predict_file): listing, shards,
+                 resume, decoding threads, shared batches
   summary.py     the collection's table (summary.csv) and its circumplex plot
   cropped.py     `--cropped`: inputs that are face crops
   cli.py         flags, exit codes
@@ -16,12 +17,12 @@ vaflax.predict`, docs/predict.md). One job per module:
 
 from vaflax.predict.batching import Batcher
 from vaflax.predict.cli import list_inputs, main
-from vaflax.predict.collection import Input, in_shard, parse_shard, predict_many, run
+from vaflax.predict.collection import Input, in_shard, parse_shard, predict_file, predict_many, run
 from vaflax.predict.decode import IMAGE_EXTS, VIDEO_EXTS, InputError, open_input
 from vaflax.predict.detection import Face, FaceFinder
 from vaflax.predict.model import Predictor
 from vaflax.predict.outputs import CSV_COLUMNS, KEYPOINTS
-from vaflax.predict.pipeline import Options, predict_file
+from vaflax.predict.pipeline import Options
 from vaflax.predict.summary import read_table
 from vaflax.predict.tracking import FaceTracker, iou, smooth_track
 

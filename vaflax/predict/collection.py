@@ -216,10 +216,14 @@ class _Stopped(Exception):
 
 
 def predict_many(predictor, inputs: list[Input], out_dir: str, opts: pipeline.Options,
-                 workers: int = 2, on_done=None) -> list[dict]:
+                 workers: int = 2, on_done=None, finish_clip=pipeline.finish_clip) -> list[dict]:
   """Predicts `inputs` with `workers` decoding threads and one shared Batcher; writes each
   input's outputs as soon as its predictions are back and calls `on_done(summary)`. An input
-  that fails gets an error JSON; the others go on."""
+  that fails gets an error JSON; the others go on. `finish_clip` makes an input's outputs once
+  its predictions are back (vaflax.api's keeps them in memory instead of writing files).
+
+  The one predict scheduler: the CLI (`run`), `predict_file`, vaflax.api and the benchmarks
+  all come through here."""
   q: queue.Queue = queue.Queue(maxsize=8 * predictor.batch_size)  # frames waiting for the model
   stop = threading.Event()
 
@@ -263,7 +267,7 @@ def predict_many(predictor, inputs: list[Input], out_dir: str, opts: pipeline.Op
       if isinstance(info, str):
         s = pipeline.error_summary(inp.path, inp.stem, out_dir, info, inp.rel)
       else:
-        s = pipeline.finish_clip(predictor, c, info, va, head, opts, inp.rel)
+        s = finish_clip(predictor, c, info, va, head, opts, inp.rel)
     except Exception as e:  # noqa: BLE001 -- e.g. a plot or the overlay failed: the input's row
       s = pipeline.error_summary(inp.path, inp.stem, out_dir,
                                  f'{inp.path}: writing outputs: {type(e).__name__}: {e}', inp.rel)
@@ -313,6 +317,22 @@ def predict_many(predictor, inputs: list[Input], out_dir: str, opts: pipeline.Op
   return done
 
 
+def predict_file(predictor, path, out_dir: str, opts: pipeline.Options,
+                 stem: str | None = None) -> dict:
+  """One image or video through `predict_many`: writes DIR/<stem>.csv, .json and plots and
+  returns the summary. Raises InputError when the input gives no outputs (its error JSON, as
+  the CLI writes it, says why too)."""
+  opts.check()
+  name = os.path.basename(os.fspath(path))
+  inp = Input(os.fspath(path), name, stem or os.path.splitext(name)[0])
+  s, = predict_many(predictor, [inp], out_dir, opts, workers=1)
+  if s['status'] == 'error':
+    raise InputError(s['error'])
+  if opts.progress:
+    log_stderr(done_line(s))
+  return s
+
+
 class Result(NamedTuple):
   table: str  # the summary CSV written
   rows: list[dict]  # its rows (every input of the shard)
@@ -339,15 +359,10 @@ def run(predictor, input_path, out_dir: str, opts: pipeline.Options, *, shard=(1
       f'{len(mine) - len(todo)} already complete, {len(todo)} to do')
   t0, frames, ended = time.time(), [0], [0]
 
-  def on_done(s):  # the clip's own numbers, as its JSON has them
+  def on_done(s):
     frames[0] += s.get('frames_processed') or 0
     ended[0] += 1
-    fps = s.get('frames_per_second')
-    note = s.get('note') if s['status'] == 'ok' else None
-    log(f"{s['path']}: {s['status']}{' (' + s['error'] + ')' if s['error'] else ''}, "
-        f"{s.get('frames_with_face', 0)}/{s.get('frames_processed', 0)} frames with a face"
-        f"{f', {rate_text(fps)} frames/s' if fps else ''}{f' ({note})' if note else ''} "
-        f'[{ended[0]}/{len(todo)}]')
+    log(f'{done_line(s)} [{ended[0]}/{len(todo)}]')
 
   fresh = {s['path']: s for s in predict_many(predictor, todo, out_dir, opts, workers, on_done)}
   if todo:
@@ -364,6 +379,15 @@ def run(predictor, input_path, out_dir: str, opts: pipeline.Options, *, shard=(1
     rows.append(summary.row(s))
   table = summary.write_table(os.path.join(out_dir, summary.table_name(shard)), rows)
   return Result(table, rows, len(mine) - len(todo), ignored)
+
+
+def done_line(s: dict) -> str:
+  """The log line of a finished input: the clip's own numbers, as its JSON has them."""
+  fps = s.get('frames_per_second')
+  note = s.get('note') if s['status'] == 'ok' else None
+  return (f"{s['path']}: {s['status']}{' (' + s['error'] + ')' if s['error'] else ''}, "
+          f"{s.get('frames_with_face', 0)}/{s.get('frames_processed', 0)} frames with a face"
+          f"{f', {rate_text(fps)} frames/s' if fps else ''}{f' ({note})' if note else ''}")
 
 
 def rate_text(x: float) -> str:

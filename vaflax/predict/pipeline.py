@@ -3,8 +3,8 @@
 Three steps, so that many inputs can share them (vaflax/predict/collection.py): `scan` (decode,
 detect, track, crop, preprocess; a decoding thread) hands each processed `Frame` to a callback;
 a `Clip` gathers one input's frames and queues its crops on a Batcher (the model thread);
-`finish_clip` writes the outputs once the Batcher has its predictions. `predict_file` runs the
-three for one input.
+`finish_clip` writes the outputs once the Batcher has its predictions. collection.py schedules
+the three for any number of inputs, one included (`collection.predict_file`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Options:
   overlay: bool = False  # also write <stem>_overlay.mp4
   plots: bool = True
   save_crops: bool = False  # also write each model-input crop to <stem>_crops/<frame>_<face_id>.png
-  progress: bool = True
+  progress: bool = True  # predict_file: a line on stderr when its input is done
   max_pixels: int = media.MAX_PIXELS  # larger images and video frames are errors (vaflax/media.py)
 
   def check(self):
@@ -55,24 +55,6 @@ class Options:
       raise ValueError('--detect_every and --min_face must be >= 1, --max_age >= 0')
     if self.max_pixels < 1:
       raise ValueError(f'--max_pixels must be >= 1, got {self.max_pixels}')
-
-
-class _ProgressLine:
-  def __init__(self, name, total, enabled):
-    self.name, self.total, self.enabled = name, total, enabled
-    self.tty = sys.stderr.isatty()
-    self.t0 = self.last = time.time()
-
-  def update(self, n, final=False):
-    now = time.time()
-    if not self.enabled or (not final and now - self.last < (0.5 if self.tty else 10.0)):
-      return
-    self.last = now
-    rate = n / max(now - self.t0, 1e-9)
-    tot = f'/{self.total}' if self.total else ''
-    end = '\n' if final or not self.tty else ''
-    print(f'\r{outputs.printable(self.name)}: {n}{tot} frames, {rate:.1f} frames/s', end=end,
-          file=sys.stderr, flush=True)
 
 
 def _read_audio(path, sample_rate):
@@ -333,37 +315,3 @@ def finish_clip(predictor: Predictor, clip: Clip, info: dict, va_face, head_face
 
 def crops_dir(out_dir: str, stem: str, opts: Options) -> str | None:
   return os.path.join(out_dir, f'{stem}_crops') if opts.save_crops else None
-
-
-def predict_clip(predictor: Predictor, path, opts: Options, stem: str = '',
-                 out_dir: str = '') -> tuple[Clip, dict, np.ndarray, np.ndarray | None]:
-  """One input on its own Batcher: (clip, source info, face-row VA, face-row head classes).
-  Raises decode.InputError when the input cannot be read at all."""
-  opts.check()
-  made: list[Batcher] = []  # made at the first frame: an unreadable input needs no model
-  clip = Clip(path, stem, out_dir)
-  progress = _ProgressLine(stem or os.path.basename(os.fspath(path)), None, opts.progress)
-
-  def emit(frame):
-    if not made:
-      made.append(Batcher(predictor))
-    clip.add(made[0], frame)
-    progress.update(clip.processed)
-
-  info = scan(predictor, path, opts, emit, crops_dir(out_dir, stem, opts) if out_dir else None)
-  batcher = made[0] if made else Batcher(predictor)
-  clip.end(batcher)
-  batcher.flush()
-  va, head = batcher.take(clip.targets)
-  clip.difficulty = batcher.take_difficulty(clip.targets)
-  progress.update(clip.processed, final=info['kind'] == 'video')
-  return clip, info, va, head
-
-
-def predict_file(predictor: Predictor, path, out_dir: str, opts: Options, stem: str | None = None
-                 ) -> dict:
-  """Predicts one image or video; writes DIR/<stem>.csv, .json and plots; returns the summary.
-  Raises decode.InputError when the input cannot be read at all."""
-  stem = stem or os.path.splitext(os.path.basename(os.fspath(path)))[0]
-  clip, info, va, head = predict_clip(predictor, path, opts, stem, out_dir)
-  return finish_clip(predictor, clip, info, va, head, opts)
