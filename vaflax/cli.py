@@ -234,6 +234,14 @@ def report(error: BaseException) -> int:
   return USAGE_EXIT_CODE
 
 
+def wrote(folder, licence: str, seconds: float) -> int:
+  """The last lines of a tool that writes a model folder (convert, export): the terms its
+  weights come with, then where it went; returns the exit code 0."""
+  print(f'licence: {licence}')
+  print(f'wrote {printable(folder)} in {seconds:.1f} s')
+  return 0
+
+
 def entry_point(main):
   """`main(argv) -> int` as an entry point: argv defaults to sys.argv[1:], and a USER_ERRORS
   error becomes one `error: ...` line and 2."""

@@ -31,9 +31,7 @@ def main(argv) -> int:
         f'{" ..." if len(c.ignored) > 12 else ""}')
   mod = convert.format_module(args.format)
   print(f'preprocessing: {getattr(mod, "PREPROCESSING", c.config.input.pp_eval)}')
-  print(f'licence: {convert.format_module(args.format).LICENCE}')
-  print(f'wrote {out} in {time.perf_counter() - t0:.1f} s')
-  return 0
+  return cli.wrote(out, mod.LICENCE, time.perf_counter() - t0)
 
 
 if __name__ == '__main__':

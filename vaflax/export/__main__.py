@@ -31,9 +31,7 @@ def main(argv) -> int:
   print(f"face: {face['file']} ({face['model_name']}, crop {face['crop']}, "
         f"flip TTA {face['flip_tta']}): {outs}")
   print(f"detector: {m['detector']['file']} (NMS outside the graph: export.json 'nms')")
-  print(f"licence: {m['licence']['terms']}")
-  print(f"wrote {args.output} in {sum(m['export_seconds'].values()):.1f} s")
-  return 0
+  return cli.wrote(args.output, m['licence']['terms'], sum(m['export_seconds'].values()))
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ convolutions over time, giving per-video-frame features (B, T, D).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import einops
@@ -120,35 +121,25 @@ def log_mel(
 
 
 class AudioEncoder(nnx.Module):
-  """Log-mel -> BatchNorm per mel bin -> per-frame Linear -> residual temporal convs -> (B,T,D)."""
+  """Log-mel -> BatchNorm per mel bin -> per-frame Linear -> residual temporal convs -> (B,T,D).
 
-  def __init__(
-      self,
-      *,
-      sample_rate: int = 16_000,
-      n_fft: int = 512,
-      n_mels: int = 64,
-      frames_per_video_frame: int = 4,
-      fmin: float = 0.0,
-      fmax: float | None = None,
-      mel_scale: str = 'htk',
-      mel_norm: str | None = None,
-      log_floor: float = 1e-6,
-      width: int = 128,
-      num_layers: int = 2,
-      kernel_size: int = 3,
-      dropout: float = 0.0,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      rngs: nnx.Rngs,
-  ):
+  `frontend`: the keyword arguments of `log_mel` (sample_rate, n_fft, n_mels, ...), checked
+  against its signature and filled with its defaults here."""
+
+  def __init__(self, *, width: int = 128, num_layers: int = 2, kernel_size: int = 3,
+               dropout: float = 0.0, dtype: Any = None, param_dtype: Any = jnp.float32,
+               rngs: nnx.Rngs, **frontend):
+    try:
+      bound = inspect.signature(log_mel).bind(None, **frontend)
+    except TypeError as e:
+      raise TypeError(f'AudioEncoder: {e}') from None
+    bound.apply_defaults()
+    self.frontend = f = {k: v for k, v in bound.arguments.items() if k != 'audio_BxTxS'}
+    mel_filterbank(f['sample_rate'], f['n_fft'], f['n_mels'], fmin=f['fmin'], fmax=f['fmax'],
+                   scale=f['mel_scale'], norm=f['mel_norm'])  # validates them at construction
+    n_mels, frames_per_video_frame = f['n_mels'], f['frames_per_video_frame']
     dtype = None if dtype is None else jnp.dtype(dtype)
     param_dtype = jnp.dtype(param_dtype)
-    self.frontend = dict(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels,
-                         frames_per_video_frame=frames_per_video_frame, fmin=fmin, fmax=fmax,
-                         mel_scale=mel_scale, mel_norm=mel_norm, log_floor=log_floor)
-    mel_filterbank(sample_rate, n_fft, n_mels, fmin=fmin, fmax=fmax, scale=mel_scale,
-                   norm=mel_norm)  # validates the front-end settings at construction
     self.width = width
     # Batch statistics per mel bin instead of a fixed offset: learns the level and spread of the
     # log-mels without removing absolute loudness within a window (as PANNs' bn0, Kong et al.
