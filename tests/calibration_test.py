@@ -94,7 +94,9 @@ def test_round_trip_and_hostile_files(tmp_path):
   pred, target, feats, group, _ = _simulate(rng, 200)
   cal = calibration.calibrate(pred, target, np.ones_like(pred), split='validation',
                               group_N=group, features_NxF=feats, feature_names=('blur',),
-                              dataset='synthetic_va', checkpoint_step=800)
+                              dataset='synthetic_va', checkpoint_step=800,
+                              category=('blur', 0.5))
+  assert cal.category['n'] > 0 and cal.n_groups > 0
   calibration.save(cal, str(tmp_path))
   back = calibration.load(str(tmp_path))
   assert back == cal
@@ -105,7 +107,8 @@ def test_round_trip_and_hostile_files(tmp_path):
   good = json.loads(path.read_text())
   for bad in ([1, 2], {**good, 'method': 'magic'}, {**good, 'quantiles': {'0.9': [-1, 0.1]}},
               {**good, 'quantiles': {'7': [0.1, 0.1]}}, {**good, 'weights': [[1.0], [1.0]]},
-              {k: v for k, v in good.items() if k != 'split'}):
+              {k: v for k, v in good.items() if k != 'split'},
+              {**good, 'category': {**good['category'], 'feature': 'nose'}}):
     path.write_text(json.dumps(bad))
     with pytest.raises(calibration.CalibrationError, match=str(path)):
       calibration.load(str(tmp_path))
@@ -163,3 +166,36 @@ def test_coverage_standard_error_over_videos_matches_the_scatter_of_coverage():
   assert abs(np.mean(covs) - 0.9) < 0.01
   assert np.std(covs) == pytest.approx(np.mean(ses), rel=0.2)
   assert np.std(covs) > 2 * math.sqrt(0.9 * 0.1 / 2000)
+
+
+def test_a_category_gets_quantiles_of_its_own_faces():
+  # Blurred faces (sharpness feature below 0) err 3x more than the difficulty model says (its
+  # signs forbid it to use sharpness here, and flip disagreement carries nothing): one quantile
+  # for all under-covers them; the category's own quantile holds on each side.
+  rng = np.random.default_rng(0)
+
+  def draw(n_videos, frames=4):
+    blurred = np.repeat(rng.uniform(0, 1, n_videos) < 0.3, frames)
+    feats = np.stack([np.where(blurred, -1.0, 1.0), rng.uniform(0, 1, len(blurred))], -1)
+    sigma = np.where(blurred, 0.3, 0.1)
+    pred = np.zeros((len(blurred), 2))
+    target = sigma[:, None] * rng.standard_normal((len(blurred), 2))
+    return pred, target, feats, np.repeat(np.arange(n_videos), frames), blurred
+
+  pred, target, feats, group, _ = draw(3000)
+  kw = dict(split='v', group_N=group, features_NxF=feats, feature_names=('sharp', 'gap'),
+            feature_signs=(1, 1))
+  one = calibration.calibrate(pred, target, np.ones_like(pred), **kw)
+  two = calibration.calibrate(pred, target, np.ones_like(pred), category=('sharp', 0.0), **kw)
+  assert two.category['n'] == pytest.approx(0.3 * 6000, rel=0.1)
+  # Each side's half-width is its own errors' 90 % quantile: 0.1 and 0.3 x 1.645 (|z| at 90 %).
+  half = two.widths(2, np.array([[1.0, 0.5], [-1.0, 0.5]]), coverage=0.9)[:, 0]
+  assert half == pytest.approx([0.1645, 0.4935], rel=0.08)
+  t_pred, t_target, t_feats, _, t_blurred = draw(3000)
+  for cal, ok in ((one, False), (two, True)):
+    lo, hi = cal.intervals(t_pred, t_feats, coverage=0.9)
+    cov = ((t_target >= lo) & (t_target <= hi))[:, 0]
+    assert (abs(cov[t_blurred].mean() - 0.9) < 0.02) == ok, cov[t_blurred].mean()
+    assert abs(cov[~t_blurred].mean() - 0.9) < 0.02 or not ok
+  with pytest.raises(calibration.CalibrationError, match='re-run'):
+    two.intervals(t_pred, t_feats[:, :1])

@@ -44,12 +44,17 @@ def test_pose_from_keypoints_by_hand():
 
 def test_flags_name_every_reason_and_nan_raises_none():
   assert quality.flags(size_px=100, sharp=0.05, yaw=10, score=0.9) == ''
-  assert quality.flags(size_px=20, sharp=0.001, yaw=-60, score=0.55) == (
-      'small|blurred|profile|low_score')
+  assert quality.flags(size_px=20, sharp=0.001, yaw=-60, score=0.55, roll=-25) == (
+      'small|blurred|profile|rolled|low_score')
   assert quality.flags(size_px=100, sharp=0.05, yaw=math.nan, score=math.nan) == ''
+  assert quality.flags(size_px=100, sharp=0.05, yaw=0, score=0.9, roll=19.9) == ''
   m = quality.measure(_face(), (150, 40, 150, 160), [[190, 110], [250, 110], [220, 140],
                                                       [220, 165]], 0.93)
   assert m['flags'] == '' and m['face_px'] == 150 and m['yaw'] == pytest.approx(0.0)
+  # The same face with its eyes on a 30 degree line: rolled (roll from the keypoints).
+  tilted = quality.measure(_face(), (150, 40, 150, 160), [[190, 110], [242, 140], [212, 150],
+                                                           [200, 175]], 0.93)
+  assert tilted['roll'] == pytest.approx(29.98, abs=0.01) and tilted['flags'] == 'rolled'
 
 
 def test_difficulty_features_grow_with_blur_and_flip_disagreement():

@@ -9,13 +9,15 @@ predictions that predict and evaluate report) and writes W/calibration.json (vaf
 split-conformal quantiles at every coverage of calibration.COVERAGES). `scaled` also fits the
 difficulty model on the faces' sharpness and flip disagreement (vaflax/quality.py), on the
 split's faces plus a copy of each degraded at random (blur, downscale or roll at a random
-strength), so that the model has seen hard faces and the quantiles hold for them too. The second
+strength), so that the model has seen hard faces; its quantiles are taken on the split's own
+faces only, so that they promise coverage on faces drawn like them. The second
 form reads that file and prints the empirical coverage and mean width on another split, overall
 and per sharpness tercile, optionally on degraded copies of its faces. docs/uncertainty.md.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -115,19 +117,25 @@ def calibrate_run(workdir: str, *, split: str = 'validation', coverage: float = 
   run = runs.load_run(workdir, overrides=overrides)
   scaled = method == 'scaled'
   arrays = interval_inputs(run, split, dataset=dataset, difficulty=scaled)
-  if scaled:  # the split's faces and a randomly degraded copy of each (same video: same half)
+  own = np.ones(len(arrays['pred']), bool)  # the split's own faces: the quantiles' frames
+  if scaled:  # and a randomly degraded copy of each (same video: same half) for the fit only
     extra = interval_inputs(run, split, dataset=dataset, degrade='random')
-    arrays = {k: (np.concatenate([v, extra[k]]) if isinstance(v, np.ndarray) else v)
-              for k, v in arrays.items()}
+    fit_arrays = {k: (np.concatenate([v, extra[k]]) if isinstance(v, np.ndarray) else v)
+                  for k, v in arrays.items()}
+    own = np.concatenate([own, np.zeros(len(extra['pred']), bool)])
+  else:
+    fit_arrays = arrays
   cal = calibration.calibrate(
-      arrays['pred'], arrays['va'], arrays['mask'], split=split, group_N=arrays['video'],
-      features_NxF=arrays.get('features'),
+      fit_arrays['pred'], fit_arrays['va'], fit_arrays['mask'], split=split,
+      group_N=fit_arrays['video'], features_NxF=fit_arrays.get('features'),
       feature_names=quality.DIFFICULTY_FEATURES if scaled else (),
       feature_signs=quality.DIFFICULTY_SIGNS if scaled else None, coverage=coverage,
-      dataset=arrays['dataset'], checkpoint_step=run.step)
+      dataset=arrays['dataset'], checkpoint_step=run.step, quantile_N=own,
+      category=quality.DIFFICULTY_CATEGORY if scaled else None)
   path = calibration.save(cal, run.workdir)
   lo, hi = cal.intervals(arrays['pred'], arrays.get('features'))
-  return cal, path, calibration.coverage_report(arrays['va'], arrays['mask'], lo, hi)
+  return cal, path, calibration.coverage_report(arrays['va'], arrays['mask'], lo, hi,
+                                                group_N=arrays['video'])
 
 
 def check_run(workdir: str, split: str = 'test', *, dataset: str | None = None,
@@ -156,16 +164,30 @@ def coverage_table(cal: calibration.Calibration, arrays: dict, split: str,
       continue
     lo, hi = cal.intervals(arrays['pred'], arrays.get('features'), coverage=float(key))
     report['coverages'][key] = calibration.coverage_report(arrays['va'], arrays['mask'], lo, hi,
-                                                           bins)
+                                                           bins, arrays.get('video'))
   return report
+
+
+def _precision(cal: calibration.Calibration) -> str:
+  """How precise the promise is: the quantile frames' worth in independent frames, and the
+  scatter of the coverage a split like them would realise (docs/uncertainty.md)."""
+  c = cal.coverage
+  sd = [math.sqrt(c * (1 - c) / max(n, 1.0)) for n in cal.n_eff]
+  return (f'the {cal.n} quantile frames of {cal.n_groups} videos are worth about '
+          f'{cal.n_eff[0]:.0f} (V) / {cal.n_eff[1]:.0f} (A) independent frames: the coverage '
+          f'realised on such a split scatters by about +-{sd[0]:.3f} / {sd[1]:.3f} (1 s.d.)'
+          + ('; calibrate on more videos (people) for a tighter promise'
+             if max(sd) > 0.015 else ''))
 
 
 def _print_report(rep: dict) -> None:
   for key, r in rep['coverages'].items():
     bins = ', '.join(f"{b} {s['coverage_valence']:.3f}/{s['coverage_arousal']:.3f}"
                      for b, s in r.get('bins', {}).items())
+    se = (f" (+-{r['coverage_se_valence']:.3f} / {r['coverage_se_arousal']:.3f} s.e. over "
+          f"videos)" if 'coverage_se_valence' in r else '')
     print(f"nominal {float(key):.2f}: coverage V {r['coverage_valence']:.3f} "
-          f"A {r['coverage_arousal']:.3f}, mean width V {r['width_valence']:.3f} "
+          f"A {r['coverage_arousal']:.3f}{se}, mean width V {r['width_valence']:.3f} "
           f"A {r['width_arousal']:.3f} (n={r['n_valence']}); per sharpness tercile V/A: {bins}")
 
 
@@ -201,6 +223,7 @@ def main(argv) -> int:
         f'{cal.coverage:g}: quantile V {q[0]:.4f} A {q[1]:.4f}; on the split itself coverage '
         f"V {rep['coverage_valence']:.3f} A {rep['coverage_arousal']:.3f}, mean width "
         f"V {rep['width_valence']:.3f} A {rep['width_arousal']:.3f}")
+  print(_precision(cal))
   print(f'wrote {path}')
   return 0
 

@@ -9,10 +9,10 @@ P(s_new <= q) >= c. Two scores, one per dimension (valence, arousal):
   scaled   s = |y - f(x)| / sigma(x)          interval f(x) -+ q sigma(x)    (wider where harder)
 
 sigma(x) = exp(phi(x) . w) is a difficulty model fitted by least squares of log|residual| on the
-frame's difficulty features phi (vaflax/quality.py: crop sharpness, flip disagreement) on one
-half of the calibration frames; q is taken on the other half, so the guarantee is untouched by
-the fit (Lei et al. 2018, section 5.2, "locally weighted" conformal). The halves are split by
-video so that frames of one clip never sit on both sides.
+frame's difficulty features phi (vaflax/quality.py: crop sharpness, flip disagreement) on half
+of the calibration split's videos (FIT_SHARE); q is taken on the rest, so the guarantee is
+untouched by the fit (Lei et al. 2018, section 5.2, "locally weighted" conformal). The halves
+are split by video so that frames of one clip never sit on both sides.
 
 What the guarantee is: marginal coverage over frames drawn like the calibration split (same
 datasets, same face pipeline). Not per clip, not per person, and not under shift to other data;
@@ -38,6 +38,10 @@ DIMS = ('valence', 'arousal')
 # one predict reports. A coverage the split is too small for is stored as null (infinite width).
 COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
 FILENAME = 'calibration.json'
+# The share of videos the scaled method fits its difficulty model on. Measured on
+# synthetic_va_heldout (docs/uncertainty.md): a third instead of a half gives the quantile more
+# frames but leaves arousal's weak sharpness weight noisier, and blurred faces' coverage worse.
+FIT_SHARE = 1 / 2
 _LOG_SIGMA_RANGE = (-6.0, 3.0)  # sigma within [e^-6, e^3]: a fit can never make a zero-width or
 # unbounded interval out of an odd feature value
 
@@ -127,6 +131,10 @@ class Calibration:
   checkpoint_step: int | None = None
   n_groups: int = 0  # videos the quantiles were taken on
   n_eff: tuple | None = None  # (V, A): effective_size of the quantile frames' hits at `coverage`
+  # scaled: a category of faces with quantiles of their own (Mondrian conformal, Vovk et al.
+  # 2005 ch. 4): {'feature': name, 'below': threshold, 'n': frames, 'quantiles': {...}}; a face
+  # whose feature is below the threshold gets these quantiles, taken on such faces only
+  category: dict | None = None
 
   def widths(self, n: int, features_NxF=None, coverage: float | None = None) -> np.ndarray:
     """Half-widths (N, 2) of the intervals at `coverage` (default: the calibration's)."""
@@ -140,9 +148,19 @@ class Calibration:
       return np.broadcast_to(q_2, (n, 2)).copy()
     if features_NxF is None:
       raise CalibrationError('a scaled calibration needs the difficulty features of each face')
-    s_Nx2 = np.stack([scale(np.asarray(w), features_NxF, self.feature_range)
+    feats = np.asarray(features_NxF, np.float64)
+    if feats.ndim != 2 or feats.shape[1] != len(self.features):
+      raise CalibrationError(f'this calibration takes the features {", ".join(self.features)}; '
+                             f'got an array of shape {feats.shape}: re-run python -m '
+                             f'vaflax.calibrate')
+    s_Nx2 = np.stack([scale(np.asarray(w), feats, self.feature_range)
                       for w in self.weights], axis=-1)
-    return s_Nx2 * q_2
+    q_Nx2 = np.broadcast_to(q_2, s_Nx2.shape)
+    if self.category is not None:
+      inside = feats[:, self.features.index(self.category['feature'])] < self.category['below']
+      q_cat = np.asarray(self.category['quantiles'][key], np.float64)
+      q_Nx2 = np.where(inside[:, None], q_cat, q_Nx2)
+    return s_Nx2 * q_Nx2
 
   def intervals(self, pred_Nx2, features_NxF=None, coverage: float | None = None):
     """(lo, hi), each (N, 2), clipped to [-1, 1]."""
@@ -155,6 +173,9 @@ class Calibration:
     d['weights'] = None if self.weights is None else [list(map(float, w)) for w in self.weights]
     d['features'] = list(self.features)
     d['n_eff'] = None if self.n_eff is None else [float(x) for x in self.n_eff]
+    if self.category is not None:
+      d['category'] = {**self.category, 'quantiles': {
+          k: [_finite_or_none(x) for x in v] for k, v in self.category['quantiles'].items()}}
     d['feature_range'] = (None if self.feature_range is None
                           else [list(map(float, r)) for r in self.feature_range])
     d['quantiles'] = {k: [_finite_or_none(x) for x in v] for k, v in self.quantiles.items()}
@@ -170,12 +191,20 @@ def _key(coverage: float) -> str:
 
 
 def calibrate(pred_Nx2, target_Nx2, mask_Nx2, *, split: str, group_N=None, features_NxF=None,
-              feature_names=(), feature_signs=None, coverage: float = 0.9, coverages=COVERAGES, seed: int = 0,
-              dataset: str = '', checkpoint_step: int | None = None) -> Calibration:
+              feature_names=(), feature_signs=None, coverage: float = 0.9, coverages=COVERAGES,
+              seed: int = 0, dataset: str = '', checkpoint_step: int | None = None,
+              quantile_N=None, category=None) -> Calibration:
   """A plain calibration, or a scaled one when difficulty features are given.
 
   `mask` (N, 2) marks labelled values; `group` (N,) the video of each frame (the scaled method
-  fits its difficulty model on half of the videos and takes its quantiles on the other half).
+  fits its difficulty model on FIT_SHARE of the videos and takes its quantiles on the rest).
+  `quantile` (N,) bools: the frames the scaled method may take its quantiles on (default all);
+  the others only teach the difficulty model. vaflax.calibrate passes the split's own faces
+  here and adds degraded copies for the fit only, so the quantiles are those of frames drawn
+  like the split (the guarantee stays exact for them) while sigma has seen hard faces.
+  `category` (feature name, threshold), scaled only: faces whose feature is below the threshold
+  (blurred ones) get quantiles taken on such faces of the quantile half, own or not, and the
+  others on the others; each group then has its own guarantee (Mondrian conformal).
   """
   pred, target = np.asarray(pred_Nx2, np.float64), np.asarray(target_Nx2, np.float64)
   mask = np.asarray(mask_Nx2) > 0
@@ -200,24 +229,41 @@ def calibrate(pred_Nx2, target_Nx2, mask_Nx2, *, split: str, group_N=None, featu
   uniq = np.unique(groups)
   if len(uniq) < 2:
     raise CalibrationError(f'{split}: the scaled method needs frames of at least 2 videos')
-  fit_groups = np.random.default_rng(seed).permutation(uniq)[:len(uniq) // 2]
+  n_fit_groups = min(len(uniq) - 1, max(1, round(FIT_SHARE * len(uniq))))
+  fit_groups = np.random.default_rng(seed).permutation(uniq)[:n_fit_groups]
   fit = np.isin(groups, fit_groups)
+  usable = np.ones(len(pred), bool) if quantile_N is None else np.asarray(quantile_N, bool)
+  inside = np.zeros(len(pred), bool)
+  if category is not None:
+    inside = feats[:, list(feature_names).index(category[0])] < category[1]
+    usable = usable & ~inside
   franges = (tuple(map(float, feats[fit].min(0))), tuple(map(float, feats[fit].max(0))))
   weights, q_scores = [], []
   for d in range(2):
-    sel_fit, sel_cal = fit & mask[:, d], ~fit & mask[:, d]
+    sel_fit, sel_cal = fit & mask[:, d], ~fit & mask[:, d] & usable
     w = fit_log_scale(feats[sel_fit], resid_Nx2[sel_fit, d], feature_signs)
     weights.append(tuple(map(float, w)))
     q_scores.append(resid_Nx2[sel_cal, d] / scale(w, feats[sel_cal], franges))
   q = {_key(c): [conformal_quantile(q_scores[d], c) for d in range(2)] for c in coverages}
+  cat = None
+  if category is not None:
+    cat_scores = []
+    for d in range(2):
+      sel = ~fit & mask[:, d] & inside  # the category's faces of the quantile half
+      cat_scores.append(resid_Nx2[sel, d] / scale(np.asarray(weights[d]), feats[sel], franges))
+    cat = {'feature': str(category[0]), 'below': float(category[1]),
+           'n': min(len(x) for x in cat_scores),
+           'quantiles': {_key(c): [conformal_quantile(cat_scores[d], c) for d in range(2)]
+                         for c in coverages}}
   n = min(len(s) for s in q_scores)
   _check_n(n, q, coverage, split)
-  n_eff = tuple(effective_size(q_scores[d] <= q[_key(coverage)][d], groups[~fit & mask[:, d]])
-                for d in range(2))
+  n_eff = tuple(effective_size(q_scores[d] <= q[_key(coverage)][d],
+                               groups[~fit & mask[:, d] & usable]) for d in range(2))
   return Calibration('scaled', split, n, coverage, q, tuple(weights), tuple(feature_names),
                      n_fit=int((fit & mask.any(-1)).sum()), feature_range=franges,
                      dataset=dataset, checkpoint_step=checkpoint_step,
-                     n_groups=len(np.unique(groups[~fit & mask.any(-1)])), n_eff=n_eff)
+                     n_groups=len(np.unique(groups[~fit & mask.any(-1) & usable])), n_eff=n_eff,
+                     category=cat)
 
 
 def _check_n(n: int, quantiles: dict, coverage: float, split: str) -> None:
@@ -269,13 +315,24 @@ def load(workdir: str) -> Calibration | None:
     coverage = float(d['coverage'])
     if _key(coverage) not in quantiles:
       raise ValueError(f'no quantile for its own coverage {coverage}')
+    category = d.get('category')
+    if category is not None:
+      if method != 'scaled' or category['feature'] not in features:
+        raise ValueError('category on a feature the calibration does not have')
+      category = {'feature': str(category['feature']), 'below': float(category['below']),
+                  'n': int(category['n']), 'quantiles': {
+                      _key(float(k)): [math.inf if x is None else float(x) for x in v]
+                      for k, v in category['quantiles'].items()}}
+      if set(category['quantiles']) != set(quantiles) or any(
+          len(v) != 2 or min(v) < 0 for v in category['quantiles'].values()):
+        raise ValueError('category quantiles do not match the quantiles')
     n_eff = d.get('n_eff')
     n_eff = None if n_eff is None else tuple(float(x) for x in n_eff)
     if n_eff is not None and len(n_eff) != 2:
       raise ValueError('n_eff is not (valence, arousal)')
     return Calibration(method, str(d['split']), int(d['n']), coverage, quantiles, weights,
                        features, int(d.get('n_fit', 0)), franges, str(d.get('dataset', '')),
-                       d.get('checkpoint_step'), int(d.get('n_groups', 0)), n_eff)
+                       d.get('checkpoint_step'), int(d.get('n_groups', 0)), n_eff, category)
   except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
     raise CalibrationError(f'{path}: not a vaflax calibration ({type(e).__name__}: {e})') from None
 

@@ -19,8 +19,11 @@ BLURRED = 0.01  # sharpness (below). Measured (tests/quality_test.py): sharp fac
 # (skimage's astronaut) and 0.16 (matplotlib's grace_hopper); the astronaut face after a Gaussian
 # blur of sigma 1 px at 64 px 0.0045, shrunk 4x and enlarged back 0.0085, shrunk 2x 0.023
 PROFILE_DEG = 45.0  # |yaw| above it: one eye is mostly hidden and alignment degrades
+ROLLED_DEG = 20.0  # |roll| above it: a box crop (the default) keeps the tilt, and the difficulty
+# features do not see it: on faces rolled 30 degrees, resnet_va:runlocal's calibrated valence
+# intervals cover far less than promised (docs/uncertainty.md), so no promise is made for them
 LOW_SCORE = 0.7  # detector score below it (BlazeFace keeps faces from 0.5 up)
-FLAGS = ('small', 'blurred', 'profile', 'low_score')
+FLAGS = ('small', 'blurred', 'profile', 'rolled', 'low_score')
 SHARPNESS_SIZE = 64  # crops are compared at one size, whatever the run's crop size
 
 _EYE_L, _EYE_R, _NOSE = (faces.KEYPOINTS.index(k) for k in ('eye_left', 'eye_right', 'nose'))
@@ -69,7 +72,8 @@ def pose(landmarks_Lx2) -> tuple[float, float]:
   return yaw, roll
 
 
-def flags(*, size_px: float, sharp: float, yaw: float, score: float) -> str:
+def flags(*, size_px: float, sharp: float, yaw: float, score: float,
+          roll: float = math.nan) -> str:
   """The face's flags, '|'-joined in FLAGS order ('' for a clean face). A NaN measure (no
   keypoints, a detector without scores) raises no flag."""
   out = []
@@ -79,6 +83,8 @@ def flags(*, size_px: float, sharp: float, yaw: float, score: float) -> str:
     out.append('blurred')
   if abs(yaw) > PROFILE_DEG:
     out.append('profile')
+  if abs(roll) > ROLLED_DEG:
+    out.append('rolled')
   if score < LOW_SCORE:
     out.append('low_score')
   return '|'.join(out)
@@ -90,7 +96,7 @@ def measure(crop_HxWx3: np.ndarray, box_xywh, landmarks_Lx2, score: float) -> di
   sharp = sharpness(crop_HxWx3)
   yaw, roll = pose(landmarks_Lx2)
   return {'face_px': size, 'sharpness': sharp, 'yaw': yaw, 'roll': roll,
-          'flags': flags(size_px=size, sharp=sharp, yaw=yaw, score=float(score))}
+          'flags': flags(size_px=size, sharp=sharp, yaw=yaw, score=float(score), roll=roll)}
 
 
 def difficulty_features(images_NxHxWxC: np.ndarray, va_Nx2: np.ndarray,
@@ -104,5 +110,9 @@ def difficulty_features(images_NxHxWxC: np.ndarray, va_Nx2: np.ndarray,
 
 
 DIFFICULTY_FEATURES = ('log_sharpness', 'flip_gap')
+# Faces the `blurred` flag would mark, on the model input: a scaled calibration takes their
+# quantiles on such faces only (calibration.calibrate's `category`), since the difficulty model
+# alone under-widens them (docs/uncertainty.md)
+DIFFICULTY_CATEGORY = ('log_sharpness', math.log(BLURRED + 1e-3))
 DIFFICULTY_SIGNS = (-1, 1)  # a less sharp face, or one whose VA moves more when mirrored, is
 # harder: calibration's difficulty model may only widen intervals in these directions
