@@ -8,8 +8,9 @@ export.json). Per input, OUT/<name>.csv has predict's per-frame columns (docs/pr
 file needs NumPy, onnxruntime, OpenCV, Pillow and PyAV only: copy it into an application as it
 is (it imports nothing from vaflax; run as a script, `python run.py ...`, it loads no JAX).
 
-What it does, per frame: letterbox -> detector.onnx -> weighted NMS (here, in NumPy) -> faces of
-side >= min_face, new ones held to a higher score -> ids from a greedy IoU / centre-distance
+What it does, per frame: letterbox -> detector.onnx, on the frame at 192 px and (predict's
+close-up pass, for faces that fill the frame) at 96 px -> weighted NMS (here, in NumPy) -> the
+two passes merged -> faces of side >= min_face, new ones held to a higher score -> ids from a greedy IoU / centre-distance
 tracker -> the face crop of the run's recorded crop spec (a NumPy port of vaflax/faces.py
 `crop_face`: box crop, or similarity alignment on the 4 keypoints) -> face.onnx (the run's
 preprocessing is inside it). Simpler than predict (docs/deploy.md): every frame is searched
@@ -137,27 +138,75 @@ def nms(boxes_Ax4, kps_AxLx2, scores_A, nms_cfg: dict, max_faces: int = 16):
   return out
 
 
-class Detector:
-  """detector.onnx and the NMS: frames -> [[(box xywh, score, keypoints 4x2)]] in source px."""
+# Predict's close-up pass (vaflax/predict/detection.py, BlazeFaceDetector): faces that fill the
+# frame are missed at 192 px and found when the frame is letterboxed to 96 px; that pass reports
+# faces of side >= 0.15 of the frame's long side, merged with the 192 px pass's.
+CLOSE_UP_INPUT = 96
+CLOSE_UP_SIDE = 0.15
+# detector.onnx takes 192 px only: the 96 px letterbox is run centred on a 192 px canvas of grey
+# 128 (0 after the network's x / 127.5 - 1, what a 96 px input is padded with by its first
+# convolution). Close to the 96 px network, not equal: docs/deploy.md has the numbers.
+CLOSE_UP_FILL = 128
 
-  def __init__(self, path: str, info: dict, session_options=None):
+
+def close_up(x_SxSx3, geometry_4):
+  """(the close-up input: the S px letterbox halved to 96 px on an S px grey canvas, its
+  geometry from the source frame)."""
+  side = x_SxSx3.shape[0]
+  small = cv2.resize(x_SxSx3, (CLOSE_UP_INPUT, CLOSE_UP_INPUT), interpolation=cv2.INTER_AREA)
+  off = (side - CLOSE_UP_INPUT) // 2
+  canvas = np.full_like(x_SxSx3, CLOSE_UP_FILL)
+  canvas[off:off + CLOSE_UP_INPUT, off:off + CLOSE_UP_INPUT] = small
+  k = CLOSE_UP_INPUT / side
+  sx, sy, dx, dy = geometry_4
+  return canvas, np.array([sx * k, sy * k, dx * k + off, dy * k + off], np.float32)
+
+
+def weighted_merge(faces):
+  """Predict's merge of the two passes (detection.py `_weighted_merge`): the surest face takes
+  every face with IoU > 0.3 and becomes their score-weighted mean box and keypoints, keeping its
+  score; largest first."""
+  left = sorted(faces, key=lambda f: -f[1])
+  out = []
+  while left:
+    group = [f for f in left if f is left[0] or iou(left[0][0], f[0]) > 0.3]
+    left = [f for f in left if all(f is not g for g in group)]
+    w = np.array([f[1] for f in group])
+    box = (w[:, None] * np.array([f[0] for f in group], np.float64)).sum(0) / w.sum()
+    kps = (w[:, None, None] * np.stack([f[2] for f in group])).sum(0) / w.sum()
+    out.append((tuple(float(v) for v in box), group[0][1], kps.astype(np.float32)))
+  return sorted(out, key=lambda f: -f[0][2] * f[0][3])
+
+
+class Detector:
+  """detector.onnx and the NMS: frames -> [[(box xywh, score, keypoints 4x2)]] in source px,
+  faces of side >= min_face, from predict's two whole-frame passes (192 px and the close-up)."""
+
+  def __init__(self, path: str, info: dict, session_options=None, min_face: int = 1):
     import onnxruntime as ort  # noqa: PLC0415
 
     self.sess = ort.InferenceSession(path, session_options, providers=['CPUExecutionProvider'])
     self.side, self.nms_cfg = int(info['input_side']), info['nms']
+    self.min_face = min_face
 
   def __call__(self, frames: list[np.ndarray]) -> list[list[tuple]]:
     boxed = [letterbox(f, self.side) for f in frames]
+    boxed += [close_up(*b) for b in boxed]
     boxes, kps, scores = self.sess.run(['boxes', 'keypoints', 'scores'],
                                        {'frames': np.stack([b[0] for b in boxed])})
-    out = []
+    found = []
     for i, (_, (sx, sy, dx, dy)) in enumerate(boxed):
       faces = []
       for b, kp, score in nms(boxes[i], kps[i], scores[i], self.nms_cfg):
         lo = (b[:2] - [dx, dy]) / [sx, sy]
         hi = (b[2:] - [dx, dy]) / [sx, sy]
         faces.append(((*lo, *(hi - lo)), score, ((kp - [dx, dy]) / [sx, sy]).astype(np.float32)))
-      out.append(faces)
+      found.append(faces)
+    out = []
+    for i, frame in enumerate(frames):
+      far = max(self.min_face, CLOSE_UP_SIDE * max(frame.shape[:2]))
+      out.append(weighted_merge([f for f in found[i] if min(f[0][2:]) >= self.min_face]
+                                + [f for f in found[len(frames) + i] if min(f[0][2:]) >= far]))
     return out
 
 
@@ -279,7 +328,8 @@ class Runner:
     self.crop = face['crop']
     self.face = ort.InferenceSession(os.path.join(model_dir, 'face.onnx'),
                                      providers=['CPUExecutionProvider'])
-    self.detector = Detector(os.path.join(model_dir, 'detector.onnx'), self.meta['detector'])
+    self.detector = Detector(os.path.join(model_dir, 'detector.onnx'), self.meta['detector'],
+                             min_face=min_face)
     self.largest, self.min_face = faces == 'largest', min_face
     self.stride, self.max_age = frame_stride, max_age
 
