@@ -58,7 +58,7 @@ def get_config(arg=None):
     raise ValueError(f'configs/distill_va.py: arch={a.arch!r}, use cnn or cnn_rnn')
   if not a.runlocal:
     c.input.dataset = a.dataset  # a mixture has commas: it cannot go through the arg string
-  c.recipe = 'distill'  # teacher, then students (vaflax/trainers/distill.py)
+  c.recipe = 'distill'  # teacher, then students (vaflax/tasks/distill.py)
   c.model.num_bins = 20  # bins per dimension (Deng et al. 2020)
   c.loss.ccc_weight = 1.0  # (1 - CCC) on the expectation, per dimension
   c.loss.binned_weight = 1.0  # CE over the bins, per dimension

@@ -12,7 +12,7 @@ Model (vaflax/models/fan.py): FAN (Bulat & Tzimiropoulos 2017) with 2 stacked ho
 width 256 and depth 4, as in EmoNet's released models, at 256 px; its 68 landmark heatmaps
 (64x64), summed, weight the last stack's features (attention); an emotion head of 4 multi-scale
 blocks regresses tanh-bounded valence/arousal and the logits of the 8 AffectNet emotions.
-Loss (vaflax/trainers/emofan.py): per dimension a random convex combination of RMSE, 1 - PCC and
+Loss (vaflax/tasks/emofan.py): per dimension a random convex combination of RMSE, 1 - PCC and
 1 - CCC, drawn anew each step (the paper's "shake-shake" regularisation), + loss.emotion_weight x
 emotion cross-entropy + loss.landmark_weight x heatmap MSE on all stacks (landmark supervision).
 
@@ -106,7 +106,7 @@ def get_config(arg=None):
     raise ValueError('configs/emofan_va.py: stage=frozen needs init=<workdir of a stage=landmarks '
                      'run> (a frozen random FAN gives the head nothing to attend to)')
   c = common.base_config()
-  c.task = 'emofan'  # vaflax/trainers/emofan.py: shake-shake VA + emotion CE + heatmap MSE
+  c.task = 'emofan'  # vaflax/tasks/emofan.py: shake-shake VA + emotion CE + heatmap MSE
   c.model_name = 'fan'  # vaflax/models/fan.py
   c.model = presets.fan_model(a.arch)  # EmoNet's FAN and head; arch=emonet: the released model
   c.frozen = 'fan(/|$)' if a.stage == 'frozen' else ''  # FAN fixed: no update, running BN statistics

@@ -9,7 +9,7 @@ from flax import nnx
 from configs import common
 from vaflax import optim
 from vaflax.models import resnet
-from vaflax.trainers import distill
+from vaflax.tasks import distill
 
 K = 20
 

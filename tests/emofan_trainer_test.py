@@ -1,4 +1,4 @@
-"""Tests for vaflax/trainers/emofan.py."""
+"""Tests for vaflax/tasks/emofan.py."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from vaflax.models import fan
-from vaflax.trainers import emofan
+from vaflax.tasks import emofan
 
 B, S = 6, 32  # batch, image side
 

@@ -1,4 +1,4 @@
-"""Tests for vaflax/models/fusion.py and vaflax/trainers/fusion.py."""
+"""Tests for vaflax/models/fusion.py and vaflax/tasks/fusion.py."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,7 @@ from flax import nnx
 
 from vaflax import checkpoint, losses
 from vaflax.models import fusion, vit
-from vaflax.trainers import fusion as fusion_task
+from vaflax.tasks import fusion as fusion_task
 
 VISUAL = dict(variant='mu/8', image_size=16)
 AUDIO = dict(n_mels=8, n_fft=128, frames_per_video_frame=2, width=16, num_layers=1)

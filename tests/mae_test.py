@@ -1,4 +1,4 @@
-"""Tests for vaflax/models/mae.py and vaflax/trainers/mae.py."""
+"""Tests for vaflax/models/mae.py and vaflax/tasks/mae.py."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ from flax import nnx
 from PIL import Image
 
 from vaflax.models import mae
-from vaflax.trainers import mae as mae_task
+from vaflax.tasks import mae as mae_task
 
 TINY = dict(variant='mu/8', image_size=32, decoder_width=32, decoder_depth=1,
             decoder_num_heads=2)

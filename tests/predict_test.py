@@ -492,7 +492,7 @@ def test_the_run_records_its_crop_and_predict_cuts_it(predictor, synthetic_data_
 
 @pytest.mark.slow
 def test_flip_tta_is_the_runs_switch(predictor, synthetic_data_dir):
-  """One rule for flip TTA (vaflax/tasks.py predict_fn): predict's --flip_tta sets the run's
+  """One rule for flip TTA (vaflax/tasks/__init__.py predict_fn): predict's --flip_tta sets the run's
   config.eval.flip_tta, and the output is the mean over each crop and its mirror."""
   assert predictor.flip is False
   flipped = predict.Predictor(predictor.workdir, batch_size=8, data_dir=synthetic_data_dir,

@@ -15,7 +15,7 @@ import pytest
 from conftest import raw_checkpoint, tiny_config
 
 from vaflax import tasks, train
-from vaflax.trainers import supervised
+from vaflax.tasks import supervised
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

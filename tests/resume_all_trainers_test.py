@@ -341,7 +341,7 @@ def test_preempted_at_random_steps_resumes_bit_identical(name, tmp_path, referen
 
 
 def _check_distill_run(wd):
-  """Distillation end to end (vaflax/trainers/distill.py): the students stage scores the teacher,
+  """Distillation end to end (vaflax/tasks/distill.py): the students stage scores the teacher,
   each student and the ensemble; the teacher inside it is the teacher stage's final weights,
   frozen (unchanged, no optimizer state)."""
   final = json.load(open(os.path.join(wd, 'final_metrics.json')))
@@ -373,7 +373,7 @@ def _weights(stage_dir, sub=None):
 
 def _check_reconstruction_png(path, config):
   """Rows of original | masked | reconstruction; originals = validation images spread over the
-  first eval batch (every batch/8-th, vaflax/trainers/mae.py), 2 px apart."""
+  first eval batch (every batch/8-th, vaflax/tasks/mae.py), 2 px apart."""
   png = np.asarray(Image.open(path))
   batch = next(iter(sources.EvalData(config, 'validation')))
   images = batch['image']

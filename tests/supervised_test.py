@@ -1,4 +1,4 @@
-"""Tests for vaflax/trainers/supervised.py against NumPy hand computations."""
+"""Tests for vaflax/tasks/supervised.py against NumPy hand computations."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vaflax import circumplex
-from vaflax.trainers import supervised
+from vaflax.tasks import supervised
 
 
 def _weights(**kw):

@@ -40,7 +40,7 @@ FSDP_RULES = (('conv_out', 'fsdp'), ('mlp', 'fsdp'), ('heads', 'fsdp'), ('embed'
 def base_config() -> ml_collections.ConfigDict:
   """Fields every config has. Method configs override what they need."""
   c = ml_collections.ConfigDict()
-  c.task = 'supervised'  # registered task (vaflax/tasks.py; defined in vaflax/trainers/)
+  c.task = 'supervised'  # registered task (vaflax/tasks/__init__.py; defined in vaflax/tasks/)
   c.recipe = ''  # '' = one training run; else a multi-stage recipe (vaflax/stages.py)
   c.model_name = 'resnet'  # model module: vaflax/models/<model_name>.py
   c.model = ml_collections.ConfigDict()  # keyword arguments of Model(...)
@@ -171,7 +171,7 @@ def fan_model(arch: str = 'vaflax') -> ml_collections.ConfigDict:
 
 
 def emofan_loss(stage: str = 'joint') -> ml_collections.ConfigDict:
-  """The emofan task's loss fields (vaflax/trainers/emofan.py) for a stage of its recipe."""
+  """The emofan task's loss fields (vaflax/tasks/emofan.py) for a stage of its recipe."""
   loss = ml_collections.ConfigDict()
   loss.va_weight = 0.0 if stage == 'landmarks' else 1.0  # shake-shake VA loss
   loss.emotion_weight = 0.0 if stage == 'landmarks' else 1.0  # emotion cross-entropy
@@ -243,7 +243,7 @@ def converted_fan(model: dict, image_size: int = 256, *, emonet: bool) -> ml_col
   EmoNet head (convert/emonet.py, convert/fan.py): the crop resized to 256 px, RGB in [0, 1]
   (EmoNet's demo: cv2.resize, /255, no mean/std)."""
   c = base_config()
-  c.task = 'emofan'  # vaflax/trainers/emofan.py: VA, expressions, heatmaps
+  c.task = 'emofan'  # vaflax/tasks/emofan.py: VA, expressions, heatmaps
   c.model_name = 'fan'
   c.model = fan_model('emonet')
   c.model.update(model)

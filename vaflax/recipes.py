@@ -10,7 +10,7 @@ its mapping: a source given without a mapping takes the recipe's default one.
   cnn_rnn  Deng, Chen, Shi 2020: a frame CNN, then a bi-GRU on its frozen features
            (configs/resnet_gru_va.py)
   distill  Deng, Chen, Shi 2020: a teacher, then N students distilled from it
-           (configs/distill_va.py; the task is vaflax/trainers/distill.py)
+           (configs/distill_va.py; the task is vaflax/tasks/distill.py)
   emofan   Toisoul et al. 2021: the FAN on landmarks, then the emotion head on the frozen FAN
            (configs/emofan_va.py:stage=two_stage)
 """

@@ -1,7 +1,7 @@
 """Scoring a model on a dataset split: the jitted evaluation forward and the pooled metrics.
 
 `make_eval_step` is a run's evaluation forward (its task's predictions under the run's rules,
-flip TTA included: vaflax/tasks.py `predict_fn`), `score` pools its outputs over a whole split
+flip TTA included: vaflax/tasks/__init__.py `predict_fn`), `score` pools its outputs over a whole split
 (ABAW protocol), and `score_split` does both for a restored run. The training loop scores its
 evaluation split with the same two functions after every evaluation interval; evaluate and the
 recipes' test-split scores call `score_split`. Nothing here imports the training layer.

@@ -1,6 +1,6 @@
 """The one generic train/evaluate loop of vaflax.
 
-A task (vaflax/tasks.py, defined in vaflax/trainers/) supplies the loss and the predictions; a
+A task (vaflax/tasks/__init__.py, defined in vaflax/tasks/) supplies the loss and the predictions; a
 model module (vaflax/models/<config.model_name>.py) supplies `Model(...)`; the optimizer,
 schedule and frozen parameters come from vaflax/optim.py; the model is built, other runs are
 loaded (init_from) and the run folder is written through vaflax/runs.py, and the evaluation

@@ -108,7 +108,7 @@ def model_fields(cfg: dict) -> dict:
 def make_config(src, variant: str = ''):
   del variant  # the config says everything
   c = presets.base_config()
-  c.task = 'speech'  # a frozen feature extractor (vaflax/trainers/fusion.py), never trained alone
+  c.task = 'speech'  # a frozen feature extractor (vaflax/tasks/fusion.py), never trained alone
   c.model_name = 'speech'
   c.model.update(model_fields(src.hub_config))
   c.input.dataset = ''

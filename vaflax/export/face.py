@@ -4,7 +4,7 @@
 preprocessing as predict does (vaflax/predict/model.py `Predictor`), then composes
 
   faces uint8 (N, S, S, 3) -> pp_eval in JAX (export/preprocess.py) -> the task's predict_fn
-  under the run's evaluation rules (flip TTA included: vaflax/tasks.py `predict_fn`)
+  under the run's evaluation rules (flip TTA included: vaflax/tasks/__init__.py `predict_fn`)
   -> valence (N,), arousal (N,), expression (N, E) softmax probabilities when the model has an
      expression head, embedding (N, D) when the model has `features` (resnet, vit: the input
      of the VA head, of the unmirrored crop, as vaflax.api's `embed`).

@@ -7,7 +7,7 @@ patch. The loss is the MSE on per-patch-normalised pixels (norm_pix_loss) over M
 
 Masking randomness comes from `batch['mask_rng']` (a PRNG key), not from an nnx.Rngs stream held
 by the model. The train loop already derives one key per step from (seed, step); the trainer
-(trainers/mae.py) passes it in, so the mask of step s is a pure function of (seed, s): the same
+(tasks/mae.py) passes it in, so the mask of step s is a pure function of (seed, s): the same
 under jit, after a resume from a checkpoint and on any number of hosts, and the step has no
 hidden rng counter to carry through jit/checkpoints. A missing key is an error rather than a
 silent fixed mask.
@@ -153,7 +153,7 @@ class Model(nnx.Module):
     for key in ('image', 'mask_rng'):
       if key not in batch:
         raise KeyError(f"mae.Model needs batch[{key!r}] (mask_rng: a PRNG key, supplied by "
-                       f"trainers/mae.py); got keys {sorted(batch)}")
+                       f"tasks/mae.py); got keys {sorted(batch)}")
     images = batch['image']
     pred_BxPxY, mask_BxP = self.forward(images, batch['mask_rng'])
     target_BxPxY = patchify(images.astype(jnp.float32), self.patch_size)

@@ -1,11 +1,11 @@
 """Tasks: what a method trains (loss) and reports (predictions), listed by name in one place.
 
-A task module in vaflax/trainers/ defines plain functions (`loss_fn`, `predict_fn`, ...); this
-module lists every task (`TASKS`, explicit imports: no registration on import, no import inside
-a function), and `config.task` names one. The generic loop (vaflax/train.py) calls only these
-fields, so a new method is a new Task, not a new loop. Inference (vaflax/runs.py, predict,
-evaluate) reads the same entries for a run's model and predictions; nothing here imports the
-training layer.
+Each module of this package defines one method's plain functions (`loss_fn`, `predict_fn`,
+...); this one lists every task (`TASKS`, explicit imports: no registration on import, no
+import inside a function), and `config.task` names one. The generic loop (vaflax/train.py)
+calls only these fields, so a new method is a new Task, not a new loop. Inference
+(vaflax/runs.py, predict, evaluate) reads the same entries for a run's model and predictions;
+nothing here imports the training layer. Multi-stage recipes are in vaflax/recipes.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable
 
 from vaflax import tta
-from vaflax.trainers import distill, emofan, fusion, mae, supervised
+from vaflax.tasks import distill, emofan, fusion, mae, supervised
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vaflax import losses
-from vaflax.trainers import supervised
+from vaflax.tasks import supervised
 
 
 class TeacherStudents(nnx.Module):
