@@ -30,7 +30,6 @@ from vaflax import predict, train
 from vaflax.data import build, video_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.usefixtures('compile_cache')  # conftest.py: shared compiles
 
 
 # --- Config -------------------------------------------------------------------------------------

@@ -40,7 +40,6 @@ TIMING_KEYS = ('train/steps_per_sec', 'train_seconds')  # wall-clock, not result
 MAE_VA = recipes.get('mae_va')
 
 
-pytestmark = pytest.mark.usefixtures('compile_cache')  # conftest.py: shared compiles
 
 
 # --- Tiny configs -------------------------------------------------------------------------------
