@@ -62,7 +62,7 @@ def send(sink, *parts: tuple[str, float], fmt: str = 'mpegts') -> int:
             n += 1
       for p in o.encode(None):
         out.mux(p)
-  except (BrokenPipeError, av.error.BrokenPipeError, av.error.EOFError, ValueError, OSError):
+  except (av.error.FFmpegError, ValueError, OSError):  # the reader went away (BrokenPipeError)
     pass
   return n
 

@@ -268,12 +268,13 @@ def run(predictor, source: str, out_dir: str, opts: pipeline.Options, *, overwri
     stopped_by.append(signal.Signals(signum).name)
     stop.set()
 
+  log(f'live: ready, reading {outputs.printable("stdin" if source == "-" else source)}')
+  # Opening waits for the stream's first bytes: until then a signal ends the process as usual.
+  frames_src = decode.VideoFrames(source, opts.frame_stride, opts.max_pixels, live=True)
   if threading.current_thread() is threading.main_thread():
     for sig in (signal.SIGINT, signal.SIGTERM):
       handlers[sig] = signal.signal(sig, on_signal)
   try:
-    log(f'live: ready, reading {outputs.printable("stdin" if source == "-" else source)}')
-    frames_src = decode.VideoFrames(source, opts.frame_stride, opts.max_pixels, live=True)
     frames, failed = FrameQueue(), []
     thread = threading.Thread(target=_capture, args=(frames_src, frames, failed),
                               name='capture', daemon=True)
