@@ -1,6 +1,5 @@
 """vaflax.main's last line: where a run's results are, and a finished run is not trained again.
-(writers.results_line in process; vaflax.main itself only in a subprocess: its absl flags would
-clash with vaflax.benchmark's in a shared test worker.)"""
+(writers.results_line in process; vaflax.main itself in a subprocess, as a user runs it.)"""
 
 import json
 import os

@@ -20,9 +20,10 @@ import sys
 import time
 
 import tensorflow_datasets as tfds
-from absl import app, flags, logging
+from absl import logging
 
 import tfds_builders
+from vaflax import cli
 from vaflax.presets import DEFAULT_DATA_DIR
 
 NO_DOWNLOAD = {'synthetic_va', 'synthetic_va_large', 'synthetic_va_heldout'}  # no manual_dir
@@ -130,21 +131,18 @@ def summary(b: tfds.core.DatasetBuilder, seconds: float | None = None) -> str:
   return '\n'.join(lines)
 
 
-_MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Folder with the files you downloaded.')
-_DATA_DIR = flags.DEFINE_string('data_dir', DEFAULT_DATA_DIR, 'Where to write the dataset.')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild even if already built.')
-
-
-def main(argv):
-  if len(argv) != 2:
-    raise app.UsageError(f'usage: python -m vaflax.data.build <name>; names: {", ".join(available())}')
+@cli.entry_point
+def main(argv) -> int:
+  p = cli.parser('vaflax.data.build', __doc__, line=2)
+  p.add_argument('name', help=f'the dataset: {", ".join(available())}')
+  p.add_argument('--manual_dir', default=None, help='folder with the files you downloaded')
+  p.add_argument('--data_dir', default=DEFAULT_DATA_DIR, help='where to write the dataset')
+  p.add_argument('--overwrite', action='store_true', help='rebuild even if already built')
+  args = cli.parse(p, argv)
   logging.set_verbosity(logging.WARNING)
-  try:
-    build(argv[1], _DATA_DIR.value, _MANUAL_DIR.value, _OVERWRITE.value)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  build(args.name, args.data_dir, args.manual_dir, args.overwrite)
+  return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(main())
