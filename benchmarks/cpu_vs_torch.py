@@ -13,7 +13,7 @@ of fixed random data. The JAX side is vaflax's own jitted step (`vaflax.train.ma
 configs/resnet_va.py:variant=18: donation, grad norm and the non-finite guard included). The
 PyTorch side runs NCHW and channels_last.
 
-The JAX side starts as vaflax's entry points do: `vaflax.cpu_malloc.keep_freed_memory()` first
+The JAX side starts as vaflax's entry points do: `vaflax.cpu.keep_freed_memory()` first
 (glibc keeps freed memory, synchronous CPU dispatch), so XLA's ~300 MB block of per-step
 temporaries is not page-faulted in again every step; PyTorch runs with glibc's defaults, as its
 users run it. `--malloc retain` gives every worker the same glibc settings as environment
@@ -60,10 +60,10 @@ def _batch_numpy():
 
 def jax_worker(args):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from vaflax import cpu_malloc  # noqa: PLC0415
+  from vaflax import cpu  # noqa: PLC0415
 
-  # As vaflax's entry points do, before JAX starts its CPU client (vaflax/cpu_malloc.py).
-  kept = cpu_malloc.keep_freed_memory() if args.malloc != 'glibc' else False
+  # As vaflax's entry points do, before JAX starts its CPU client (vaflax/cpu.py).
+  kept = cpu.keep_freed_memory() if args.malloc != 'glibc' else False
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
@@ -225,7 +225,7 @@ def main():
                        "'xla' (XLA's own convolution gradients, for comparison)")
   ap.add_argument('--malloc', default='default', choices=('default', 'retain', 'glibc'),
                   help="'default': each side as its users run it: vaflax keeps freed memory "
-                       "(vaflax/cpu_malloc.py: XLA:CPU allocates a step's ~300 MB of temporaries "
+                       "(vaflax/cpu.py: XLA:CPU allocates a step's ~300 MB of temporaries "
                        "as one block, which glibc would map and unmap every step), PyTorch with "
                        "glibc's defaults. 'retain': every worker runs with the same settings as "
                        "glibc environment variables (_RETAIN_MALLOC). 'glibc': every worker with "

@@ -49,9 +49,9 @@ def main():
   ap.add_argument('--predict', action='store_true', help='also predict end to end on the clip')
   ap.add_argument('--detector', default='blazeface', help="predict's --detector (blazeface|haar)")
   a = ap.parse_args()
-  from vaflax import cpu_malloc  # noqa: PLC0415
+  from vaflax import cpu  # noqa: PLC0415
 
-  cpu_malloc.keep_freed_memory()  # as `python -m vaflax.predict` does (vaflax/cpu_malloc.py)
+  cpu.keep_freed_memory()  # as `python -m vaflax.predict` does (vaflax/cpu.py)
   import av  # noqa: PLC0415
   import jax  # noqa: PLC0415
   import wheel_media  # noqa: PLC0415

@@ -14,7 +14,7 @@ its body under `@entry_point`:
   override are accepted, as config.json needs them: a list (parsed as a tuple, stored as a list)
   and a None (a Python literal, else the text).
 - `parse` runs after the flags are known and before JAX starts its backends: it turns glibc's
-  trimming off on CPU-only machines (vaflax/cpu_malloc.py) and marks absl's flags parsed (Grain
+  trimming off on CPU-only machines (vaflax/cpu.py) and marks absl's flags parsed (Grain
   reads its options from them), so each entry point does neither itself.
 - `entry_point` turns the errors a user can cause (a bad flag or override, a missing or unreadable
   file, a bad value in a file: `USER_ERRORS`) into one line `error: ...` on stderr, its control
@@ -217,12 +217,12 @@ def parser(module: str, doc: str | None, line: int = 0) -> ArgumentParser:
 def parse(ap: argparse.ArgumentParser, argv: list[str], overrides: bool = False):
   """Parses `argv`; with `overrides`, also returns the `--config.x=y` overrides split out of it
   (`(args, overrides)`). Then, before JAX starts its backends, the CPU allocator settings
-  (vaflax/cpu_malloc.py) and absl's flags marked parsed (Grain reads them)."""
+  (vaflax/cpu.py) and absl's flags marked parsed (Grain reads them)."""
   found, rest = split_overrides(argv) if overrides else ([], argv)
   args = ap.parse_args(rest)
-  from vaflax import cpu_malloc  # noqa: PLC0415 -- it imports JAX: not for --help or a bad flag
+  from vaflax import cpu  # noqa: PLC0415 -- it imports JAX: not for --help or a bad flag
 
-  cpu_malloc.keep_freed_memory()
+  cpu.keep_freed_memory()
   if not absl_flags.FLAGS.is_parsed():
     absl_flags.FLAGS.mark_as_parsed()
   return (args, found) if overrides else args

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vaflax import circumplex, sharding, tasks
+from vaflax import circumplex, cpu, sharding, tasks
 from vaflax import metrics as metrics_lib
 from vaflax.data import sources
 
@@ -41,7 +41,7 @@ def make_eval_step(config, graphdef, model_sharding, mesh):
 
   return jax.jit(eval_step, in_shardings=(model_sharding, sharding.batch_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh),
-                 compiler_options=sharding.compiler_options(mesh.devices.flat[0].platform))
+                 compiler_options=cpu.compiler_options(mesh.devices.flat[0].platform))
 
 
 def score(eval_step, mesh, model_state, batches, prefix: str = 'val/') -> tuple[dict, dict]:

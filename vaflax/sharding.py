@@ -1,5 +1,5 @@
-"""Device mesh from config, logical -> mesh axis rules, host-local <-> global arrays, and the XLA
-options every jitted step of vaflax compiles with on a platform.
+"""Device mesh from config, logical -> mesh axis rules, host-local <-> global arrays (the XLA
+options of the jitted steps on a CPU are in vaflax/cpu.py).
 
 The mesh has axes ('data', 'fsdp'). Batches are split over both (every device sees distinct
 examples). Parameters carry logical axis names (nnx.with_partitioning metadata); the rules of
@@ -9,37 +9,13 @@ stays replicated (a small conv or a 10-class head is not worth sharding).
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import numpy as np
-from absl import logging
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 BATCH_AXES = ('data', 'fsdp')
-
-# XLA:CPU runs convolutions faster through Eigen than through its default YNNPACK fusions
-# (benchmarks/RESULTS.md has the measured ResNet-18 train step); reductions and dots stay on
-# YNNPACK.
-CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
-                        'LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_DOT'}
-
-
-@functools.cache
-def compiler_options(platform: str) -> dict | None:
-  """XLA options for the jitted steps (train, eval): CPU_COMPILER_OPTIONS on a CPU whose XLA knows
-  them, else XLA's defaults."""
-  if platform != 'cpu':
-    return None
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(1.0).compile()
-  except Exception:  # noqa: BLE001 -- an XLA without these options: keep its defaults
-    logging.warning('XLA does not take %s; using its defaults', CPU_COMPILER_OPTIONS)
-    return None
-  return CPU_COMPILER_OPTIONS
-
 
 def make_mesh(mesh_config) -> jax.sharding.Mesh:
   devices = jax.devices()

@@ -22,7 +22,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from vaflax import aot, optim, runs, scoring, sharding, tasks, writers
+from vaflax import aot, cpu, optim, runs, scoring, sharding, tasks, writers
 from vaflax import checkpoint as ckpt_lib
 from vaflax.data import pipeline, sources
 
@@ -109,7 +109,7 @@ def make_setup(config, num_train_examples: int, mesh=None, init: bool = True) ->
     metrics = dict(metrics, loss=loss, grad_norm=gnorm, lr=schedule(step))
     return jax.tree.unflatten(treedef, new_leaves), metrics, ok
 
-  copts = sharding.compiler_options(mesh.devices.flat[0].platform)
+  copts = cpu.compiler_options(mesh.devices.flat[0].platform)
   train_step = jax.jit(train_step, in_shardings=(state_sh, sharding.batch_sharding(mesh), rep),
                        out_shardings=(state_sh, rep, rep), donate_argnums=0,
                        compiler_options=copts)

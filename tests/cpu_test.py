@@ -1,4 +1,4 @@
-"""vaflax/cpu_malloc.py: with its settings an XLA:CPU computation reuses its temporaries' block
+"""vaflax/cpu.py: with its settings an XLA:CPU computation reuses its temporaries' block
 (no page faults); without them glibc maps and unmaps it every call. Each case runs in a fresh
 process, since the settings only work before JAX starts its backends."""
 
@@ -16,8 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # allocation above glibc's 32 MiB mmap ceiling, like a train step's temporaries.
 _SCRIPT = textwrap.dedent("""
     import json, resource, sys
-    from vaflax import cpu_malloc
-    kept = cpu_malloc.keep_freed_memory()
+    from vaflax import cpu
+    kept = cpu.keep_freed_memory()
     if sys.argv[1] == 'no_jax':
       from jax._src import xla_bridge
       print(json.dumps({'kept': kept, 'backends': xla_bridge.backends_are_initialized()}))
@@ -67,16 +67,17 @@ def test_not_applied_when_the_backend_may_be_an_accelerator():
 
 
 def test_config_loading_starts_no_backend():
-  """vaflax.main calls keep_freed_memory() first in main(); nothing before it (flag parsing,
-  loading a config file) may start JAX's backends, or the call comes too late."""
+  """Entry points call keep_freed_memory() in cli.parse, after importing their module and before
+  loading the config file; neither may start JAX's backends, or the call would come too late
+  (vaflax.main loads configs/<x>.py, which imports the presets and the models' configs)."""
   code = textwrap.dedent("""
-      import sys
-      from vaflax import main
-      main.parse_flags(['main', '--config=configs/resnet_va.py:runlocal', '--workdir=/tmp/x'])
+      from vaflax import cli, main
       from jax._src import xla_bridge
+      print(xla_bridge.backends_are_initialized())
+      cli.load_config('configs/resnet_va.py:runlocal', ['total_steps=3'])
       print(xla_bridge.backends_are_initialized())
   """)
   r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                      timeout=120, check=False, env=dict(os.environ, PYTHONPATH=ROOT))
   assert r.returncode == 0, r.stderr[-2000:]
-  assert r.stdout.split() == ['False'], r.stdout
+  assert r.stdout.split() == ['False', 'False'], r.stdout

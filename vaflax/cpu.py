@@ -1,4 +1,9 @@
-"""CPU-only runs: XLA's per-step temporaries stay in glibc's heap instead of page-faulting in.
+"""The CPU settings of vaflax, in one place: glibc's allocator and JAX's dispatch on CPU-only
+machines (`keep_freed_memory`), and the XLA options every jitted step compiles with on a CPU
+(`compiler_options`). (The CPU's convolution backward, vaflax/models/cpu_conv.py, is a layer the
+ResNet picks, not a process setting.)
+
+CPU-only runs: XLA's per-step temporaries stay in glibc's heap instead of page-faulting in.
 
 XLA:CPU allocates all temporaries of a compiled step as one block (~300 MB for the ResNet-18
 train step at batch 32 x 112 px). glibc serves a block that large with mmap and gives it back
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -94,5 +100,28 @@ def keep_freed_memory() -> bool:
 
   jax.config.update('jax_cpu_enable_async_dispatch', False)
   logging.info('glibc malloc keeps freed memory (no mmap, no trim), JAX CPU dispatch is '
-               'synchronous: vaflax/cpu_malloc.py')
+               'synchronous: vaflax/cpu.py')
   return True
+
+
+# XLA:CPU runs convolutions faster through Eigen than through its default YNNPACK fusions
+# (benchmarks/RESULTS.md has the measured ResNet-18 train step); reductions and dots stay on
+# YNNPACK.
+CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
+                        'LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_DOT'}
+
+
+@functools.cache
+def compiler_options(platform: str) -> dict | None:
+  """XLA options for the jitted steps (train, eval): CPU_COMPILER_OPTIONS on a CPU whose XLA knows
+  them, else XLA's defaults."""
+  if platform != 'cpu':
+    return None
+  import jax  # noqa: PLC0415 -- as in backend_is_cpu_only
+
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(1.0).compile()
+  except Exception:  # noqa: BLE001 -- an XLA without these options: keep its defaults
+    logging.warning('XLA does not take %s; using its defaults', CPU_COMPILER_OPTIONS)
+    return None
+  return CPU_COMPILER_OPTIONS
