@@ -23,6 +23,7 @@ model, about 30 GB for Aff-Wild2's 1.5M frames).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -79,7 +80,14 @@ class Encoder:
     def encode_raw(state, wave_BxX):
       return nnx.merge(graphdef, state)(wave_BxX)
 
+    @functools.partial(jax.jit, static_argnums=(2, 3))
+    def encode_pooled(state, wave_BxX, num_video_frames, samples_per_frame):
+      model = nnx.merge(graphdef, state)
+      return model.pool_to_video(model(speech.normalize_wave(wave_BxX)), num_video_frames,
+                                 samples_per_frame)
+
     self._state, self._encode, self._encode_raw = state, encode, encode_raw
+    self._encode_pooled = encode_pooled
 
   @property
   def checksum(self) -> str:
@@ -115,8 +123,8 @@ class Encoder:
     pooled = []
     for g in range(0, len(starts), CHUNK_BATCH):
       waves = np.stack([audio_TxS[st:st + c].reshape(c * s) for st in starts[g:g + CHUNK_BATCH]])
-      hidden_IxNxTxD = self._encode(self._state, jnp.asarray(waves))
-      pooled.append(np.asarray(self.model.pool_to_video(hidden_IxNxTxD, c, s)))
+      # Pooled inside the jitted call: one compile per chunk shape, not an einsum per call.
+      pooled.append(np.asarray(self._encode_pooled(self._state, jnp.asarray(waves), c, s)))
     pooled_IxNxCxD = np.concatenate(pooled, axis=1)
     out = np.zeros((t, self.num_states, self.model.width), np.float32)
     done = 0
