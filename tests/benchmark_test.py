@@ -48,7 +48,6 @@ def test_peak_table():
 def test_cli_json_fields(synthetic_data_dir):
   width, size, batch = 8, 32, 8
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)
   r = subprocess.run(
       [sys.executable, '-m', 'vaflax.benchmark', '--config=configs/resnet_va.py:runlocal',
        f'--config.input.data_dir={synthetic_data_dir}', f'--config.model.width={width}',

@@ -57,7 +57,8 @@ def test_two_processes_match_one_process(tmp_path, synthetic_data_dir):
   wd = tmp_path / 'w'
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHON=sys.executable, VAFLAX_LOCAL_CPU_DEVICES='4',
              PYTHONPATH=REPO)
-  env.pop('XLA_FLAGS', None)  # the test session's 8 fake devices are not the launcher's business
+  # (XLA_FLAGS carries only the session's --xla_backend_optimization_level=0: kept, it halves the
+  # processes' compile time; the 8 fake devices are set through jax.config, not inherited.)
   cmd = [os.path.join(REPO, 'launch/local_multiprocess.sh'), '2',
          '--config=configs/resnet_va.py:runlocal', f'--workdir={wd}',
          f'--config.input.data_dir={synthetic_data_dir}',
