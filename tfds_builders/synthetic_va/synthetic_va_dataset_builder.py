@@ -25,6 +25,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """Procedurally generated faces + voice with per-frame valence/arousal."""
 
   SPLITS = SPLITS  # (clips, seed offset) per split; a subclass may draw more clips (synthetic_va_large)
+  CLIPS_PER_IDENTITY = CLIPS_PER_IDENTITY
+  FRAME_STRIDE = 1  # every FRAME_STRIDE-th frame of each clip is kept (synthetic_va_heldout: 4)
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
 
@@ -45,18 +47,21 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split):
     num_clips, offset = self.SPLITS[split]
+    keep = np.arange(0, FRAMES_PER_CLIP, self.FRAME_STRIDE)
     writer = bu.SplitWriter(split)
     for c in range(num_clips):
       frames, lms, va, audio = sf.make_clip(
-          offset + c, FRAMES_PER_CLIP, CROP.size, identity_seed=offset + c // CLIPS_PER_IDENTITY)
+          offset + c, FRAMES_PER_CLIP, CROP.size,
+          identity_seed=offset + c // self.CLIPS_PER_IDENTITY,
+          keep=None if self.FRAME_STRIDE == 1 else keep)
       vid = f'{split}_{c:04d}'
       yield from writer.emit(vid, (
           bu.default_example(
-              image=bu.encode_image(frames[t], 'png'),
-              valence=float(va[t, 0]), arousal=float(va[t, 1]),
+              image=bu.encode_image(frames[i], 'png'),
+              valence=float(va[i, 0]), arousal=float(va[i, 1]),
               va_mask=np.ones((2,), np.float32),
-              valence_raw=float(va[t, 0]), arousal_raw=float(va[t, 1]),
-              landmarks=(lms[t] / CROP.size).astype(np.float32), landmarks_mask=1.0,
-              frame=t, file=f'{vid}/{t:05d}', audio=audio[t])
-          for t in range(FRAMES_PER_CLIP)))
+              valence_raw=float(va[i, 0]), arousal_raw=float(va[i, 1]),
+              landmarks=(lms[i] / CROP.size).astype(np.float32), landmarks_mask=1.0,
+              frame=int(t), file=f'{vid}/{t:05d}', audio=audio[i])
+          for i, t in enumerate(keep)))
     writer.finish(self)

@@ -12,36 +12,14 @@ other: 6 of them are worth almost as much as 24). Identities are disjoint from s
 
 from __future__ import annotations
 
-import numpy as np
-
 from tfds_builders.synthetic_va import synthetic_va_dataset_builder as base
-from vaflax.data import builder_utils as bu
-from vaflax.data import synthetic_faces as sf
 
 CLIPS = 320  # per split, one identity each
-STRIDE = 4  # frames 0, 4, ..., 20 of each 24-frame clip
 
 
 class Builder(base.Builder):
-  """synthetic_va's drawing: 320 identities per split, 6 frames of one clip each."""
+  """synthetic_va's drawing: 320 identities per split, 6 frames of one clip each (0, 4, ..., 20)."""
 
   SPLITS = {'validation': (CLIPS, 300_000), 'test': (CLIPS, 400_000)}
-
-  def _generate_examples(self, split):
-    num_clips, offset = self.SPLITS[split]
-    keep = np.arange(0, base.FRAMES_PER_CLIP, STRIDE)
-    writer = bu.SplitWriter(split)
-    for c in range(num_clips):
-      frames, lms, va, audio = sf.make_clip(
-          offset + c, base.FRAMES_PER_CLIP, base.CROP.size, identity_seed=offset + c, keep=keep)
-      vid = f'{split}_{c:04d}'
-      yield from writer.emit(vid, (
-          bu.default_example(
-              image=bu.encode_image(frames[i], 'png'),
-              valence=float(va[i, 0]), arousal=float(va[i, 1]),
-              va_mask=np.ones((2,), np.float32),
-              valence_raw=float(va[i, 0]), arousal_raw=float(va[i, 1]),
-              landmarks=(lms[i] / base.CROP.size).astype(np.float32), landmarks_mask=1.0,
-              frame=int(t), file=f'{vid}/{t:05d}', audio=audio[i])
-          for i, t in enumerate(keep)))
-    writer.finish(self)
+  CLIPS_PER_IDENTITY = 1
+  FRAME_STRIDE = 4
