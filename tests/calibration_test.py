@@ -115,6 +115,19 @@ def test_round_trip_and_hostile_files(tmp_path):
   path.write_text('{"method": ')
   with pytest.raises(calibration.CalibrationError, match='not a vaflax calibration'):
     calibration.load(str(tmp_path))
+  # Crafted numbers and shapes: a NaN anywhere would make every interval NaN; deep nesting and
+  # size are refused before they cost a traceback or memory.
+  nan_q = {**good, 'quantiles': {**good['quantiles'], '0.9': [float('nan'), 0.1]}}
+  nan_w = {**good, 'weights': [[float('inf')] * len(good['weights'][0]), good['weights'][1]]}
+  flipped = {**good, 'feature_range': good['feature_range'][::-1]}
+  nan_cat = {**good, 'category': {**good['category'], 'below': float('nan')}}
+  for text, why in ((json.dumps(nan_q), 'nan where'), (json.dumps(nan_w), 'inf where'),
+                    (json.dumps(flipped), 'feature_range'), (json.dumps(nan_cat), 'nan where'),
+                    ('[' * 100_000 + ']' * 100_000, 'RecursionError'),
+                    (' ' * (calibration.MAX_FILE_BYTES + 1) + '{}', 'over the')):
+    path.write_text(text)
+    with pytest.raises(calibration.CalibrationError, match=why):
+      calibration.load(str(tmp_path))
 
 
 def test_difficulty_model_keeps_its_signs_and_does_not_extrapolate():

@@ -279,13 +279,44 @@ def save(cal: Calibration, workdir: str) -> str:
   return fileio.write_json(os.path.join(workdir, FILENAME), cal.to_json())
 
 
+# A calibration.json is a few kB; a larger file is not one (and is not read into memory).
+MAX_FILE_BYTES = 1 << 20
+
+
+def _number(x, *, finite: bool = True) -> float:
+  """`x` as a float; NaN is refused, and infinity too unless `finite` is False (a quantile the
+  split was too small for): one would turn every interval built from it into NaN."""
+  v = float(x)
+  if math.isnan(v) or (finite and math.isinf(v)):
+    raise ValueError(f'{x!r} where a finite number belongs')
+  return v
+
+
+def _quantile_pairs(entries) -> dict:
+  """{coverage key: [q_valence, q_arousal]}: coverages in (0, 1), quantiles >= 0 (null or
+  Infinity: the split was too small for that coverage)."""
+  out = {}
+  for k, v in entries.items():
+    c = _number(k)
+    if not 0 < c < 1 or not isinstance(v, list) or len(v) != 2:
+      raise ValueError(f'bad quantile entry {k!r}')
+    q = [math.inf if x is None else _number(x, finite=False) for x in v]
+    if min(q) < 0:
+      raise ValueError(f'negative quantile at {k!r}')
+    out[_key(c)] = q
+  return out
+
+
 def load(workdir: str) -> Calibration | None:
   """The run's calibration, or None when it has none. A file that is not a calibration raises
-  CalibrationError naming it (it is read as data: types and ranges are checked)."""
+  CalibrationError naming it (it is read as data: types and ranges are checked, NaN refused)."""
   path = os.path.join(workdir, FILENAME)
   if not os.path.exists(path):
     return None
   try:
+    if os.path.getsize(path) > MAX_FILE_BYTES:
+      raise ValueError(f'{os.path.getsize(path):,} bytes, over the {MAX_FILE_BYTES:,} a '
+                       'calibration takes')
     with open(path) as f:
       d = json.load(f)
     if not isinstance(d, dict):
@@ -293,22 +324,19 @@ def load(workdir: str) -> Calibration | None:
     method = d['method']
     if method not in ('plain', 'scaled'):
       raise ValueError(f'unknown method {method!r}')
-    quantiles = {}
-    for k, v in d['quantiles'].items():
-      c = float(k)
-      if not 0 < c < 1 or len(v) != 2:
-        raise ValueError(f'bad quantile entry {k!r}')
-      quantiles[_key(c)] = [math.inf if x is None else float(x) for x in v]
-    if any(x < 0 for v in quantiles.values() for x in v):
-      raise ValueError('negative quantile')
-    features = tuple(str(x) for x in d.get('features') or ())
+    quantiles = _quantile_pairs(d['quantiles'])
+    features = d.get('features') or []
+    if not isinstance(features, list) or not all(isinstance(x, str) for x in features):
+      raise ValueError('features is not a list of names')
+    features = tuple(features)
     weights = d.get('weights')
     if method == 'scaled':
-      weights = tuple(tuple(float(x) for x in w) for w in weights)
+      weights = tuple(tuple(_number(x) for x in w) for w in weights)
       if len(weights) != 2 or any(len(w) != len(features) + 1 for w in weights):
         raise ValueError('weights do not match the features')
-      franges = tuple(tuple(float(x) for x in r) for r in d['feature_range'])
-      if len(franges) != 2 or any(len(r) != len(features) for r in franges):
+      franges = tuple(tuple(_number(x) for x in r) for r in d['feature_range'])
+      if len(franges) != 2 or any(len(r) != len(features) for r in franges) or any(
+          lo > hi for lo, hi in zip(*franges, strict=True)):
         raise ValueError('feature_range does not match the features')
     else:
       weights, franges = None, None
@@ -319,21 +347,18 @@ def load(workdir: str) -> Calibration | None:
     if category is not None:
       if method != 'scaled' or category['feature'] not in features:
         raise ValueError('category on a feature the calibration does not have')
-      category = {'feature': str(category['feature']), 'below': float(category['below']),
-                  'n': int(category['n']), 'quantiles': {
-                      _key(float(k)): [math.inf if x is None else float(x) for x in v]
-                      for k, v in category['quantiles'].items()}}
-      if set(category['quantiles']) != set(quantiles) or any(
-          len(v) != 2 or min(v) < 0 for v in category['quantiles'].values()):
+      category = {'feature': str(category['feature']), 'below': _number(category['below']),
+                  'n': int(category['n']), 'quantiles': _quantile_pairs(category['quantiles'])}
+      if set(category['quantiles']) != set(quantiles):
         raise ValueError('category quantiles do not match the quantiles')
     n_eff = d.get('n_eff')
-    n_eff = None if n_eff is None else tuple(float(x) for x in n_eff)
+    n_eff = None if n_eff is None else tuple(_number(x) for x in n_eff)
     if n_eff is not None and len(n_eff) != 2:
       raise ValueError('n_eff is not (valence, arousal)')
     return Calibration(method, str(d['split']), int(d['n']), coverage, quantiles, weights,
                        features, int(d.get('n_fit', 0)), franges, str(d.get('dataset', '')),
                        d.get('checkpoint_step'), int(d.get('n_groups', 0)), n_eff, category)
-  except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+  except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
     raise CalibrationError(f'{path}: not a vaflax calibration ({type(e).__name__}: {e})') from None
 
 
