@@ -118,23 +118,15 @@ class Run:
 
     The input goes through predict's one scheduler (collection.predict_many, as the CLI's
     inputs do); only its last step differs: the rows are kept instead of written."""
-    import os  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
-    from vaflax.predict import collection, decode, pipeline  # noqa: PLC0415
+    from vaflax.predict import collection, pipeline  # noqa: PLC0415
 
     opts = pipeline.Options(frame_stride=frame_stride, smooth=smooth, smooth_window=smooth_window,
                             faces=faces, min_face=min_face, detect_every=detect_every,
                             max_age=max_age, plots=False, progress=False)
-    opts.check()
-    path = os.fspath(path)
-    name = os.path.basename(path)
-    inp = collection.Input(path, name, os.path.splitext(name)[0])
     with tempfile.TemporaryDirectory() as out:  # an unreadable input's error JSON goes here
-      summary, = collection.predict_many(self._predictor, [inp], out, opts, workers=1,
-                                         finish_clip=_keep_rows)
-    if summary['status'] == 'error':
-      raise decode.InputError(summary['error'])
+      summary = collection.predict_file(self._predictor, path, out, opts, finish_clip=_keep_rows)
     cols = summary.pop('records')
     try:
       import pandas  # noqa: PLC0415

@@ -318,14 +318,15 @@ def predict_many(predictor, inputs: list[Input], out_dir: str, opts: pipeline.Op
 
 
 def predict_file(predictor, path, out_dir: str, opts: pipeline.Options,
-                 stem: str | None = None) -> dict:
-  """One image or video through `predict_many`: writes DIR/<stem>.csv, .json and plots and
-  returns the summary. Raises InputError when the input gives no outputs (its error JSON, as
-  the CLI writes it, says why too)."""
+                 stem: str | None = None, finish_clip=pipeline.finish_clip) -> dict:
+  """One image or video through `predict_many`: writes DIR/<stem>.csv, .json and plots (or
+  what `finish_clip` makes of it: vaflax.api keeps the rows) and returns the summary. Raises
+  InputError when the input gives no outputs (its error JSON, as the CLI writes it, says why
+  too)."""
   opts.check()
   name = os.path.basename(os.fspath(path))
   inp = Input(os.fspath(path), name, stem or os.path.splitext(name)[0])
-  s, = predict_many(predictor, [inp], out_dir, opts, workers=1)
+  s, = predict_many(predictor, [inp], out_dir, opts, workers=1, finish_clip=finish_clip)
   if s['status'] == 'error':
     raise InputError(s['error'])
   if opts.progress:
