@@ -182,7 +182,9 @@ def evaluate_run(workdir: str, *, split: str = 'test', dataset: str | None = Non
 def _calibration_outputs(run, split, dataset, record, out_dir, tag, shows) -> dict:
   """With the run's calibration.json: record['calibration'] (empirical coverage and mean width
   per dimension at each stored coverage, overall and per sharpness tercile: calibrate.check_run's
-  report, on the predictions of this evaluation's forward) and a reliability plot."""
+  report) and a reliability plot. The split is scored a second time here, by the same forward
+  (calibrate.interval_inputs), since the intervals also need each crop's sharpness and, for a
+  scaled calibration, the raw forward's flip gap, which the metrics pass does not keep."""
   from vaflax import calibrate, calibration, plots  # noqa: PLC0415
 
   cal = calibration.load(run.workdir)
