@@ -33,6 +33,9 @@ def _jax2onnx_compat():
     core.ClosedJaxpr = jax.extend.core.ClosedJaxpr
 
 
+_SKIPPED_PASSES = ('transpose', 'redundant_reshape_pairs', 'redundant_casts')
+
+
 @contextlib.contextmanager
 def _jax2onnx_fixes():
   """Two changes to jax2onnx 0.17.1 for the length of one conversion (each only where the
@@ -40,11 +43,13 @@ def _jax2onnx_fixes():
 
   - its passes that fold Transpose pairs across elementwise ops mis-wire a ResNet's residual
     blocks (the block input reaches one branch in NHWC, the other in NCHW: onnxruntime refuses the
-    graph, 'Add: incompatible dimensions'): they are left out; onnxruntime removes redundant
-    transposes itself when it loads the graph;
+    graph, 'Add: incompatible dimensions'): they are left out, and so are the passes that drop
+    redundant Reshape pairs and Casts, which rescan the whole graph for every node (half a
+    minute each on BlazeFace and EmoNet on 2 cores). onnxruntime removes redundant transposes,
+    reshapes and casts itself when it loads the graph;
   - after each JAX equation it checks that the equation's output is connected by scanning every
     node built so far (quadratic: minutes for BlazeFace on 2 cores); a value with a producer node
-    is connected, so that is asked first.
+    is connected, so that is asked first, then whether it is a graph input or an initializer.
   """
   from jax2onnx.converter import ir_optimizations as opt  # noqa: PLC0415
   from jax2onnx.converter import output_binding as ob  # noqa: PLC0415
@@ -52,10 +57,14 @@ def _jax2onnx_fixes():
   saved_passes = getattr(opt, '_OPTIMIZER_PASSES', None)
   saved_check = getattr(ob, '_value_is_graph_connected', None)
   if saved_passes is not None:
-    opt._OPTIMIZER_PASSES = tuple(p for p in saved_passes if 'transpose' not in p.name)
+    opt._OPTIMIZER_PASSES = tuple(p for p in saved_passes if not any(
+        k in p.name for k in _SKIPPED_PASSES))
   if saved_check is not None:
     ob._value_is_graph_connected = lambda ctx, value: (
-        getattr(value, 'producer', lambda: None)() is not None or saved_check(ctx, value))
+        getattr(value, 'producer', lambda: None)() is not None
+        or any(v is value for v in ctx.builder.inputs)
+        or any(v is value for v in ctx.builder.initializers)
+        or saved_check(ctx, value))
   try:
     yield
   finally:
