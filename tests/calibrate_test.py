@@ -56,7 +56,9 @@ def test_scaled_calibration_widens_intervals_on_blurred_faces(workdir, capsys):
                        '--config.batch_size=96'])
   assert rc == 0, capsys.readouterr().err
   cal = calibration.load(workdir)
-  assert cal.method == 'scaled' and cal.features == ('log_sharpness', 'flip_gap')
+  assert cal.method == 'scaled' and cal.features == ('log_sharpness', 'flip_gap', 'abs_roll')
+  assert [next(iter(set(c) & {'below', 'above'})) for c in cal.categories] == ['below', 'above']
+  assert all(c['n'] > 0 for c in cal.categories)  # degraded copies fall in both
   clean = calibrate.check_run(workdir, 'test', overrides=['batch_size=96'])
   blurred = calibrate.check_run(workdir, 'test', degrade='blur', overrides=['batch_size=96'])
   w = lambda rep: rep['coverages']['0.9']['width_valence']  # noqa: E731
@@ -64,3 +66,20 @@ def test_scaled_calibration_widens_intervals_on_blurred_faces(workdir, capsys):
   # is that the same faces, blurred, get other intervals than the clean ones (features reach
   # the widths), and both widths are finite and positive.
   assert 0 < w(clean) < 4 and 0 < w(blurred) < 4 and w(clean) != pytest.approx(w(blurred))
+
+
+def test_degraded_copies_carry_their_roll():
+  # A face's keypoints in the model input, rolled by the 'rotate' degradation: its roll (from
+  # the record's landmarks moved by the same pixel map) changes by the 30 degrees applied.
+  rng = np.random.default_rng(0)
+  side = 64
+  lm = np.array([[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.5, 0.75]])  # upright KEYPOINTS, [0, 1]
+  img = np.zeros((1, side, side, 3), np.float32)
+  out, maps = calibrate._degrade('rotate', img, rng)
+  assert out.shape == img.shape and maps.shape == (1, 2, 3)
+  (upright,) = calibrate._rolls(lm[None], np.ones(1), side)
+  (rolled,) = calibrate._rolls(lm[None], np.ones(1), side, maps)
+  assert upright == pytest.approx(0.0) and abs(rolled) == pytest.approx(30.0)
+  _, maps = calibrate._degrade('blur', img, rng)
+  assert calibrate._rolls(lm[None], np.ones(1), side, maps)[0] == pytest.approx(0.0)
+  assert np.isnan(calibrate._rolls(lm[None], np.zeros(1), side)[0])  # no landmarks: unknown

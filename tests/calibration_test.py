@@ -95,8 +95,8 @@ def test_round_trip_and_hostile_files(tmp_path):
   cal = calibration.calibrate(pred, target, np.ones_like(pred), split='validation',
                               group_N=group, features_NxF=feats, feature_names=('blur',),
                               dataset='synthetic_va', checkpoint_step=800,
-                              category=('blur', 0.5))
-  assert cal.category['n'] > 0 and cal.n_groups > 0
+                              categories=(('blur', 'below', 0.5),))
+  assert cal.categories[0]['n'] > 0 and cal.n_groups > 0
   calibration.save(cal, str(tmp_path))
   back = calibration.load(str(tmp_path))
   assert back == cal
@@ -108,19 +108,25 @@ def test_round_trip_and_hostile_files(tmp_path):
   for bad in ([1, 2], {**good, 'method': 'magic'}, {**good, 'quantiles': {'0.9': [-1, 0.1]}},
               {**good, 'quantiles': {'7': [0.1, 0.1]}}, {**good, 'weights': [[1.0], [1.0]]},
               {k: v for k, v in good.items() if k != 'split'},
-              {**good, 'category': {**good['category'], 'feature': 'nose'}}):
+              {**good, 'categories': [{**good['categories'][0], 'feature': 'nose'}]},
+              {**good, 'categories': [{**good['categories'][0], 'above': 1.0}]},  # two sides
+              {**good, 'categories': [good['categories'][0]] * 9}):
     path.write_text(json.dumps(bad))
     with pytest.raises(calibration.CalibrationError, match=str(path)):
       calibration.load(str(tmp_path))
   path.write_text('{"method": ')
   with pytest.raises(calibration.CalibrationError, match='not a vaflax calibration'):
     calibration.load(str(tmp_path))
+  # A calibration written before categories were a list holds its one as 'category'.
+  path.write_text(json.dumps({**{k: v for k, v in good.items() if k != 'categories'},
+                              'category': good['categories'][0]}))
+  assert calibration.load(str(tmp_path)) == cal
   # Crafted numbers and shapes: a NaN anywhere would make every interval NaN; deep nesting and
   # size are refused before they cost a traceback or memory.
   nan_q = {**good, 'quantiles': {**good['quantiles'], '0.9': [float('nan'), 0.1]}}
   nan_w = {**good, 'weights': [[float('inf')] * len(good['weights'][0]), good['weights'][1]]}
   flipped = {**good, 'feature_range': good['feature_range'][::-1]}
-  nan_cat = {**good, 'category': {**good['category'], 'below': float('nan')}}
+  nan_cat = {**good, 'categories': [{**good['categories'][0], 'below': float('nan')}]}
   for text, why in ((json.dumps(nan_q), 'nan where'), (json.dumps(nan_w), 'inf where'),
                     (json.dumps(flipped), 'feature_range'), (json.dumps(nan_cat), 'nan where'),
                     ('[' * 100_000 + ']' * 100_000, 'RecursionError'),
@@ -199,8 +205,9 @@ def test_a_category_gets_quantiles_of_its_own_faces():
   kw = dict(split='v', group_N=group, features_NxF=feats, feature_names=('sharp', 'gap'),
             feature_signs=(1, 1))
   one = calibration.calibrate(pred, target, np.ones_like(pred), **kw)
-  two = calibration.calibrate(pred, target, np.ones_like(pred), category=('sharp', 0.0), **kw)
-  assert two.category['n'] == pytest.approx(0.3 * 6000, rel=0.1)
+  two = calibration.calibrate(pred, target, np.ones_like(pred),
+                              categories=(('sharp', 'below', 0.0),), **kw)
+  assert two.categories[0]['n'] == pytest.approx(0.3 * 6000, rel=0.1)
   # Each side's half-width is its own errors' 90 % quantile: 0.1 and 0.3 x 1.645 (|z| at 90 %).
   half = two.widths(2, np.array([[1.0, 0.5], [-1.0, 0.5]]), coverage=0.9)[:, 0]
   assert half == pytest.approx([0.1645, 0.4935], rel=0.08)
@@ -212,3 +219,32 @@ def test_a_category_gets_quantiles_of_its_own_faces():
     assert abs(cov[~t_blurred].mean() - 0.9) < 0.02 or not ok
   with pytest.raises(calibration.CalibrationError, match='re-run'):
     two.intervals(t_pred, t_feats[:, :1])
+
+
+def test_categories_below_and_above_first_one_wins():
+  # Blurred faces (sharp < 0) err 3x, rolled ones (roll > 20) 5x, a blurred and rolled face is
+  # the first category's (blurred): each category's own quantile holds on its faces. (The signs
+  # forbid the difficulty model both features, so sigma is one constant and the widths are the
+  # categories' quantiles: 1.645 sigma at 90 %.)
+  rng = np.random.default_rng(1)
+  n_videos, frames = 4000, 3
+  blurred = np.repeat(rng.uniform(0, 1, n_videos) < 0.25, frames)
+  rolled = np.repeat(rng.uniform(0, 1, n_videos) < 0.25, frames)
+  feats = np.stack([np.where(blurred, -1.0, 1.0), np.where(rolled, 30.0, 5.0)], -1)
+  sigma = np.where(blurred, 0.3, np.where(rolled, 0.5, 0.1))
+  target = sigma[:, None] * rng.standard_normal((len(sigma), 2))
+  pred = np.zeros_like(target)
+  cal = calibration.calibrate(
+      pred, target, np.ones_like(pred), split='v', group_N=np.repeat(np.arange(n_videos), frames),
+      features_NxF=feats, feature_names=('sharp', 'roll'), feature_signs=(1, -1),
+      categories=(('sharp', 'below', 0.0), ('roll', 'above', 20.0)))
+  assert [c.get('below', c.get('above')) for c in cal.categories] == [0.0, 20.0]
+  kinds = np.array([[1.0, 5.0], [-1.0, 5.0], [1.0, 30.0], [-1.0, 30.0]])
+  half = cal.widths(4, kinds, coverage=0.9)[:, 0]
+  assert half == pytest.approx([0.1645, 0.4935, 0.8225, 0.4935], rel=0.1)
+  # Columns named in another order (and one more) are picked by name.
+  named = cal.widths(4, np.concatenate([kinds[:, ::-1], np.zeros((4, 1))], -1), coverage=0.9,
+                     feature_names=('roll', 'sharp', 'extra'))
+  np.testing.assert_allclose(named[:, 0], half)
+  with pytest.raises(calibration.CalibrationError, match='re-run'):
+    cal.widths(4, kinds[:, :1], feature_names=('sharp',))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from vaflax import quality
+from vaflax import faces, quality
 
 
 def _face():
@@ -64,3 +64,17 @@ def test_difficulty_features_grow_with_blur_and_flip_disagreement():
   f = quality.difficulty_features(np.stack([face, blurred]), va, va + [[0, 0], [0.4, -0.2]])
   assert f[0, 0] > f[1, 0] + 2  # log sharpness: e^2 ~ 7x apart
   assert f[:, 1] == pytest.approx([0.0, 0.3])
+  assert f[:, 2] == pytest.approx([0.0, 0.0])  # roll unknown: upright
+  f = quality.difficulty_features(np.stack([face, face]), va, va, roll_N=[-32.0, np.nan])
+  assert f[:, 2] == pytest.approx([32.0, 0.0])
+
+
+def test_crop_roll_is_the_tilt_left_in_the_crop():
+  # Keypoints of a face whose eyes lie on a 30 degree line (quality.pose's sign).
+  kp = np.array([[100, 100], [100 + 40 * np.cos(np.pi / 6), 100 + 40 * np.sin(np.pi / 6)],
+                 [110, 130], [100, 150]])
+  box = faces.square_box(faces.box_from_landmarks(kp), 0.2)
+  assert quality.crop_roll(box, kp) == pytest.approx(30.0)  # a box crop keeps the tilt
+  aligned = faces.aligned_frame(kp, faces.CropSpec(size=112, aligned=True))
+  assert abs(quality.crop_roll(aligned, kp)) < 5.0  # an aligned crop takes it out
+  assert math.isnan(quality.crop_roll(box, None))

@@ -145,3 +145,38 @@ def test_evaluate_coverage_recounts_from_its_predictions_csv(calibrated, synthet
   assert os.path.getsize(rec['files']['reliability_png']) > 1000
   with open(rec['files']['metrics_json']) as f:
     assert json.load(f)['calibration']['coverages']['0.9']['n_valence'] == int(m[:, 0].sum())
+
+
+@pytest.mark.slow
+def test_a_rolled_face_gets_the_rolled_faces_quantiles(tmp_path, tmp_path_factory,
+                                                       synthetic_data_dir):
+  # A hand-made scaled calibration: sigma 1 everywhere (zero weights), quantile 0.25 for clean
+  # faces, 0.5 for blurred ones and 0.6 for faces rolled over 20 degrees in the crop. The photo
+  # rolled 30 degrees (a box crop keeps the tilt) gets 0.6; the upright one 0.25.
+  wd = str(tmp_path / 'run')
+  shutil.copytree(tiny_run(tmp_path_factory, synthetic_data_dir), wd)
+  names = quality.DIFFICULTY_FEATURES
+  cats = tuple({'feature': f, side: t, 'n': 50, 'quantiles': {'0.9': [q, q]}}
+               for (f, side, t), q in zip(quality.DIFFICULTY_CATEGORIES, (0.5, 0.6), strict=True))
+  cal = calibration.Calibration(
+      'scaled', 'validation', 100, 0.9, {'0.9': [Q, Q]}, weights=((0.0,) * 4, (0.0,) * 4),
+      features=names, feature_range=((-10.0, 0.0, 0.0), (10.0, 10.0, 90.0)), categories=cats)
+  calibration.save(cal, wd)
+  pred = predict.Predictor(wd, batch_size=8, data_dir=synthetic_data_dir)
+  src = tmp_path / 'in'
+  src.mkdir()
+  img = Image.fromarray(skimage.data.astronaut())
+  img.save(src / 'upright.png')
+  img.rotate(30, resample=Image.BILINEAR, center=(220, 130)).save(src / 'rolled.png')
+  opts = predict.Options(plots=False, progress=False, min_face=10)
+  half = {}
+  for name in ('upright', 'rolled'):
+    (r,) = _rows(predict.predict_file(pred, src / f'{name}.png', str(tmp_path / 'out'),
+                                      opts)['files']['csv'])
+    v = float(r['valence'])
+    half[name] = (float(r['valence_hi']) - float(r['valence_lo'])) / 2
+    assert -1 < v - half[name] and v + half[name] < 1  # not clipped: the half-width is exact
+    half[name + '_roll'] = float(r['roll'])
+  assert abs(half['upright_roll']) < 10 and abs(abs(half['rolled_roll']) - 30) < 8
+  assert half['upright'] == pytest.approx(Q, abs=1e-4)
+  assert half['rolled'] == pytest.approx(0.6, abs=1e-4)

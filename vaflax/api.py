@@ -82,7 +82,10 @@ class Run:
     cal = self._predictor.calibration
     if cal is not None:  # the run's calibrated intervals (vaflax/calibration.py), around the VA
       # clipped to [-1, 1] as predict's rows (pipeline.resolve)
-      lo, hi = cal.intervals(np.clip(cat['va'], -1, 1), cat.get('difficulty'))
+      # Crops come without keypoints: their roll is unknown and taken as upright.
+      from vaflax import quality  # noqa: PLC0415
+      lo, hi = cal.intervals(np.clip(cat['va'], -1, 1), cat.get('difficulty'),
+                             feature_names=quality.DIFFICULTY_FEATURES)
       for d, name in enumerate(('valence', 'arousal')):
         res[f'{name}_lo'], res[f'{name}_hi'] = (lo[:, d].astype(np.float32),
                                                 hi[:, d].astype(np.float32))

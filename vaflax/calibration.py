@@ -9,8 +9,8 @@ P(s_new <= q) >= c. Two scores, one per dimension (valence, arousal):
   scaled   s = |y - f(x)| / sigma(x)          interval f(x) -+ q sigma(x)    (wider where harder)
 
 sigma(x) = exp(phi(x) . w) is a difficulty model fitted by least squares of log|residual| on the
-frame's difficulty features phi (vaflax/quality.py: crop sharpness, flip disagreement) on half
-of the calibration split's videos (FIT_SHARE); q is taken on the rest, so the guarantee is
+frame's difficulty features phi (vaflax/quality.py: crop sharpness, flip disagreement, roll) on
+half of the calibration split's videos (FIT_SHARE); q is taken on the rest, so the guarantee is
 untouched by the fit (Lei et al. 2018, section 5.2, "locally weighted" conformal). The halves
 are split by video so that frames of one clip never sit on both sides.
 
@@ -131,13 +131,18 @@ class Calibration:
   checkpoint_step: int | None = None
   n_groups: int = 0  # videos the quantiles were taken on
   n_eff: tuple | None = None  # (V, A): effective_size of the quantile frames' hits at `coverage`
-  # scaled: a category of faces with quantiles of their own (Mondrian conformal, Vovk et al.
-  # 2005 ch. 4): {'feature': name, 'below': threshold, 'n': frames, 'quantiles': {...}}; a face
-  # whose feature is below the threshold gets these quantiles, taken on such faces only
-  category: dict | None = None
+  # scaled: categories of faces with quantiles of their own (Mondrian conformal, Vovk et al.
+  # 2005 ch. 4): ({'feature': name, 'below' or 'above': threshold, 'n': frames,
+  # 'quantiles': {...}}, ...); a face gets the quantiles of the first category it falls in
+  # (its feature below / above the threshold), taken on such faces only
+  categories: tuple = ()
 
-  def widths(self, n: int, features_NxF=None, coverage: float | None = None) -> np.ndarray:
-    """Half-widths (N, 2) of the intervals at `coverage` (default: the calibration's)."""
+  def widths(self, n: int, features_NxF=None, coverage: float | None = None,
+             feature_names=None) -> np.ndarray:
+    """Half-widths (N, 2) of the intervals at `coverage` (default: the calibration's).
+    `feature_names` names the columns of `features_NxF` when they are not exactly this
+    calibration's features (predict computes every quality.DIFFICULTY_FEATURES; a calibration
+    made before one was added uses the ones it has)."""
     c = self.coverage if coverage is None else coverage
     key = _key(c)
     if key not in self.quantiles:
@@ -149,6 +154,13 @@ class Calibration:
     if features_NxF is None:
       raise CalibrationError('a scaled calibration needs the difficulty features of each face')
     feats = np.asarray(features_NxF, np.float64)
+    if feature_names is not None and tuple(feature_names) != self.features:
+      missing = [f for f in self.features if f not in feature_names]
+      if missing or feats.ndim != 2 or feats.shape[1] != len(feature_names):
+        raise CalibrationError(f'this calibration takes the features {", ".join(self.features)};'
+                               f' got {", ".join(feature_names)}: re-run python -m '
+                               'vaflax.calibrate')
+      feats = feats[:, [list(feature_names).index(f) for f in self.features]]
     if feats.ndim != 2 or feats.shape[1] != len(self.features):
       raise CalibrationError(f'this calibration takes the features {", ".join(self.features)}; '
                              f'got an array of shape {feats.shape}: re-run python -m '
@@ -156,16 +168,17 @@ class Calibration:
     s_Nx2 = np.stack([scale(np.asarray(w), feats, self.feature_range)
                       for w in self.weights], axis=-1)
     q_Nx2 = np.broadcast_to(q_2, s_Nx2.shape)
-    if self.category is not None:
-      inside = feats[:, self.features.index(self.category['feature'])] < self.category['below']
-      q_cat = np.asarray(self.category['quantiles'][key], np.float64)
-      q_Nx2 = np.where(inside[:, None], q_cat, q_Nx2)
+    member_N = category_of(feats, self.features, self.categories)
+    for i, cat in enumerate(self.categories):
+      q_cat = np.asarray(cat['quantiles'][key], np.float64)
+      q_Nx2 = np.where((member_N == i)[:, None], q_cat, q_Nx2)
     return s_Nx2 * q_Nx2
 
-  def intervals(self, pred_Nx2, features_NxF=None, coverage: float | None = None):
+  def intervals(self, pred_Nx2, features_NxF=None, coverage: float | None = None,
+                feature_names=None):
     """(lo, hi), each (N, 2), clipped to [-1, 1]."""
     pred = np.asarray(pred_Nx2, np.float64)
-    half = self.widths(len(pred), features_NxF, coverage)
+    half = self.widths(len(pred), features_NxF, coverage, feature_names)
     return np.clip(pred - half, -1, 1), np.clip(pred + half, -1, 1)
 
   def to_json(self) -> dict:
@@ -173,9 +186,9 @@ class Calibration:
     d['weights'] = None if self.weights is None else [list(map(float, w)) for w in self.weights]
     d['features'] = list(self.features)
     d['n_eff'] = None if self.n_eff is None else [float(x) for x in self.n_eff]
-    if self.category is not None:
-      d['category'] = {**self.category, 'quantiles': {
-          k: [_finite_or_none(x) for x in v] for k, v in self.category['quantiles'].items()}}
+    d['categories'] = [{**cat, 'quantiles': {k: [_finite_or_none(x) for x in v]
+                                             for k, v in cat['quantiles'].items()}}
+                       for cat in self.categories]
     d['feature_range'] = (None if self.feature_range is None
                           else [list(map(float, r)) for r in self.feature_range])
     d['quantiles'] = {k: [_finite_or_none(x) for x in v] for k, v in self.quantiles.items()}
@@ -190,10 +203,28 @@ def _key(coverage: float) -> str:
   return f'{coverage:g}'
 
 
+def category_of(features_NxF: np.ndarray, feature_names, categories) -> np.ndarray:
+  """(N,) the index of the first category each face falls in, -1 for none. A category is a
+  dict {'feature', 'below' or 'above'} (a Calibration's) or a (feature, side, threshold)
+  tuple (calibrate's argument)."""
+  feats = np.asarray(features_NxF, np.float64)
+  member = np.full(len(feats), -1)
+  for i, cat in enumerate(categories):
+    if isinstance(cat, dict):
+      side = 'below' if 'below' in cat else 'above'
+      name, threshold = cat['feature'], cat[side]
+    else:
+      name, side, threshold = cat
+    x = feats[:, list(feature_names).index(name)]
+    inside = x < threshold if side == 'below' else x > threshold
+    member = np.where((member == -1) & inside, i, member)
+  return member
+
+
 def calibrate(pred_Nx2, target_Nx2, mask_Nx2, *, split: str, group_N=None, features_NxF=None,
               feature_names=(), feature_signs=None, coverage: float = 0.9, coverages=COVERAGES,
               seed: int = 0, dataset: str = '', checkpoint_step: int | None = None,
-              quantile_N=None, category=None) -> Calibration:
+              quantile_N=None, categories=()) -> Calibration:
   """A plain calibration, or a scaled one when difficulty features are given.
 
   `mask` (N, 2) marks labelled values; `group` (N,) the video of each frame (the scaled method
@@ -202,9 +233,10 @@ def calibrate(pred_Nx2, target_Nx2, mask_Nx2, *, split: str, group_N=None, featu
   the others only teach the difficulty model. vaflax.calibrate passes the split's own faces
   here and adds degraded copies for the fit only, so the quantiles are those of frames drawn
   like the split (the guarantee stays exact for them) while sigma has seen hard faces.
-  `category` (feature name, threshold), scaled only: faces whose feature is below the threshold
-  (blurred ones) get quantiles taken on such faces of the quantile half, own or not, and the
-  others on the others; each group then has its own guarantee (Mondrian conformal).
+  `categories` ((feature name, 'below' | 'above', threshold), ...), scaled only: the faces of
+  each (blurred ones, rolled ones; a face belongs to the first it falls in) get quantiles taken
+  on that category's faces of the quantile half, own or not, and the others on the others; each
+  group then has its own guarantee (Mondrian conformal).
   """
   pred, target = np.asarray(pred_Nx2, np.float64), np.asarray(target_Nx2, np.float64)
   mask = np.asarray(mask_Nx2) > 0
@@ -233,10 +265,8 @@ def calibrate(pred_Nx2, target_Nx2, mask_Nx2, *, split: str, group_N=None, featu
   fit_groups = np.random.default_rng(seed).permutation(uniq)[:n_fit_groups]
   fit = np.isin(groups, fit_groups)
   usable = np.ones(len(pred), bool) if quantile_N is None else np.asarray(quantile_N, bool)
-  inside = np.zeros(len(pred), bool)
-  if category is not None:
-    inside = feats[:, list(feature_names).index(category[0])] < category[1]
-    usable = usable & ~inside
+  member_N = category_of(feats, feature_names, categories)
+  usable = usable & (member_N == -1)
   franges = (tuple(map(float, feats[fit].min(0))), tuple(map(float, feats[fit].max(0))))
   weights, q_scores = [], []
   for d in range(2):
@@ -245,16 +275,16 @@ def calibrate(pred_Nx2, target_Nx2, mask_Nx2, *, split: str, group_N=None, featu
     weights.append(tuple(map(float, w)))
     q_scores.append(resid_Nx2[sel_cal, d] / scale(w, feats[sel_cal], franges))
   q = {_key(c): [conformal_quantile(q_scores[d], c) for d in range(2)] for c in coverages}
-  cat = None
-  if category is not None:
+  cats = []
+  for i, (name, side, threshold) in enumerate(categories):
     cat_scores = []
     for d in range(2):
-      sel = ~fit & mask[:, d] & inside  # the category's faces of the quantile half
+      sel = ~fit & mask[:, d] & (member_N == i)  # the category's faces of the quantile half
       cat_scores.append(resid_Nx2[sel, d] / scale(np.asarray(weights[d]), feats[sel], franges))
-    cat = {'feature': str(category[0]), 'below': float(category[1]),
-           'n': min(len(x) for x in cat_scores),
-           'quantiles': {_key(c): [conformal_quantile(cat_scores[d], c) for d in range(2)]
-                         for c in coverages}}
+    cats.append({'feature': str(name), side: float(threshold),
+                 'n': min(len(x) for x in cat_scores),
+                 'quantiles': {_key(c): [conformal_quantile(cat_scores[d], c) for d in range(2)]
+                               for c in coverages}})
   n = min(len(s) for s in q_scores)
   _check_n(n, q, coverage, split)
   n_eff = tuple(effective_size(q_scores[d] <= q[_key(coverage)][d],
@@ -263,7 +293,7 @@ def calibrate(pred_Nx2, target_Nx2, mask_Nx2, *, split: str, group_N=None, featu
                      n_fit=int((fit & mask.any(-1)).sum()), feature_range=franges,
                      dataset=dataset, checkpoint_step=checkpoint_step,
                      n_groups=len(np.unique(groups[~fit & mask.any(-1) & usable])), n_eff=n_eff,
-                     category=cat)
+                     categories=tuple(cats))
 
 
 def _check_n(n: int, quantiles: dict, coverage: float, split: str) -> None:
@@ -343,13 +373,19 @@ def load(workdir: str) -> Calibration | None:
     coverage = float(d['coverage'])
     if _key(coverage) not in quantiles:
       raise ValueError(f'no quantile for its own coverage {coverage}')
-    category = d.get('category')
-    if category is not None:
-      if method != 'scaled' or category['feature'] not in features:
-        raise ValueError('category on a feature the calibration does not have')
-      category = {'feature': str(category['feature']), 'below': _number(category['below']),
-                  'n': int(category['n']), 'quantiles': _quantile_pairs(category['quantiles'])}
-      if set(category['quantiles']) != set(quantiles):
+    # (a calibration written before rolled faces had a category holds one, as 'category')
+    cats = d.get('categories', [] if d.get('category') is None else [d['category']])
+    if not isinstance(cats, list) or len(cats) > 8:
+      raise ValueError('categories is not a short list')
+    categories = []
+    for cat in cats:
+      sides = [k for k in ('below', 'above') if k in cat]
+      if method != 'scaled' or cat['feature'] not in features or len(sides) != 1:
+        raise ValueError('a category on a feature the calibration does not have, or without '
+                         'one threshold (below or above)')
+      categories.append({'feature': str(cat['feature']), sides[0]: _number(cat[sides[0]]),
+                         'n': int(cat['n']), 'quantiles': _quantile_pairs(cat['quantiles'])})
+      if set(categories[-1]['quantiles']) != set(quantiles):
         raise ValueError('category quantiles do not match the quantiles')
     n_eff = d.get('n_eff')
     n_eff = None if n_eff is None else tuple(_number(x) for x in n_eff)
@@ -357,7 +393,8 @@ def load(workdir: str) -> Calibration | None:
       raise ValueError('n_eff is not (valence, arousal)')
     return Calibration(method, str(d['split']), int(d['n']), coverage, quantiles, weights,
                        features, int(d.get('n_fit', 0)), franges, str(d.get('dataset', '')),
-                       d.get('checkpoint_step'), int(d.get('n_groups', 0)), n_eff, category)
+                       d.get('checkpoint_step'), int(d.get('n_groups', 0)), n_eff,
+                       tuple(categories))
   except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
     raise CalibrationError(f'{path}: not a vaflax calibration ({type(e).__name__}: {e})') from None
 

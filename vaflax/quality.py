@@ -19,9 +19,9 @@ BLURRED = 0.01  # sharpness (below). Measured (tests/quality_test.py): sharp fac
 # (skimage's astronaut) and 0.16 (matplotlib's grace_hopper); the astronaut face after a Gaussian
 # blur of sigma 1 px at 64 px 0.0045, shrunk 4x and enlarged back 0.0085, shrunk 2x 0.023
 PROFILE_DEG = 45.0  # |yaw| above it: one eye is mostly hidden and alignment degrades
-ROLLED_DEG = 20.0  # |roll| above it: a box crop (the default) keeps the tilt, and the difficulty
-# features do not see it: on faces rolled 30 degrees, resnet_va:runlocal's calibrated valence
-# intervals cover far less than promised (docs/uncertainty.md), so no promise is made for them
+ROLLED_DEG = 20.0  # |roll| above it: a box crop (the default) keeps the tilt, and models trained
+# on upright faces err more on tilted ones; a scaled calibration gives such faces (rolled in the
+# model input) quantiles of their own (DIFFICULTY_CATEGORIES, docs/uncertainty.md)
 LOW_SCORE = 0.7  # detector score below it (BlazeFace keeps faces from 0.5 up)
 FLAGS = ('small', 'blurred', 'profile', 'rolled', 'low_score')
 SHARPNESS_SIZE = 64  # crops are compared at one size, whatever the run's crop size
@@ -99,20 +99,41 @@ def measure(crop_HxWx3: np.ndarray, box_xywh, landmarks_Lx2, score: float) -> di
           'flags': flags(size_px=size, sharp=sharp, yaw=yaw, score=float(score), roll=roll)}
 
 
+def crop_roll(frame, landmarks_Lx2) -> float:
+  """The roll (degrees, quality.pose's sign) of a face inside its crop: its keypoints mapped
+  into the crop by the crop's frame (faces.CropBox or faces.AlignedFrame, as crop_face returns
+  it). A box crop keeps the face's tilt; an aligned crop takes most of it out. NaN without
+  keypoints."""
+  if landmarks_Lx2 is None:
+    return math.nan
+  try:
+    kp = faces.keypoints(landmarks_Lx2)
+  except ValueError:
+    return math.nan
+  return pose(frame.to_crop(kp))[1]
+
+
 def difficulty_features(images_NxHxWxC: np.ndarray, va_Nx2: np.ndarray,
-                        va_flipped_Nx2: np.ndarray) -> np.ndarray:
-  """The features (N, 2) of calibration's difficulty model (vaflax/calibration.py), taken on the
-  model inputs so that evaluate and predict see the same numbers: log sharpness, and how far
-  the model's VA moves when the face is mirrored (a face the model is unsure of moves more)."""
+                        va_flipped_Nx2: np.ndarray, roll_N=None) -> np.ndarray:
+  """The features (N, 3) of calibration's difficulty model (vaflax/calibration.py), in
+  DIFFICULTY_FEATURES order, taken on the model inputs so that evaluate and predict see the
+  same numbers: log sharpness, how far the model's VA moves when the face is mirrored (a face
+  the model is unsure of moves more), and |roll| of the face in the model input in degrees
+  (`roll_N`, crop_roll; unknown -- NaN or not given, e.g. crops without keypoints -- is taken
+  as upright, 0)."""
   sharp = np.array([sharpness(x) for x in np.asarray(images_NxHxWxC)])
   gap = np.abs(np.asarray(va_Nx2, np.float64) - np.asarray(va_flipped_Nx2, np.float64)).mean(-1)
-  return np.stack([np.log(sharp + 1e-3), gap], axis=-1)
+  roll = np.zeros(len(sharp)) if roll_N is None else np.asarray(roll_N, np.float64).reshape(-1)
+  return np.stack([np.log(sharp + 1e-3), gap, np.nan_to_num(np.abs(roll), nan=0.0)], axis=-1)
 
 
-DIFFICULTY_FEATURES = ('log_sharpness', 'flip_gap')
-# Faces the `blurred` flag would mark, on the model input: a scaled calibration takes their
-# quantiles on such faces only (calibration.calibrate's `category`), since the difficulty model
-# alone under-widens them (docs/uncertainty.md)
-DIFFICULTY_CATEGORY = ('log_sharpness', math.log(BLURRED + 1e-3))
-DIFFICULTY_SIGNS = (-1, 1)  # a less sharp face, or one whose VA moves more when mirrored, is
-# harder: calibration's difficulty model may only widen intervals in these directions
+DIFFICULTY_FEATURES = ('log_sharpness', 'flip_gap', 'abs_roll')
+# Faces with quantiles of their own in a scaled calibration (calibration.calibrate's
+# `categories`, Mondrian conformal), since the difficulty model alone under-widens them
+# (docs/uncertainty.md): (feature, 'below' | 'above', threshold), the first that holds wins.
+# Blurred faces as the `blurred` flag marks them, on the model input; faces rolled in the model
+# input as the `rolled` flag marks them in the image (box crops keep the tilt).
+DIFFICULTY_CATEGORIES = (('log_sharpness', 'below', math.log(BLURRED + 1e-3)),
+                         ('abs_roll', 'above', ROLLED_DEG))
+DIFFICULTY_SIGNS = (-1, 1, 1)  # a less sharp face, one whose VA moves more when mirrored, or a
+# more rolled one is harder: calibration's difficulty model may only widen intervals that way

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 
 import numpy as np
 
 from vaflax import calibration, faces, quality
+
+ROLL_KEY = 'roll'  # the face's roll in its crop, beside the model inputs (Predictor.preprocess)
 
 
 def run_crop_spec(config, dataset_md: dict | None = None) -> tuple[faces.CropSpec, str]:
@@ -138,10 +141,13 @@ class Predictor:
   def crop_margin(self) -> float:
     return self.crop_spec.margin
 
-  def crop(self, rgb_HxWx3, box, landmarks=None) -> np.ndarray:
-    """The model-input crop of a face: aligned on its landmarks when the run's spec says so
-    and the detector gave them (`Face.landmarks`), else the box crop."""
-    return faces.crop_face(rgb_HxWx3, box=box, landmarks=landmarks, spec=self.crop_spec)[0]
+  def crop(self, rgb_HxWx3, box, landmarks=None) -> tuple[np.ndarray, float]:
+    """(the model-input crop of a face, the face's roll inside it in degrees): aligned on its
+    landmarks when the run's spec says so and the detector gave them (`Face.landmarks`), else
+    the box crop. The roll (quality.crop_roll, NaN without landmarks) is a difficulty feature of
+    a scaled calibration: give it to `preprocess`."""
+    crop, frame = faces.crop_face(rgb_HxWx3, box=box, landmarks=landmarks, spec=self.crop_spec)
+    return crop, quality.crop_roll(frame, landmarks)
 
   def audio_chunk(self, audio, t: float):
     """The audio of the frame at time t; None for a video-only model or a video without audio
@@ -167,8 +173,13 @@ class Predictor:
     k = int(round((t - audio.t0) * audio.sample_rate / s))
     return feats[min(max(k, 0), len(feats) - 1)]
 
-  def preprocess(self, crop_HxWx3: np.ndarray, audio=None) -> dict:
-    """A uint8 face crop (and its audio chunk) -> the model inputs of one frame, via pp_eval."""
+  def preprocess(self, crop_HxWx3: np.ndarray, audio=None, roll: float = math.nan) -> dict:
+    """A uint8 face crop (and its audio chunk) -> the model inputs of one frame, via pp_eval,
+    with the face's roll in the crop (`crop`; NaN: unknown, taken as upright) under ROLL_KEY for
+    a scaled calibration's difficulty features (`result`); it is not a model input."""
+    return {**self._inputs(crop_HxWx3, audio), ROLL_KEY: np.float32(roll)}
+
+  def _inputs(self, crop_HxWx3: np.ndarray, audio) -> dict:
     if self.speech is not None:  # `audio`: this frame's (I, D) states (audio_chunk), or none
       out = self._pp(faces.crop_inputs(crop_HxWx3), np.random.default_rng(0))
       states = (np.zeros((self.speech.num_states, self.speech.model.width), np.float32)
@@ -189,13 +200,17 @@ class Predictor:
     if self._raw is None:
       return self._fwd(self._state, batch), n
     key = 'frames' if 'frames' in batch else 'image'
-    return self._fwd(self._state, batch), n, self._raw(self._state, batch), batch[key]
+    roll = np.stack([np.asarray(it.get(ROLL_KEY, math.nan), np.float64) for it in items])
+    return (self._fwd(self._state, batch), n, self._raw(self._state, batch), batch[key],
+            roll)
 
   def _batch(self, items: list[dict]) -> tuple[dict, int]:
     """Stacked inputs padded to batch_size (one compiled shape), and the real count."""
     n = len(items)
     batch = {}
     for k in items[0]:
+      if k == ROLL_KEY:  # not a model input
+        continue
       arr = np.stack([it[k] for it in items])
       if n < self.batch_size:
         arr = np.concatenate([arr, np.zeros((self.batch_size - n,) + arr.shape[1:], arr.dtype)])
@@ -214,10 +229,10 @@ class Predictor:
     out, n = handle[:2]
     res = {k: np.asarray(v)[:n] for k, v in out.items()}
     if len(handle) > 2:
-      (a, b), images = handle[2], handle[3]
+      (a, b), images, roll = handle[2], handle[3], handle[4]
       a, b = np.asarray(a)[:n], np.asarray(b)[:n]
       images = np.asarray(images)[:n]
       feats = quality.difficulty_features(images.reshape(-1, *images.shape[-3:]),
-                                          a.reshape(-1, 2), b.reshape(-1, 2))
+                                          a.reshape(-1, 2), b.reshape(-1, 2), roll.reshape(-1))
       res['difficulty'] = feats.reshape(*a.shape[:-1], feats.shape[-1])
     return res

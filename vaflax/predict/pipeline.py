@@ -114,10 +114,10 @@ def process_frame(predictor, finder, tracker, k, t, rgb, audio, crops_dir, detec
   assigned, dropped = tracker.update(found)
   faces = []
   for (fid, box), face in zip(assigned, found, strict=True):
-    crop = predictor.crop(rgb, box, face.landmarks)  # aligned when the run's spec says so
+    crop, roll = predictor.crop(rgb, box, face.landmarks)  # aligned when the run's spec says
     if crops_dir:
       outputs.write_crop(os.path.join(crops_dir, f'{k}_{fid}.png'), crop)
-    inputs = predictor.preprocess(crop, predictor.audio_chunk(audio, t))
+    inputs = predictor.preprocess(crop, predictor.audio_chunk(audio, t), roll)
     faces.append((fid, face, inputs, quality.measure(crop, face.box, face.landmarks, face.score)))
   return Frame(k, t, faces, dropped)
 
@@ -225,7 +225,8 @@ def resolve(clip: Clip, va_face, head_face, opts: Options,
   if cal is not None:
     lo, hi = np.full((n, 2), np.nan), np.full((n, 2), np.nan)
     if has_face.any():
-      lo[has_face], hi[has_face] = cal.intervals(va[has_face], clip.difficulty)
+      lo[has_face], hi[has_face] = cal.intervals(va[has_face], clip.difficulty,
+                                                 feature_names=quality.DIFFICULTY_FEATURES)
   return Resolved(va, quad, head, face_id, has_face, lo, hi)
 
 
