@@ -470,7 +470,8 @@ def test_save_crops_writes_the_model_input_crop(predictor, media, tmp_path):
                            predict.Options(save_crops=True, plots=False, progress=False))
   row = _rows(tmp_path / 'astro_still.csv')[0]
   saved = np.asarray(Image.open(tmp_path / 'astro_still_crops' / f"0_{row['face_id']}.png"))
-  want = predictor.crop(skimage.data.astronaut(), tuple(float(row[c]) for c in 'xywh'))
+  want, roll = predictor.crop(skimage.data.astronaut(), tuple(float(row[c]) for c in 'xywh'))
+  assert np.isnan(roll)  # no keypoints given: the face's roll in the crop is unknown
   assert want.shape == (112, 112, 3)  # the synthetic set's crop size, before pp_eval
   np.testing.assert_array_equal(saved, want)  # PNG: the exact pixels the model was given
   assert s['files']['crops_dir'] == str(tmp_path / 'astro_still_crops')
