@@ -22,24 +22,19 @@ flags.FLAGS.mark_as_parsed()
 
 
 def pytest_configure(config):
-  """Two things the whole test run shares, made by its first process (the xdist controller, or
-  pytest without xdist) and handed to the workers it starts through their environment:
-
-  - a folder (VAFLAX_TEST_SHARED) for the synthetic_va build (synthetic_data_dir);
-  - one persistent XLA compilation cache: its pytest-xdist workers and the subprocesses of the
-    CLI tests (JAX_COMPILATION_CACHE_DIR) read what another process already compiled (the same
-    tiny models' steps, predict's forward on the shared tiny run, a straight, a cut and a
-    resumed run). It saved about a fifth of the CPU time of the predict, evaluate and api
-    tests. VAFLAX_TEST_XLA_CACHE='' turns it off."""
+  """One persistent XLA compilation cache for the whole test run: its pytest-xdist workers and
+  the subprocesses of the CLI tests (JAX_COMPILATION_CACHE_DIR) read what another process
+  already compiled (the same tiny models' steps, predict's forward on the shared tiny run, a
+  straight, a cut and a resumed run). It saved about a fifth of the CPU time of the predict,
+  evaluate and api tests. The first process (the xdist controller, or pytest without xdist)
+  makes the folder; the workers it starts inherit its environment. VAFLAX_TEST_XLA_CACHE=''
+  turns it off."""
   del config
   import tempfile  # noqa: PLC0415
 
-  if 'VAFLAX_TEST_SHARED' not in os.environ:
-    os.environ['VAFLAX_TEST_SHARED'] = tempfile.mkdtemp(prefix='vaflax-test-shared-')
-    os.environ['VAFLAX_TEST_SHARED_OWNER'] = str(os.getpid())
   if 'VAFLAX_TEST_XLA_CACHE' not in os.environ:
-    os.environ['VAFLAX_TEST_XLA_CACHE'] = os.path.join(os.environ['VAFLAX_TEST_SHARED'],
-                                                       'xla-cache')
+    os.environ['VAFLAX_TEST_XLA_CACHE'] = tempfile.mkdtemp(prefix='vaflax-xla-cache-')
+    os.environ['VAFLAX_TEST_XLA_CACHE_OWNER'] = str(os.getpid())
   cache = os.environ['VAFLAX_TEST_XLA_CACHE']
   if not cache:
     return
@@ -51,77 +46,39 @@ def pytest_configure(config):
     os.environ[name.upper()] = str(value)  # the CLI tests' subprocesses
 
 
-_BUILD = []  # the synthetic_va build this process started (a subprocess), if any
-
-
 def pytest_unconfigure(config):
   del config
   import shutil  # noqa: PLC0415
 
-  for p in _BUILD:  # a run that ends early does not leave the build running
-    if p.poll() is None:
-      p.kill()
-    p.wait()
-  if os.environ.get('VAFLAX_TEST_SHARED_OWNER') == str(os.getpid()):
-    shutil.rmtree(os.environ['VAFLAX_TEST_SHARED'], ignore_errors=True)
-
-
-_SYNTHETIC = 'tfds_shared'
-_BUILD_CODE = """
-import sys, traceback
-d, done, failed = sys.argv[1:]
-try:
-  from vaflax.data import build
-  build.build('synthetic_va', d, verbose=False)
-except BaseException:
-  open(failed, 'w').write(traceback.format_exc())
-  raise
-open(done, 'w').write('ok')
-"""
-
-
-def _start_synthetic_build() -> None:
-  """Starts building synthetic_va (about 25 s) in a background process, once per test run (the
-  first process to take the lock): the workers go on with tests that need no data meanwhile,
-  instead of one of them building while the other waits for it."""
-  import subprocess  # noqa: PLC0415
-  import sys  # noqa: PLC0415
-
-  root = os.environ['VAFLAX_TEST_SHARED']
-  try:
-    os.mkdir(os.path.join(root, f'{_SYNTHETIC}.lock'))
-  except FileExistsError:
-    return
-  with open(os.path.join(root, f'{_SYNTHETIC}.log'), 'w') as log:
-    _BUILD.append(subprocess.Popen(
-        [sys.executable, '-c', _BUILD_CODE] + [os.path.join(root, _SYNTHETIC + x)
-                                                for x in ('', '.built', '.failed')],
-        stdout=log, stderr=subprocess.STDOUT,
-        env=dict(os.environ, JAX_PLATFORMS='cpu'),
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+  if os.environ.get('VAFLAX_TEST_XLA_CACHE_OWNER') == str(os.getpid()):
+    shutil.rmtree(os.environ['VAFLAX_TEST_XLA_CACHE'], ignore_errors=True)
 
 
 @pytest.fixture(scope='session')
-def synthetic_data_dir():
-  """synthetic_va, built once per test run in the background (_start_synthetic_build, started
-  as soon as a collected test needs it) and shared by the pytest-xdist workers: this waits for
-  its marker. (Caches written into it later, e.g. balance's VA labels, are written
-  atomically.)"""
+def synthetic_data_dir(tmp_path_factory):
+  """synthetic_va built once per test run (about 25 s), shared by the pytest-xdist workers: the
+  first worker to take the lock builds it, the others wait for its marker. (Caches written into
+  it later, e.g. balance's VA labels, are written atomically.)"""
   import time  # noqa: PLC0415
 
-  _start_synthetic_build()  # (started when collection finished already)
-  root = os.environ['VAFLAX_TEST_SHARED']
-  d = os.path.join(root, _SYNTHETIC)
-  t0 = time.time()
-  while not os.path.exists(d + '.built'):
-    if os.path.exists(d + '.failed'):
-      raise RuntimeError(f'building synthetic_va in {d} failed:\n'
-                         + open(d + '.failed').read()[-3000:])
-    if time.time() - t0 > 900:
-      raise TimeoutError(f'{d}: the synthetic_va build did not finish in 900 s (log: '
-                         f'{d}.log)')
-    time.sleep(0.2)
-  return d
+  from vaflax.data import build  # noqa: PLC0415
+
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # the run's base temp, common to its workers
+  d, done = root / 'tfds_shared', root / 'tfds_shared.built'
+  try:
+    os.mkdir(root / 'tfds_shared.lock')
+  except FileExistsError:
+    t0 = time.time()
+    while not done.exists():
+      if time.time() - t0 > 900:
+        raise TimeoutError(f'{d}: another worker took the build lock and did not finish') from None
+      time.sleep(0.5)
+    return str(d)
+  build.build('synthetic_va', str(d), verbose=False)
+  done.write_text('ok')
+  return str(d)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -132,13 +89,6 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if 'synthetic_data_dir' in item.fixturenames:
       item.add_marker(pytest.mark.slow)
-
-
-def pytest_collection_finish(session):
-  """The selected tests known (after -m and -k): the synthetic_va build starts now if one of
-  them needs it."""
-  if any('synthetic_data_dir' in getattr(item, 'fixturenames', ()) for item in session.items):
-    _start_synthetic_build()
 
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'torch')
