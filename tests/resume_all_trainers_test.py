@@ -4,8 +4,9 @@ For each config (supervised ResNet, temporal ResNet + GRU, EmoFAN, MAE pretraini
 distillation runner and the multi-stage mae_va runner) a tiny run is trained straight through.
 The same run is then preempted in-process at random steps -- the SIGTERM flag of vaflax.train is
 replaced by a stub that fires after a chosen number of steps (deterministic, unlike a signal from
-a timer) -- and re-run until it finishes. Multi-stage runners are preempted in an earlier and in a
-later stage; a re-run must not redo a finished stage. Every checkpoint directory of the cut run
+a timer) -- and re-run until it finishes. mae_va is preempted in an earlier and in a later stage,
+distillation in its students stage (its teacher stage is the supervised trainer, preempted in the
+supervised case); a re-run must not redo a finished stage. Every checkpoint directory of the cut run
 (stages and exported inits) must end with the same step and bit-identical arrays, and its
 metrics.jsonl and final_metrics.json must hold the same numbers as the straight run's. The
 straight runs of the two multi-stage recipes (distill, mae_va) are also checked end to end: what
@@ -152,8 +153,7 @@ CASES = [
     ('supervised_resnet', 'configs/resnet_va.py', resnet_case, None, 2),
     ('temporal_resnet_gru', 'configs/resnet_gru_va.py', temporal_case, None, 1),
     ('emofan', 'configs/emofan_va.py', emofan_case, None, 1),
-    ('distill', 'vaflax/recipes.py', distill_case, ('teacher', 'students'),
-     ('teacher', 'students')),
+    ('distill', 'vaflax/recipes.py', distill_case, ('teacher', 'students'), ('students',)),
     ('mae_va', 'vaflax/recipes.py', mae_va_case,
      ('pretrain', 'finetune', 'fusion_video_only', 'fusion'), ('pretrain', 'fusion')),
 ]
