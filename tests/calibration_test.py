@@ -127,8 +127,14 @@ def test_round_trip_and_hostile_files(tmp_path):
   nan_w = {**good, 'weights': [[float('inf')] * len(good['weights'][0]), good['weights'][1]]}
   flipped = {**good, 'feature_range': good['feature_range'][::-1]}
   nan_cat = {**good, 'categories': [{**good['categories'][0], 'below': float('nan')}]}
+  inf_n = {**good, 'n': float('inf')}  # int(inf) had raised OverflowError, a traceback
+  inf_cat_n = {**good, 'categories': [{**good['categories'][0], 'n': float('inf')}]}
   for text, why in ((json.dumps(nan_q), 'nan where'), (json.dumps(nan_w), 'inf where'),
                     (json.dumps(flipped), 'feature_range'), (json.dumps(nan_cat), 'nan where'),
+                    (json.dumps(inf_n), 'inf where'), (json.dumps(inf_cat_n), 'inf where'),
+                    (json.dumps({**good, 'n': -5}), 'where a count belongs'),
+                    (json.dumps({**good, 'n_groups': 10 ** 400}), 'where a count belongs'),
+                    (json.dumps({**good, 'checkpoint_step': {'a': 1}}), 'TypeError'),
                     ('[' * 100_000 + ']' * 100_000, 'RecursionError'),
                     (' ' * (calibration.MAX_FILE_BYTES + 1) + '{}', 'over the')):
     path.write_text(text)

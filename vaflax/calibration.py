@@ -322,6 +322,15 @@ def _number(x, *, finite: bool = True) -> float:
   return v
 
 
+def _count(x) -> int:
+  """`x` as a count of frames or videos: a whole number in [0, 1e12] (an infinite or negative
+  count is refused rather than crashing int() or being reported)."""
+  v = _number(x)
+  if v != int(v) or not 0 <= v <= 1e12:
+    raise ValueError(f'{x!r} where a count belongs')
+  return int(v)
+
+
 def _quantile_pairs(entries) -> dict:
   """{coverage key: [q_valence, q_arousal]}: coverages in (0, 1), quantiles >= 0 (null or
   Infinity: the split was too small for that coverage)."""
@@ -384,18 +393,20 @@ def load(workdir: str) -> Calibration | None:
         raise ValueError('a category on a feature the calibration does not have, or without '
                          'one threshold (below or above)')
       categories.append({'feature': str(cat['feature']), sides[0]: _number(cat[sides[0]]),
-                         'n': int(cat['n']), 'quantiles': _quantile_pairs(cat['quantiles'])})
+                         'n': _count(cat['n']), 'quantiles': _quantile_pairs(cat['quantiles'])})
       if set(categories[-1]['quantiles']) != set(quantiles):
         raise ValueError('category quantiles do not match the quantiles')
     n_eff = d.get('n_eff')
     n_eff = None if n_eff is None else tuple(_number(x) for x in n_eff)
-    if n_eff is not None and len(n_eff) != 2:
-      raise ValueError('n_eff is not (valence, arousal)')
-    return Calibration(method, str(d['split']), int(d['n']), coverage, quantiles, weights,
-                       features, int(d.get('n_fit', 0)), franges, str(d.get('dataset', '')),
-                       d.get('checkpoint_step'), int(d.get('n_groups', 0)), n_eff,
-                       tuple(categories))
-  except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+    if n_eff is not None and (len(n_eff) != 2 or min(n_eff) < 0):
+      raise ValueError('n_eff is not (valence, arousal) >= 0')
+    step = d.get('checkpoint_step')
+    return Calibration(method, str(d['split']), _count(d['n']), coverage, quantiles, weights,
+                       features, _count(d.get('n_fit', 0)), franges, str(d.get('dataset', '')),
+                       None if step is None else _count(step), _count(d.get('n_groups', 0)),
+                       n_eff, tuple(categories))
+  except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError,
+          OverflowError) as e:
     raise CalibrationError(f'{path}: not a vaflax calibration ({type(e).__name__}: {e})') from None
 
 
