@@ -168,7 +168,9 @@ class Calibration:
     s_Nx2 = np.stack([scale(np.asarray(w), feats, self.feature_range)
                       for w in self.weights], axis=-1)
     q_Nx2 = np.broadcast_to(q_2, s_Nx2.shape)
-    member_N = category_of(feats, self.features, self.categories)
+    rules = [(c['feature'], side, c[side]) for c in self.categories
+             for side in ('below', 'above') if side in c]
+    member_N = category_of(feats, self.features, rules)
     for i, cat in enumerate(self.categories):
       q_cat = np.asarray(cat['quantiles'][key], np.float64)
       q_Nx2 = np.where((member_N == i)[:, None], q_cat, q_Nx2)
@@ -204,17 +206,11 @@ def _key(coverage: float) -> str:
 
 
 def category_of(features_NxF: np.ndarray, feature_names, categories) -> np.ndarray:
-  """(N,) the index of the first category each face falls in, -1 for none. A category is a
-  dict {'feature', 'below' or 'above'} (a Calibration's) or a (feature, side, threshold)
-  tuple (calibrate's argument)."""
+  """(N,) the index of the first category each face falls in, -1 for none; a category is a
+  (feature, 'below' | 'above', threshold) rule."""
   feats = np.asarray(features_NxF, np.float64)
   member = np.full(len(feats), -1)
-  for i, cat in enumerate(categories):
-    if isinstance(cat, dict):
-      side = 'below' if 'below' in cat else 'above'
-      name, threshold = cat['feature'], cat[side]
-    else:
-      name, side, threshold = cat
+  for i, (name, side, threshold) in enumerate(categories):
     x = feats[:, list(feature_names).index(name)]
     inside = x < threshold if side == 'below' else x > threshold
     member = np.where((member == -1) & inside, i, member)
