@@ -13,6 +13,7 @@ with it, so landmark heads can be supervised. Everything is deterministic from t
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -126,10 +127,8 @@ def render_frame(ident: Identity, v: float, a: float, pose: np.ndarray, size: in
     y = p[:, 0] * s + p[:, 1] * c
     return np.stack([cx * S + x * scale_px, cy * S + y * scale_px], -1)
 
-  # Background: two-colour vertical gradient.
-  g = np.linspace(0, 1, S)[:, None, None]
-  bg = (1 - g) * np.array(ident.background) + g * np.array(ident.background2)
-  img = Image.fromarray(np.broadcast_to(bg, (S, S, 3)).astype(np.uint8))
+  background, gain_SxSx1 = _canvas(ident, S)
+  img = Image.fromarray(background)
   d = ImageDraw.Draw(img)
   # Hair cap, then the face ellipse as a polygon.
   th = np.linspace(0, 2 * np.pi, 48, endpoint=False)
@@ -152,13 +151,29 @@ def render_frame(ident: Identity, v: float, a: float, pose: np.ndarray, size: in
     d.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=(30, 30, 60))
   d.polygon([tuple(p) for p in lm[48:60]], fill=(170, 60, 70))
   d.polygon([tuple(p) for p in lm[60:68]], fill=(60, 10, 20))
+  # Lighting: the gain is at least 0.65, so only the top needs clipping.
+  lit = np.asarray(img) * gain_SxSx1
+  np.minimum(lit, 255, out=lit)
+  out = np.asarray(Image.fromarray(lit.astype(np.uint8)).resize((size, size), Image.BILINEAR))
+  return out, lm / supersample
+
+
+@functools.lru_cache(maxsize=8)
+def _canvas(ident: Identity, S: int) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 SxSx3 background, float64 SxSx1 lighting gain) of an identity: the same for all of
+  its frames (a clip's 24, and the clips that share the identity), so drawn once (the build of
+  synthetic_va spent half its time redrawing them)."""
+  # Background: two-colour vertical gradient.
+  g = np.linspace(0, 1, S)[:, None, None]
+  bg = (1 - g) * np.array(ident.background) + g * np.array(ident.background2)
+  background = np.broadcast_to(bg, (S, S, 3)).astype(np.uint8)
   # Lighting: a linear gain across the image in the identity's light direction.
-  arr = np.asarray(img, np.float32)
   yy, xx = np.mgrid[0:S, 0:S] / S - 0.5
   gain = 1.0 + 0.35 * (np.cos(ident.light_dir) * xx + np.sin(ident.light_dir) * yy)
-  arr = np.clip(arr * gain[..., None], 0, 255).astype(np.uint8)
-  out = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
-  return out, lm / supersample
+  background.flags.writeable = False
+  gain = gain[..., None]
+  gain.flags.writeable = False
+  return background, gain
 
 
 def pose_path(rng: np.random.Generator, va_Tx2: np.ndarray) -> np.ndarray:
