@@ -161,7 +161,9 @@ def raw_checkpoint(workdir, step=None):
   without a target (what a file holds, independent of vaflax's restore code)."""
   import orbax.checkpoint as ocp  # noqa: PLC0415
 
-  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as m:
+  from vaflax import checkpoint  # noqa: PLC0415 -- its manager restores off the main thread
+
+  with checkpoint.manager(os.path.join(workdir, 'checkpoints'), async_save=False) as m:
     step = m.latest_step() if step is None else step
     items = ['model'] + (['optimizer'] if 'optimizer' in m.item_metadata(step) else [])
     r = m.restore(step, args=ocp.args.Composite(
