@@ -57,10 +57,20 @@ def build_state(config, mesh, create=None, *, init: bool = True):
   target that costs no initialisation and no compile."""
   if create is None:
     create = lambda: make_model(config, nnx.Rngs(config.seed))
-  graphdef, abs_state = nnx.split(nnx.eval_shape(create))
+  graphdefs = []
+
+  def init_state():
+    graphdef, state = nnx.split(create())
+    graphdefs.append(graphdef)  # static: the same in every trace
+    return state
+
+  # One trace of the construction serves both: jax.jit reuses the trace jax.eval_shape made of
+  # the same function (the shardings are applied when lowering).
+  abs_state = jax.eval_shape(init_state)
+  graphdef = graphdefs[0]
   state_sh = sharding.state_shardings(abs_state, mesh, config.sharding_rules)
   if init:
-    state = jax.jit(lambda: nnx.split(create())[1], out_shardings=state_sh)()
+    state = jax.jit(init_state, out_shardings=state_sh)()
   else:
     def abstract(v, sh):
       if not hasattr(v, 'shape'):  # e.g. optax.masked's MaskedNode (AdamW): no array to restore
