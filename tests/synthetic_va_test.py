@@ -1,4 +1,5 @@
-"""synthetic_va_large: synthetic_va's splits with 4x the training clips, the first ones equal."""
+"""The synthetic sets: synthetic_va_large and synthetic_va_heldout against synthetic_va, and clips
+drawn by several processes."""
 
 import itertools
 
@@ -40,3 +41,19 @@ def test_heldout_keeps_frames_of_the_whole_clip_and_new_identities(tmp_path):
   assert not seeds(held, 'test') & seeds(held, 'validation')
   assert not (seeds(held, 'test') | seeds(held, 'validation')) & set().union(
       *(seeds(base, s) for s in base.SPLITS))
+
+
+def test_clips_drawn_by_several_processes_equal_one_process_in_order():
+  from vaflax.data import synthetic_faces as sf  # noqa: PLC0415
+
+  jobs = [(seed, 4, 32, seed // 2, None) for seed in range(5)]
+  drawn = list(sf.make_clips(jobs, workers=2))
+  assert len(drawn) == len(jobs)
+  for job, clip in zip(jobs, drawn, strict=True):
+    for want, got in zip(sf.make_clip(*job), clip, strict=True):
+      np.testing.assert_array_equal(got, want)
+  # A consumer that stops early (TFDS starts each split up to its first example) is not kept
+  # waiting for the clips drawn ahead.
+  clips = sf.make_clips(jobs * 8, workers=2)
+  np.testing.assert_array_equal(next(clips)[0], drawn[0][0])
+  clips.close()

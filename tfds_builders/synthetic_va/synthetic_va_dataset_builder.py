@@ -49,11 +49,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     num_clips, offset = self.SPLITS[split]
     keep = np.arange(0, FRAMES_PER_CLIP, self.FRAME_STRIDE)
     writer = bu.SplitWriter(split)
-    for c in range(num_clips):
-      frames, lms, va, audio = sf.make_clip(
-          offset + c, FRAMES_PER_CLIP, CROP.size,
-          identity_seed=offset + c // self.CLIPS_PER_IDENTITY,
-          keep=None if self.FRAME_STRIDE == 1 else keep)
+    jobs = ((offset + c, FRAMES_PER_CLIP, CROP.size, offset + c // self.CLIPS_PER_IDENTITY,
+             None if self.FRAME_STRIDE == 1 else keep) for c in range(num_clips))
+    for c, (frames, lms, va, audio) in enumerate(sf.make_clips(jobs)):
       vid = f'{split}_{c:04d}'
       yield from writer.emit(vid, (
           bu.default_example(

@@ -12,8 +12,13 @@ with it, so landmark heads can be supervised. Everything is deterministic from t
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import functools
+import itertools
+import multiprocessing
+import os
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -236,3 +241,29 @@ def make_clip(seed: int, num_frames: int, size: int, identity_seed: int | None =
     frames.append(f)
     lms.append(lm)
   return np.stack(frames), np.stack(lms).astype(np.float32), va[keep], audio[keep]
+
+
+def make_clips(jobs, workers: int | None = None):
+  """make_clip(*job) for each job of `jobs`, in order, drawn by `workers` processes (default: one
+  per core, at most 8) at most two clips each ahead of the consumer (memory stays bounded).
+
+  Drawing is numpy and PIL in Python: one process draws synthetic_va's 5k frames in about 14 s
+  of its build's 18. Workers are spawned, not forked: the caller may hold JAX's threads."""
+  workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+  if workers <= 1:
+    yield from (make_clip(*job) for job in jobs)
+    return
+  jobs = iter(jobs)
+  pool = concurrent.futures.ProcessPoolExecutor(workers,
+                                                mp_context=multiprocessing.get_context('spawn'))
+  try:
+    ahead = collections.deque(pool.submit(make_clip, *job)
+                              for job in itertools.islice(jobs, 2 * workers))
+    while ahead:
+      clip = ahead.popleft().result()
+      job = next(jobs, None)
+      if job is not None:
+        ahead.append(pool.submit(make_clip, *job))
+      yield clip
+  finally:  # also when the consumer stops early: clips not begun are not drawn
+    pool.shutdown(cancel_futures=True)
