@@ -140,7 +140,7 @@ def test_nonfinite_stops_with_step_ids_and_last_good_checkpoint(tmp_path, synthe
 @pytest.mark.slow
 def test_skip_nonfinite_counts_and_finishes(tmp_path, synthetic_data_dir, monkeypatch):
   c = tiny_config(synthetic_data_dir, total_steps=12, checkpoint_every_steps=100, eval_every_steps=100,
-                  log_every_steps=12, skip_nonfinite=True)
+                  log_every_steps=12, skip_nonfinite=True, **{'input.eval_split': ''})
   record = _record_first_drawn_at(c, 4)
   _patch_loss(monkeypatch, _poison(record))
   train.train_and_evaluate(c, str(tmp_path / 'w'))

@@ -160,7 +160,8 @@ def test_restore_is_the_saved_state_and_data_position(tmp_path, synthetic_data_d
   sets the Grain iterator to the saved position; runs.load_run reads the model alone."""
   from vaflax import runs  # noqa: PLC0415
 
-  c = tiny_config(synthetic_data_dir, total_steps=2, checkpoint_every_steps=2)
+  c = tiny_config(synthetic_data_dir, total_steps=2, checkpoint_every_steps=2,
+                  **{'input.eval_split': ''})  # restore is the subject, not evaluation
   wd = str(tmp_path / 'run')
   train.train_and_evaluate(c, wd)
   _, raw = raw_checkpoint(wd)
