@@ -56,9 +56,9 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(scope='session')
 def synthetic_data_dir(tmp_path_factory):
-  """synthetic_va built once per test run (about 25 s), shared by the pytest-xdist workers: the
-  first worker to take the lock builds it, the others wait for its marker. (Caches written into
-  it later, e.g. balance's VA labels, are written atomically.)"""
+  """synthetic_va built once per test run (about 13 s on 2 cores), shared by the pytest-xdist
+  workers: the first worker to take the lock builds it, the others wait for its marker. (Caches
+  written into it later, e.g. balance's VA labels, are written atomically.)"""
   import time  # noqa: PLC0415
 
   from vaflax.data import build  # noqa: PLC0415
@@ -82,7 +82,7 @@ def synthetic_data_dir(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-  """The tiers: a test that needs the built synthetic set (a ~25 s build, then training or
+  """The tiers: a test that needs the built synthetic set (a ~13 s build, then training or
   evaluation on it) is slow by that alone; others carry @pytest.mark.slow where they take
   more than a few seconds. `pytest -m "not slow"` is the fast tier of the edit-test loop."""
   del config
