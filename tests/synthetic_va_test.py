@@ -2,10 +2,15 @@
 drawn by several processes."""
 
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 
 from vaflax.data import build
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _first_clip(builder, split):
@@ -57,3 +62,16 @@ def test_clips_drawn_by_several_processes_equal_one_process_in_order():
   clips = sf.make_clips(jobs * 8, workers=2)
   np.testing.assert_array_equal(next(clips)[0], drawn[0][0])
   clips.close()
+
+
+def test_a_script_without_a_main_guard_still_gets_its_clips(tmp_path):
+  """Spawned workers import the caller's main module: a script that draws at its top level breaks
+  them; its clips are then drawn in its own process, with a warning."""
+  script = tmp_path / 'unguarded.py'
+  script.write_text('from vaflax.data import synthetic_faces as sf\n'
+                    'clips = list(sf.make_clips([(s, 2, 16, s, None) for s in range(3)], workers=2))\n'
+                    'print("clips", len(clips))\n')
+  r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                     cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
+  assert r.returncode == 0 and r.stdout.strip().endswith('clips 3'), r.stderr[-2000:]
+  assert 'drawing them in this process' in r.stderr

@@ -21,6 +21,7 @@ import multiprocessing
 import os
 
 import numpy as np
+from absl import logging
 from PIL import Image, ImageDraw
 
 SAMPLE_RATE = 16000
@@ -248,22 +249,34 @@ def make_clips(jobs, workers: int | None = None):
   per core, at most 8) at most two clips each ahead of the consumer (memory stays bounded).
 
   Drawing is numpy and PIL in Python: one process draws synthetic_va's 5k frames in about 14 s
-  of its build's 18. Workers are spawned, not forked: the caller may hold JAX's threads."""
+  of its build's 18. Workers are spawned, not forked: the caller may hold JAX's threads. A
+  spawned worker imports the caller's main module; where that fails (a script that builds at
+  its top level, without `if __name__ == '__main__':`) the clips are drawn here, with a warning.
+  """
   workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+  jobs = iter(jobs)
   if workers <= 1:
     yield from (make_clip(*job) for job in jobs)
     return
-  jobs = iter(jobs)
   pool = concurrent.futures.ProcessPoolExecutor(workers,
                                                 mp_context=multiprocessing.get_context('spawn'))
   try:
-    ahead = collections.deque(pool.submit(make_clip, *job)
+    ahead = collections.deque((job, pool.submit(make_clip, *job))
                               for job in itertools.islice(jobs, 2 * workers))
     while ahead:
-      clip = ahead.popleft().result()
-      job = next(jobs, None)
-      if job is not None:
-        ahead.append(pool.submit(make_clip, *job))
+      job, future = ahead.popleft()
+      try:
+        clip = future.result()
+      except concurrent.futures.process.BrokenProcessPool:
+        logging.warning('drawing clips in worker processes failed (a script that builds without '
+                        "`if __name__ == '__main__':`?); drawing them in this process")
+        yield make_clip(*job)
+        yield from (make_clip(*j) for j, _ in ahead)
+        yield from (make_clip(*j) for j in jobs)
+        return
+      nxt = next(jobs, None)
+      if nxt is not None:
+        ahead.append((nxt, pool.submit(make_clip, *nxt)))
       yield clip
   finally:  # also when the consumer stops early: clips not begun are not drawn
     pool.shutdown(cancel_futures=True)
