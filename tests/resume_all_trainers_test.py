@@ -150,8 +150,10 @@ def _recipe_runner(config, workdir):
 # Kills: how many preemptions of a single-stage run, or the stages a multi-stage run is preempted
 # in (one each). The MAE pretraining and fusion trainers are preempted as stages of mae_va (its
 # pretrain stage is configs/mae_pretrain.py:runlocal, its fusion stage the audio-visual model).
+# A resumed run preempted again: mae_va here, and the real-signal test of tests/reliability_test.py
+# (SIGKILL, resume, SIGTERM, resume).
 CASES = [
-    ('supervised_resnet', 'configs/resnet_va.py', resnet_case, None, 2),
+    ('supervised_resnet', 'configs/resnet_va.py', resnet_case, None, 1),
     ('temporal_resnet_gru', 'configs/resnet_gru_va.py', temporal_case, None, 1),
     ('emofan', 'configs/emofan_va.py', emofan_case, None, 1),
     ('distill', 'vaflax/recipes.py', distill_case, ('teacher', 'students'), ('students',)),
