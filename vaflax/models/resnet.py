@@ -17,7 +17,9 @@ from jax import lax
 
 from vaflax.models import cpu_conv, heads
 
-STAGES = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)), 50: ('bottleneck', (3, 4, 6, 3))}
+# Blocks per stage. ResNet-10 (one basic block per stage) is the smallest: quick runs and tests.
+STAGES = {10: ('basic', (1, 1, 1, 1)), 18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)),
+          50: ('bottleneck', (3, 4, 6, 3))}
 
 # torchvision initialises convs with kaiming_normal(mode='fan_out', nonlinearity='relu').
 _conv_init = nnx.with_partitioning(
