@@ -134,7 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
 def resnet_model(depth: int = 50) -> ml_collections.ConfigDict:
   """models/resnet.py fields: torchvision's ResNet-`depth` trunk under Deng et al.'s MLP head."""
   m = ml_collections.ConfigDict()
-  m.depth = depth  # ResNet depth: 18, 34 or 50
+  m.depth = depth  # ResNet depth: 10, 18, 34 or 50
   m.width = 64  # stem width (64 in torchvision)
   m.head_hidden = 128  # MLP head hidden units (Deng et al. 2020)
   m.num_bins = 0  # 0: tanh regression; 20: binned head of Deng et al.
