@@ -72,7 +72,7 @@ class _Manager(ocp.CheckpointManager):
   SIGINT handler at the end and `signal.getsignal` turns the handler it replaced into an Enum
   lookup whose error message is its repr(): a partial holding the finished task, whose repr holds
   the result, the whole restored state with every array printed. That was half of the time of
-  loading a run (0.68 s -> 0.33 s for the tests' tiny ResNet). asyncio leaves SIGINT alone in
+  loading a run (0.68 s -> 0.31 s for the tests' tiny ResNet). asyncio leaves SIGINT alone in
   other threads.
   """
 
