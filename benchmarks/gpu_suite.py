@@ -40,7 +40,7 @@ sys.path.insert(0, REPO)
 WORKLOADS = ('mae', 'resnet', 'emofan')
 TITLES = {'mae': 'ViT-B/16 MAE pretrain, 224 px', 'resnet': 'ResNet-50 VA, 112 px, Grain-fed',
           'emofan': 'EmoFAN (EmoNet size), 256 px', 'detector': 'detector + VA, 1080p clip'}
-SMOKE_TITLES = {'mae': 'ViT mu/8 MAE, 32 px (smoke)', 'resnet': 'ResNet-18 w8, 32 px (smoke)',
+SMOKE_TITLES = {'mae': 'ViT mu/8 MAE, 32 px (smoke)', 'resnet': 'ResNet-10 w8, 32 px (smoke)',
                 'emofan': 'FAN 1 stack w16, 64 px (smoke)'}
 DEFAULT_BATCH = {'mae': 256, 'resnet': 256, 'emofan': 64}
 SMOKE_BATCH = 4
@@ -78,7 +78,7 @@ def detector_row(smoke: bool, steps: int, warmup: int) -> dict:
   det_s = float(np.median([timed(lambda: det.detect(frames).scores_BxQ) for _ in range(steps)]))
   c = resnet_va.get_config('variant=50')  # bf16 compute, 112 px
   if smoke:
-    c.model.update(depth=18, width=8, dtype='float32')
+    c.model.update(depth=10, width=8, dtype='float32')
     c.image_size = 32
   model = runs.make_model(c, nnx.Rngs(0))
   model.eval()
@@ -109,7 +109,7 @@ def make_config(name: str, *, smoke: bool, batch: int, data_dir: str, workers: i
     c = resnet_va.get_config('variant=50')  # 112 px
     c.input.num_workers = workers
     if smoke:
-      c.model.update(depth=18, width=8)
+      c.model.update(depth=10, width=8)
       c.image_size = 32
   elif name == 'emofan':
     c = emofan_va.get_config()  # 2 stacks, width 256, depth 4, 256 px

@@ -22,7 +22,7 @@ Aff-Wild2's extra features (audio). Other mixtures (commas cannot go through the
 --config.input.dataset='affwild2_va:0.2,afew_va:1,affectnet:0.1'. VA-grid balancing:
 --config.input.balance=va_grid (docs/datasets.md, "Mixing and balancing").
 
-Arguments: variant (18|34|50), dataset (a name or mixture, see vaflax/data/pipeline.py),
+Arguments: variant (10|18|34|50), dataset (a name or mixture, see vaflax/data/pipeline.py),
 bins (0: tanh regression; 20: Deng et al.'s binned head + CE loss),
 pretrained (a workdir written by `python -m vaflax.convert --format=torchvision_resnet`: the
 backbone starts from its ImageNet weights, inputs get ImageNet normalisation; docs/pretrained.md),

@@ -18,8 +18,9 @@ def _taps(size: int, k: int, stride: int) -> int:
   return sum(1 for o in range(out) for t in range(k) if 0 <= o * stride - pad + t < size)
 
 
-def _resnet18_conv_flops(width: int, size: int) -> tuple[int, int]:
-  """(forward FLOPs of all convs, of the stem conv alone) of a torchvision-layout ResNet-18."""
+def _resnet_conv_flops(blocks: int, width: int, size: int) -> tuple[int, int]:
+  """(forward FLOPs of all convs, of the stem conv alone) of a torchvision-layout ResNet of
+  basic blocks, `blocks` per stage (1: ResNet-10, 2: ResNet-18)."""
   conv = lambda k, s, cin, cout, hw: 2 * cin * cout * _taps(hw, k, s) ** 2
   stem = conv(7, 2, 3, width, size)
   total = stem
@@ -27,7 +28,7 @@ def _resnet18_conv_flops(width: int, size: int) -> tuple[int, int]:
   cin = width
   for stage in range(4):
     w = width * 2**stage
-    for i in range(2):
+    for i in range(blocks):
       stride = 2 if (i == 0 and stage > 0) else 1
       total += conv(3, stride, cin, w, hw) + conv(3, 1, w, w, hw // stride)
       if stride != 1 or cin != w:
@@ -50,7 +51,8 @@ def test_cli_json_fields(synthetic_data_dir):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   r = subprocess.run(
       [sys.executable, '-m', 'vaflax.benchmark', '--config=configs/resnet_va.py:runlocal',
-       f'--config.input.data_dir={synthetic_data_dir}', f'--config.model.width={width}',
+       f'--config.input.data_dir={synthetic_data_dir}', '--config.model.depth=10',
+       f'--config.model.width={width}',
        f'--config.image_size={size}', f'--config.batch_size={batch}', '--config.mesh.num_devices=1',
        '--steps=3', '--warmup=1', '--json', '--peak_tflops=0.001'],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -65,8 +67,8 @@ def test_cli_json_fields(synthetic_data_dir):
   assert 0.0 <= out['input_wait_frac'] <= 1.0
   # XLA's FLOPs of fwd + bwd + Adam: the backward pass has two convs (input and weight
   # gradients) per forward conv, except no input gradient for the stem; then BN, ReLU, the head
-  # and Adam (~20 FLOPs for each of the 175k parameters, shared by only 8 examples) add 30 %.
-  fwd, stem = _resnet18_conv_flops(width, size)
+  # and Adam (~20 FLOPs for each of the 87k parameters, shared by only 8 examples) add 25 %.
+  fwd, stem = _resnet_conv_flops(1, width, size)  # ResNet-10
   convs = 3 * fwd - stem
   assert convs < out['flops_per_example'] < 1.5 * convs, (out['flops_per_example'], convs)
   # MFU from the given peak (1 GFLOP/s per device).

@@ -64,7 +64,7 @@ def _spec(batch):
 
 @pytest.mark.slow
 def test_resnet_trains_on_afew_va(data_dir, tmp_path):
-  c = _resnet('variant=18,dataset=afew_va', data_dir)
+  c = _resnet('variant=10,dataset=afew_va', data_dir)
   train.train_and_evaluate(c, str(tmp_path))
   recs = _records(str(tmp_path))
   losses = [r['train/loss'] for r in recs if 'train/loss' in r]
@@ -73,9 +73,9 @@ def test_resnet_trains_on_afew_va(data_dir, tmp_path):
 
 
 def test_mixture_has_one_structure_and_the_configured_proportions(data_dir):
-  c = _resnet('variant=18', data_dir)
+  c = _resnet('variant=10', data_dir)
   assert c.input.dataset == 'affwild2_va:0.2,afew_va:1'  # Deng et al.: Aff-Wild2 "downsampled by 5"
-  one = {n: next(iter(pipeline.make_train_dataset(_resnet(f'variant=18,dataset={n}', data_dir))[0]))
+  one = {n: next(iter(pipeline.make_train_dataset(_resnet(f'variant=10,dataset={n}', data_dir))[0]))
          for n in ('affwild2_va', 'afew_va')}
   mixed = next(iter(pipeline.make_train_dataset(c)[0]))
   # 112 px Aff-Wild2 crops and 256 px AFEW-VA crops both come out at image_size; the extra
@@ -84,7 +84,7 @@ def test_mixture_has_one_structure_and_the_configured_proportions(data_dir):
   assert mixed['image'].shape == (4, 32, 32, 3) and mixed['image'].dtype == np.float32
   assert 'audio' not in mixed and 'face_mask' not in mixed
   # Without the resize the sources differ: a clear error instead of a failed stack.
-  bad = _resnet('variant=18', data_dir, **{'input.pp_train': 'standardize|value_range(-1, 1)'})
+  bad = _resnet('variant=10', data_dir, **{'input.pp_train': 'standardize|value_range(-1, 1)'})
   with pytest.raises(ValueError, match=r'afew_va gives examples unlike affwild2_va.*image'):
     pipeline.make_train_dataset(bad)
   # Proportions over many draws: weights are rates, so Aff-Wild2's 17 train frames at 0.2 and
@@ -92,7 +92,7 @@ def test_mixture_has_one_structure_and_the_configured_proportions(data_dir):
   assert pipeline.make_train_dataset(c)[1] == 7
   light = {'input.pp_train': "standardize|keep('index')"}
   for balance in ('', 'va_grid'):
-    cb = _resnet('variant=18', data_dir, batch_size=16, **light, **{'input.balance': balance})
+    cb = _resnet('variant=10', data_dir, batch_size=16, **light, **{'input.balance': balance})
     it = iter(pipeline.make_train_dataset(cb)[0])
     batches = [next(it) for _ in range(24)]
     src = np.concatenate([b['source'] for b in batches])
@@ -115,7 +115,7 @@ def test_mixture_has_one_structure_and_the_configured_proportions(data_dir):
 
 @pytest.mark.slow
 def test_balanced_mixture_trains(data_dir, tmp_path):
-  c = _resnet('variant=18', data_dir, **{'input.balance': 'va_grid', 'input.eval_split': ''})
+  c = _resnet('variant=10', data_dir, **{'input.balance': 'va_grid', 'input.eval_split': ''})
   train.train_and_evaluate(c, str(tmp_path))
   losses = [r['train/loss'] for r in _records(str(tmp_path)) if 'train/loss' in r]
   assert len(losses) == 2 and np.all(np.isfinite(losses))

@@ -79,7 +79,7 @@ def test_student_loss_against_numpy(windows):
 
 def _tiny_students(n=3):
   def make(r):
-    return resnet.Model(depth=18, width=8, head_hidden=8, num_bins=K, rngs=r)
+    return resnet.Model(depth=10, width=8, head_hidden=8, num_bins=K, rngs=r)
   return distill.TeacherStudents(make, n, rngs=nnx.Rngs(0))
 
 

@@ -27,7 +27,7 @@ STEPS = 3
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Command-line overrides of configs/resnet_va.py:runlocal, applied to the in-process config too.
 OVERRIDES = {
-    'model.width': 8, 'model.head_hidden': 16, 'model.dropout': 0.0,
+    'model.depth': 10, 'model.width': 8, 'model.head_hidden': 16, 'model.dropout': 0.0,
     'image_size': 32, 'batch_size': 16,  # global batch: 8 per process, 2 per device
     'total_steps': STEPS, 'total_epochs': 0.0,
     'log_every_steps': 1, 'eval_every_steps': STEPS, 'checkpoint_every_steps': STEPS,

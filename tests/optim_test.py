@@ -59,7 +59,7 @@ def test_frozen_module_runs_in_eval_mode():
 
   from vaflax.models import resnet  # noqa: PLC0415
 
-  m = resnet.Model(depth=18, width=8, head_hidden=16, rngs=nnx.Rngs(0))
+  m = resnet.Model(depth=10, width=8, head_hidden=16, rngs=nnx.Rngs(0))
   m.train()
   optim.set_frozen_modules_to_eval(m, ml_collections.ConfigDict({'frozen': 'backbone(/|$)'}))
   assert m.backbone.stem_bn.use_running_average

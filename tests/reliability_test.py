@@ -33,7 +33,7 @@ def _params(workdir, step=None):
 def _args(workdir, data_dir):
   return [sys.executable, '-m', 'vaflax.main', '--config=configs/resnet_va.py:runlocal',
           f'--workdir={workdir}', f'--config.input.data_dir={data_dir}',
-          '--config.model.width=8', '--config.model.head_hidden=16', '--config.image_size=32',
+          '--config.model.depth=10', '--config.model.width=8', '--config.model.head_hidden=16', '--config.image_size=32',
           '--config.batch_size=8', '--config.total_steps=10', '--config.checkpoint_every_steps=2',
           '--config.log_every_steps=2', '--config.eval_every_steps=10', '--config.tensorboard=False',
           '--config.mesh.num_devices=1', '--config.schedule.warmup_steps=3']

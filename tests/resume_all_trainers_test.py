@@ -80,7 +80,7 @@ def temporal_case(data_dir):
   c.recipe, c.frozen = '', ''
   del c['cnn']
   c.input.data_dir = data_dir
-  c.model.update(width=8, head_hidden=8, gru_hidden=8, dropout=0.3)
+  c.model.update(depth=10, width=8, head_hidden=8, gru_hidden=8, dropout=0.3)
   c.image_size = 32
   c.input.window, c.input.window_stride = 4, 4
   c.input.eval_split = ''  # evaluation is deterministic given the parameters: not needed here
@@ -113,7 +113,7 @@ def distill_case(data_dir):
   c = distill_va.get_config('runlocal,students=2')
   c.input.data_dir = data_dir
   c.input.eval_split = 'test'
-  c.model.update(width=8, head_hidden=8)
+  c.model.update(depth=10, width=8, head_hidden=8)
   c.image_size = 32
   _loop(c, 4, 8)
   c.distill.teacher_total_steps = 4

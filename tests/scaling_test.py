@@ -8,18 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import common, resnet_va
+from configs import common
 from vaflax import losses, runs, sharding, train
 from vaflax.models import fan, resnet
 
 B = 8
-
-
-def _resnet_config(**model):
-  c = resnet_va.get_config('runlocal')
-  c.model.update(width=8, head_hidden=16, **model)
-  c.image_size, c.batch_size = 32, B
-  return c
 
 
 def _vit_config(**model):
@@ -116,7 +109,7 @@ def _loss_and_grads(model_name, kwargs, batch):
   return float(loss), va, [np.asarray(x, np.float64) for x in jax.tree.leaves(g)]
 
 
-RESNET = dict(depth=18, width=8, head_hidden=16)
+RESNET = dict(depth=10, width=8, head_hidden=16)
 FAN = dict(num_stacks=1, hourglass_depth=1, width=16, head_width=16, head_blocks=1)
 FUSION = dict(visual=dict(variant='mu/8', image_size=16), width=16, num_layers=1, num_heads=2,
               max_len=4, audio=dict(n_mels=8, n_fft=128, frames_per_video_frame=2, width=16,

@@ -36,8 +36,8 @@ def test_main_one_step_end_to_end(tmp_path, synthetic_data_dir):
   wd = tmp_path / 'wd'
   r = _run_main(['--config=configs/resnet_va.py:runlocal', f'--workdir={wd}',
                  '--config.total_steps=1', f'--config.input.data_dir={synthetic_data_dir}',
-                 '--config.model.width=8', '--config.image_size=32', '--config.batch_size=8',
-                 '--config.log_every_steps=1', '--config.mesh.num_devices=1'])
+                 '--config.model.depth=10', '--config.model.width=8', '--config.image_size=32',
+                 '--config.batch_size=8', '--config.log_every_steps=1', '--config.mesh.num_devices=1'])
   assert r.returncode == 0, r.stderr[-3000:]
   recs = [json.loads(line) for line in open(wd / 'metrics.jsonl')]
   train_rec = [x for x in recs if 'train/loss' in x][0]
