@@ -30,12 +30,13 @@ def _params(workdir, step=None):
   return step, out
 
 
-def _args(workdir, data_dir):
+def _args(workdir, data_dir, tensorboard=False):
   return [sys.executable, '-m', 'vaflax.main', '--config=configs/resnet_va.py:runlocal',
           f'--workdir={workdir}', f'--config.input.data_dir={data_dir}',
-          '--config.model.depth=10', '--config.model.width=8', '--config.model.head_hidden=16', '--config.image_size=32',
-          '--config.batch_size=8', '--config.total_steps=10', '--config.checkpoint_every_steps=2',
-          '--config.log_every_steps=2', '--config.eval_every_steps=10', '--config.tensorboard=False',
+          '--config.model.depth=10', '--config.model.width=8', '--config.model.head_hidden=16',
+          '--config.image_size=32', '--config.batch_size=8', '--config.total_steps=10',
+          '--config.checkpoint_every_steps=2', '--config.log_every_steps=2',
+          '--config.eval_every_steps=10', f'--config.tensorboard={tensorboard}',
           '--config.mesh.num_devices=1', '--config.schedule.warmup_steps=3']
 
 
@@ -59,11 +60,20 @@ def _wait_for_checkpoint(workdir, proc, min_step, timeout=240):
 @pytest.mark.slow
 def test_killed_run_resumes_bit_identical(tmp_path, synthetic_data_dir):
   """A real SIGKILL at a random checkpoint, then a real SIGTERM at a later checkpoint of the
-  resumed run: the third run ends bit-identical to one straight run (a resume of a resume)."""
+  resumed run: the third run ends bit-identical to one straight run (a resume of a resume).
+  The straight run is `python -m vaflax.main` end to end: its records, config and event files."""
   ref, cut = tmp_path / 'ref', tmp_path / 'cut'
-  r = subprocess.run(_args(ref, synthetic_data_dir), cwd=REPO, env=_env(), capture_output=True,
-                     text=True, timeout=300)
+  r = subprocess.run(_args(ref, synthetic_data_dir, tensorboard=True), cwd=REPO, env=_env(),
+                     capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
+  recs = [json.loads(line) for line in open(ref / 'metrics.jsonl')]
+  train_recs = [x for x in recs if 'train/loss' in x]
+  assert [x['step'] for x in train_recs] == [2, 4, 6, 8, 10]
+  assert all(np.isfinite(x['train/loss']) for x in train_recs)
+  (val,) = [x for x in recs if 'val/ccc_valence' in x]
+  assert val['step'] == 10 and np.isfinite(val['val/ccc_valence'] + val['val/ccc_arousal'])
+  assert json.load(open(ref / 'config.json'))['model_name'] == 'resnet'
+  assert os.listdir(ref / 'tensorboard')
   s1, p1 = _params(str(ref))
   f1 = json.load(open(ref / 'final_metrics.json'))
   min_step = int(np.random.default_rng(0).integers(2, 5))  # of 10; checkpoints every 2

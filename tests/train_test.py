@@ -1,4 +1,3 @@
-import json
 import os
 import subprocess
 import sys
@@ -14,11 +13,6 @@ from vaflax.data import pipeline
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _final_params(workdir):
-  step, st = raw_checkpoint(workdir)
-  return step, [_np(x) for x in jax.tree.leaves(st)]
-
-
 def _np(x):
   if hasattr(x, 'dtype') and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
     x = jax.random.key_data(x)
@@ -29,24 +23,6 @@ def _run_main(args, env_extra=None, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS='cpu', **(env_extra or {}))
   return subprocess.run([sys.executable, '-m', 'vaflax.main', *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.mark.slow
-def test_main_one_step_end_to_end(tmp_path, synthetic_data_dir):
-  wd = tmp_path / 'wd'
-  r = _run_main(['--config=configs/resnet_va.py:runlocal', f'--workdir={wd}',
-                 '--config.total_steps=1', f'--config.input.data_dir={synthetic_data_dir}',
-                 '--config.model.depth=10', '--config.model.width=8', '--config.image_size=32',
-                 '--config.batch_size=8', '--config.log_every_steps=1', '--config.mesh.num_devices=1'])
-  assert r.returncode == 0, r.stderr[-3000:]
-  recs = [json.loads(line) for line in open(wd / 'metrics.jsonl')]
-  train_rec = [x for x in recs if 'train/loss' in x][0]
-  val_rec = [x for x in recs if 'val/ccc_valence' in x][0]
-  assert train_rec['step'] == 1 and np.isfinite(train_rec['train/loss'])
-  assert np.isfinite(val_rec['val/ccc_valence']) and np.isfinite(val_rec['val/ccc_arousal'])
-  assert json.load(open(wd / 'config.json'))['model_name'] == 'resnet'
-  assert os.listdir(wd / 'tensorboard')
-  assert _final_params(str(wd))[0] == 1
 
 
 @pytest.mark.slow
@@ -118,11 +94,8 @@ def test_train_step_on_8_devices_equals_1_device(synthetic_data_dir):
 
 
 @pytest.mark.slow
-def test_unknown_config_key_and_unwritable_workdir(tmp_path, synthetic_data_dir):
-  r = _run_main(['--config=configs/resnet_va.py:runlocal', f'--workdir={tmp_path}/w',
-                 '--config.optimizer.learning_rate=1'])
-  assert r.returncode != 0
-  assert 'learning_rate' in r.stderr
+def test_unwritable_workdir_is_refused(tmp_path, synthetic_data_dir):
+  """(An unknown config key: tests/bad_input_test.py.)"""
   blocker = tmp_path / 'file'
   blocker.write_text('x')
   c = tiny_config(synthetic_data_dir)
