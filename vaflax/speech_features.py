@@ -186,12 +186,16 @@ def cache_dir(config) -> str:
 class FeatureSource:
   """A split's records (data/sources.py IndexedSource) with ex['speech'] (I, D) float32, the
   cached states of the encoder `config.input.speech_encoder` for that frame. The cache is made
-  (or found) when the source is opened; workers open the .npy memory-mapped on first read."""
+  (or found) when the source is opened, from `audio_records` (the same records; their images
+  need not be decoded); workers open the .npy memory-mapped on first read."""
 
-  def __init__(self, src, videos, name: str, split: str, version, config):
+  def __init__(self, src, videos, name: str, split: str, version, config, audio_records):
     encoder = Encoder(config.input.speech_encoder)
     chunk = int(config.input.get('speech_chunk_frames') or config.input.window or 1)
-    cached = split_cache(encoder, cache_dir(config), name, split, version, src, videos, chunk)
+    if len(audio_records) != len(src):
+      raise ValueError(f'{name}/{split}: {len(audio_records)} audio records for {len(src)} records')
+    cached = split_cache(encoder, cache_dir(config), name, split, version, audio_records, videos,
+                         chunk)
     self.path, self._src, self._feats = cached.filename, src, None
 
   def __len__(self):

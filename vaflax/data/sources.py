@@ -43,8 +43,10 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
   return out
 
 
-def load_source(name: str, split: str, data_dir: str):
-  """Opens a built split; builds synthetic_va on first use; clear error for anything missing."""
+def load_source(name: str, split: str, data_dir: str, *, decode_images: bool = True):
+  """Opens a built split; builds synthetic_va on first use; clear error for anything missing.
+  decode_images=False leaves image features as their encoded bytes (a pass that reads only the
+  other features, e.g. the audio for the speech-feature cache, skips every image decode)."""
   data_dir = os.path.expanduser(data_dir)
   builder = build_lib.make_builder(name, data_dir)
   if not builder.is_prepared():
@@ -59,7 +61,10 @@ def load_source(name: str, split: str, data_dir: str):
           f'config with :runlocal to use the embedded synthetic set.')
   if split not in builder.info.splits:
     raise ValueError(f'dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}')
-  src = builder.as_data_source(split=split)
+  decoders = None if decode_images else {
+      k: tfds.decode.SkipDecoding() for k, f in builder.info.features.items()
+      if isinstance(f, tfds.features.Image)}
+  src = builder.as_data_source(split=split, decoders=decoders)
   if len(src) == 0:
     raise ValueError(f'split {split!r} of {name!r} in {data_dir} is empty')
   videos = (builder.info.metadata or {}).get('videos', {}).get(split) or []
@@ -166,7 +171,8 @@ def open_split(name, split, config, *, train: bool):
   src, videos, info = load_source(name, split, config.input.data_dir)
   src = IndexedSource(src, videos)
   if config.input.get('speech_encoder'):  # cached speech-encoder states (audio='speech')
-    src = speech_features.FeatureSource(src, videos, name, split, info.version, config)
+    audio, _, _ = load_source(name, split, config.input.data_dir, decode_images=False)
+    src = speech_features.FeatureSource(src, videos, name, split, info.version, config, audio)
   T = int(config.input.window)
   if T:
     stride = int(config.input.window_stride or T) if train else T
