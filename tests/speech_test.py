@@ -292,6 +292,8 @@ def test_fusion_stage_trains_on_cached_speech_states(encoder_run, synthetic_data
   c = mae_va.get_config(f'runlocal,audio=speech,audio_init={encoder_run}').fusion
   c.input.dataset, c.input.data_dir = 'synthetic_va', synthetic_data_dir
   c.image_size = c.model.visual.image_size = 48
+  c.model.visual.update(width=16, depth=1, num_heads=2, mlp_dim=32)  # the speech path is tested
+  c.model.update(width=16, num_layers=1, num_heads=2)
   c.total_steps, c.eval_every_steps, c.checkpoint_every_steps, c.log_every_steps = 2, 2, 2, 1
   c.schedule.warmup_steps = 0
   c.mesh.num_devices = 1
