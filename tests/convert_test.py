@@ -98,7 +98,7 @@ def test_torchvision_resnet_matches_torch(name, depth):
   assert sorted(c.ignored) == ['fc.bias', 'fc.weight']
   assert c.new and all(k.startswith('head/') for k in c.new)
   c.model.eval()
-  feats = c.model.backbone(imagenet_input(ref['faces'], c.config))
+  feats = _jit(lambda m, x: m.backbone(x), c.model, imagenet_input(ref['faces'], c.config))
   assert rel_diff(feats, ref['features']) < 1e-4
 
 
@@ -116,9 +116,17 @@ def test_mae_vit_matches_torch(name):
   else:
     assert sorted(c.ignored) == ['head.bias', 'head.weight']
   c.model.eval()
-  tokens, pooled = c.model.encoder(imagenet_input(ref['faces'], c.config))
+  tokens, pooled = _jit(lambda m, x: m.encoder(x), c.model, imagenet_input(ref['faces'], c.config))
   assert rel_diff(tokens, ref['tokens']) < 1e-4
   assert rel_diff(pooled, ref['tokens'][:, 0]) < 1e-4  # the CLS token after the final norm
+
+
+def _jit(fn, model, x):
+  """fn(model, x) compiled as one program (an eager forward dispatches, and compiles, one small
+  program per op)."""
+  from flax import nnx  # noqa: PLC0415
+
+  return nnx.jit(fn)(model, x)
 
 
 def unit_input(faces_u8, config):
@@ -142,7 +150,7 @@ def test_emonet_matches_torch():
   assert (m.head, m.pool, m.num_stacks, m.num_emotions, m.head_blocks) == ('emonet', 'max', 2, 8, 2)
   assert c.new == [] and c.ignored == [] and c.config.image_size == 64
   c.model.eval()
-  out = c.model({'image': unit_input(ref['faces'], c.config)})
+  out = _jit(lambda m, x: m({'image': x}), c.model, unit_input(ref['faces'], c.config))
   assert rel_diff(out['va'][:, 0], ref['valence']) < 1e-4
   assert rel_diff(out['va'][:, 1], ref['arousal']) < 1e-4
   assert rel_diff(out['emotion_logits'], ref['expression']) < 1e-4
@@ -165,7 +173,7 @@ def test_face_alignment_fan_matches_torch(name, kind, pool, stacks):
   c.config.image_size = 64  # the fixture's
   assert c.new and all(k.startswith('head') for k in c.new) and c.ignored == []
   c.model.eval()
-  out = c.model({'image': unit_input(ref['faces'], c.config)})
+  out = _jit(lambda m, x: m({'image': x}), c.model, unit_input(ref['faces'], c.config))
   assert rel_diff(out['heatmaps_all'], ref['heatmaps'].transpose(0, 1, 3, 4, 2)) < 1e-4
 
 
@@ -316,7 +324,7 @@ def test_emofan_recipe_starts_from_a_converted_fan(tmp_path):
   assert 0 < n_fan < len(params) and optim.check_frozen(c, model) == n_fan  # the FAN, only
   ref = np.load(fixture('fan3_max_w16_outputs.npz'))
   model.eval()
-  out_ = model({'image': ref['faces'].astype(np.float32) / 255.0})  # face-alignment's input
+  out_ = _jit(lambda m, x: m({'image': x}), model, ref['faces'].astype(np.float32) / 255.0)
   assert rel_diff(out_['heatmaps_all'], ref['heatmaps'].transpose(0, 1, 3, 4, 2)) < 1e-4
 
 
