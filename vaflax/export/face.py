@@ -24,8 +24,6 @@ from flax import nnx
 
 from vaflax.export import preprocess
 
-ONE_DEVICE = ('mesh.num_devices=1', 'mesh.fsdp=1', 'mesh.data=-1')
-
 
 @dataclasses.dataclass
 class FaceGraph:
@@ -44,17 +42,15 @@ def _out(name, shape, dtype='float32'):
 
 def face_graph(workdir: str, *, overrides=(), flip_tta: bool | None = None) -> FaceGraph:
   """The face model of the run in `workdir`; `flip_tta` overrides config.eval.flip_tta."""
-  from vaflax import runs  # noqa: PLC0415
   from vaflax.predict.model import Predictor  # noqa: PLC0415
 
   overrides = list(overrides)
   if flip_tta is not None:
     overrides.append(f'eval.flip_tta={bool(flip_tta)}')
   # The predictor is the one reader of a run's crop spec and preprocessing (its dataset's
-  # metadata when the run records none); the model itself is restored once more here, whole.
+  # metadata when the run records none), and it holds the restored model (one device).
   pred = Predictor(workdir, overrides=overrides)
-  run = runs.load_run(pred.workdir, pred.step, overrides=[*overrides, *ONE_DEVICE])
-  graph = build(run.model(), pred.config, crop_size=pred.crop_size, pp_spec=pred.pp_spec,
+  graph = build(pred.model(), pred.config, crop_size=pred.crop_size, pp_spec=pred.pp_spec,
                 window=pred.window, audio_samples=pred.audio_samples if pred.uses_audio else 0)
   graph.info.update({'workdir': pred.workdir, 'step': pred.step,
                      'crop': pred.crop_spec.to_dict()})

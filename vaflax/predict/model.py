@@ -67,6 +67,7 @@ class Predictor:
     if crop_margin is not None:
       self.crop_spec = dataclasses.replace(self.crop_spec, margin=float(crop_margin))
     model_def, self._state = nnx.split(run.model())
+    self._model_def = model_def
     # Flip TTA follows the run's config.eval.flip_tta (predict's --flip_tta sets it), as in
     # training's evaluation and vaflax.evaluate: one rule, tasks.predict_fn.
     predict_fn = tasks.predict_fn(config)
@@ -140,6 +141,12 @@ class Predictor:
   @property
   def crop_margin(self) -> float:
     return self.crop_spec.margin
+
+  def model(self):
+    """The run's model with its restored weights, in eval mode (what the forward runs)."""
+    from flax import nnx  # noqa: PLC0415
+
+    return nnx.merge(self._model_def, self._state)
 
   def crop(self, rgb_HxWx3, box, landmarks=None) -> tuple[np.ndarray, float]:
     """(the model-input crop of a face, the face's roll inside it in degrees): aligned on its
