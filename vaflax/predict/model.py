@@ -66,8 +66,8 @@ class Predictor:
       self.crop_spec = dataclasses.replace(self.crop_spec, size=int(crop_size))
     if crop_margin is not None:
       self.crop_spec = dataclasses.replace(self.crop_spec, margin=float(crop_margin))
-    model_def, self._state = nnx.split(run.model())
-    self._model_def = model_def
+    self._model_def, self._state = nnx.split(run.model())
+    model_def = self._model_def
     # Flip TTA follows the run's config.eval.flip_tta (predict's --flip_tta sets it), as in
     # training's evaluation and vaflax.evaluate: one rule, tasks.predict_fn.
     predict_fn = tasks.predict_fn(config)
