@@ -86,6 +86,43 @@ def test_empty_split_is_a_warning_naming_the_split(tmp_path):
       build.summary(b))
 
 
+def test_a_damaged_record_names_the_split_and_the_record(tmp_path, synthetic_data_dir):
+  """A built split whose file holds a truncated and a garbage record (a damaged copy): reading
+  them is an error naming the dataset's folder, the split and the record, with images decoded or
+  not (the speech cache's pass); the intact records still read; an index past the end is an
+  IndexError."""
+  import glob  # noqa: PLC0415
+  import shutil  # noqa: PLC0415
+
+  from array_record.python import array_record_module as ar  # noqa: PLC0415
+
+  from vaflax.data import sources  # noqa: PLC0415
+
+  data = tmp_path / 'data'
+  shutil.copytree(synthetic_data_dir, data, ignore=shutil.ignore_patterns('*-train.array_record*'))
+  (path,) = glob.glob(str(data / 'synthetic_va' / '*' / '*-validation.array_record-*'))
+  reader = ar.ArrayRecordReader(path)
+  recs = reader.read(list(range(reader.num_records())))
+  reader.close()
+  recs[5] = recs[5][:len(recs[5]) // 2]
+  recs[7] = np.random.default_rng(0).bytes(len(recs[7]))
+  os.remove(path)
+  writer = ar.ArrayRecordWriter(path, 'group_size:1')
+  for r in recs:
+    writer.write(r)
+  writer.close()
+  for decode in (True, False):
+    src, _, _ = sources.load_source('synthetic_va', 'validation', str(data), decode_images=decode)
+    assert src[4]['audio'].shape == (640,)
+    for i in (5, 7):
+      with pytest.raises(ValueError, match=(
+          rf"^{re.escape(str(data))}/synthetic_va/\S+ split 'validation': record {i} cannot be "
+          r'read \(DecodeError: .*\); the files are damaged: build the dataset again$')):
+        src[i]
+    with pytest.raises(IndexError, match=f'record {len(recs)} of {len(recs)}'):
+      src[len(recs)]
+
+
 # --- Workdir: disk full, checkpoint of another model -----------------------------------------
 
 

@@ -68,7 +68,27 @@ def load_source(name: str, split: str, data_dir: str, *, decode_images: bool = T
   if len(src) == 0:
     raise ValueError(f'split {split!r} of {name!r} in {data_dir} is empty')
   videos = (builder.info.metadata or {}).get('videos', {}).get(split) or []
-  return src, videos, builder.info
+  return Records(src, f'{builder.data_dir} split {split!r}'), videos, builder.info
+
+
+class Records:
+  """A built split's records; one that does not parse or decode (a damaged file) is an error
+  naming the split's folder and the record, not a bare protobuf or image-decoder message."""
+
+  def __init__(self, src, where: str):
+    self._src, self._where = src, where
+
+  def __len__(self):
+    return len(self._src)
+
+  def __getitem__(self, i):
+    if not 0 <= i < len(self._src):
+      raise IndexError(f'{self._where}: record {i} of {len(self._src)}')
+    try:
+      return self._src[i]
+    except Exception as e:  # noqa: BLE001 -- whatever the parser or decoder raised, named
+      raise ValueError(f'{self._where}: record {i} cannot be read ({type(e).__name__}: {e}); '
+                       'the files are damaged: build the dataset again') from e
 
 
 class IndexedSource:
